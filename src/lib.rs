@@ -1,4 +1,15 @@
-//! chatd: a multi-process line chat server. See `README.md` and `docs/architecture.md`.
+//! chatd: a multi-process line chat server. `docs/architecture.md` walks through the design;
+//! in short, a message goes client → [`worker`] → [`bus`] → [`supervisor`]'s hub (numbered,
+//! rendered) → bus → every worker → every client.
 
+pub mod bus;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod listener;
+pub mod logging;
 pub mod protocol;
+pub mod signals;
+pub mod supervisor;
+pub mod systemd;
+pub mod worker;

@@ -1,0 +1,82 @@
+//! The control socket: how `chatd reload|status|stop` talk to a running supervisor.
+//!
+//! A Unix stream socket (mode 0600, peer credentials checked) carrying one request line and one
+//! JSON reply line per connection. It is served by a small thread of its own so that a
+//! synchronous `chatd reload` can wait for the reload to finish without the supervisor's event
+//! loop ever blocking on a client.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+/// What a control client can ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Reload,
+    Stop,
+}
+
+impl Command {
+    pub fn parse(word: &str) -> Option<Command> {
+        match word.trim() {
+            "status" => Some(Command::Status),
+            "reload" => Some(Command::Reload),
+            "stop" => Some(Command::Stop),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Reload => "reload",
+            Command::Stop => "stop",
+        }
+    }
+}
+
+/// One worker in `chatd status --json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: u32,
+    pub generation: u64,
+    pub clients: usize,
+    pub uptime_s: u64,
+}
+
+/// `chatd status --json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub generation: u64,
+    pub listen: Vec<String>,
+    pub clients: usize,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// The reply line.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Reply {
+    pub fn done(message: impl Into<String>) -> Reply {
+        Reply { ok: true, message: Some(message.into()), status: None }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Reply {
+        Reply { ok: false, message: Some(message.into()), status: None }
+    }
+
+    pub fn status(status: Status) -> Reply {
+        Reply { ok: true, message: None, status: Some(status) }
+    }
+}

@@ -1,0 +1,145 @@
+//! The supervisor's side of the control socket.
+//!
+//! The listener runs on its own thread; each accepted connection gets a short-lived thread that
+//! checks the peer, reads the request, hands it to the event loop through a channel (waking the
+//! loop) and waits for the loop's answer. The event loop never does socket I/O for control
+//! clients, and a slow or silent client only ties up its own thread.
+
+use super::{Command, Reply};
+use crossbeam_channel::{Receiver, Sender};
+use log::{info, warn};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::stat::{Mode, umask};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A control request waiting for the event loop.
+pub struct Request {
+    pub command: Command,
+    /// Where the event loop sends the answer; the client's thread waits on it.
+    pub reply: Sender<Reply>,
+}
+
+/// Longest a request may wait for the supervisor, a reload with thousands of sessions included.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The bound control socket; removes its path when dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket and starts serving it. Requests arrive on the returned channel,
+/// each followed by a wake-up of `waker`.
+pub fn start(
+    path: &Path,
+    waker: Arc<mio::Waker>,
+) -> io::Result<(ControlSocket, Receiver<Request>)> {
+    let listener = bind(path)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let tx = tx.clone();
+                    let waker = waker.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("control-client".into())
+                        .spawn(move || serve(stream, &tx, &waker));
+                    if let Err(e) = spawned {
+                        warn!("control: cannot start a thread for a client: {e}");
+                    }
+                }
+                Err(e) => warn!("control: accept failed: {e}"),
+            }
+        }
+    })?;
+    Ok((ControlSocket { path: path.to_path_buf() }, rx))
+}
+
+/// Binds with mode 0600 from the start (through the umask, so there is no window where the
+/// socket is open to others). A socket file left by a crashed server is replaced; one that
+/// still answers belongs to a running server and is an error.
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running chatd", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound?;
+    info!("control socket at {}", path.display());
+    Ok(listener)
+}
+
+/// Only root and the user the service runs as may control it.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    match getsockopt(stream, PeerCredentials) {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
+}
+
+fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
+    let reply = answer(&stream, tx, waker);
+    let mut line = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    line.push('\n');
+    let mut stream = stream;
+    if let Err(e) = stream.write_all(line.as_bytes()) {
+        warn!("control: cannot answer: {e}");
+    }
+}
+
+fn answer(stream: &UnixStream, tx: &Sender<Request>, waker: &mio::Waker) -> Reply {
+    if !peer_allowed(stream) {
+        warn!("control: refused a client that is neither root nor the service user");
+        return Reply::failed("permission denied");
+    }
+    if stream.set_read_timeout(Some(Duration::from_secs(10))).is_err() {
+        return Reply::failed("internal error");
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.take_limited());
+    if reader.read_line(&mut line).is_err() {
+        return Reply::failed("no request received");
+    }
+    let Some(command) = Command::parse(&line) else {
+        warn!("control: malformed request {:?}", line.trim());
+        return Reply::failed(format!("unknown request {:?}", line.trim()));
+    };
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    if tx.send(Request { command, reply: reply_tx }).is_err() || waker.wake().is_err() {
+        return Reply::failed("server is shutting down");
+    }
+    reply_rx
+        .recv_timeout(ANSWER_TIMEOUT)
+        .unwrap_or_else(|_| Reply::failed("no answer from the server"))
+}
+
+/// A request is one short line; reading is capped so a client cannot make us buffer more.
+trait TakeLimited {
+    fn take_limited(&self) -> io::Take<&UnixStream>;
+}
+
+impl TakeLimited for UnixStream {
+    fn take_limited(&self) -> io::Take<&UnixStream> {
+        io::Read::take(self, 256)
+    }
+}

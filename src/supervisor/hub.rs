@@ -1,0 +1,484 @@
+//! The hub: the one place that knows the whole room.
+//!
+//! Workers forward what their clients say; the hub gives every room event the next sequence
+//! number and a timestamp, renders its line once, keeps it in the history and broadcasts it.
+//! Because every worker receives the events over one ordered stream from here, every client
+//! sees the same total order. Nicknames, presence and room-wide limits live here too, so they
+//! hold across workers.
+//!
+//! The hub does no I/O: it writes what must be sent into an [`Outbox`], which keeps it easy to
+//! test and lets the supervisor decide how frames reach the workers.
+
+use crate::bus::message::{ConnId, LeaveReason, SessionId, ToHub, ToWorker};
+use crate::config::Config;
+use crate::protocol::command::is_valid_nick;
+use crate::protocol::template::{Template, Values};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+/// The supervisor's handle for one worker process (not its slot: during a reload a slot has an
+/// old and a new worker, and sessions move between them).
+pub type WorkerId = usize;
+
+/// Where the hub's messages go; implemented by the supervisor over the bus connections.
+pub trait Outbox {
+    /// To one worker.
+    fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker);
+    /// To every worker (encoded once).
+    fn to_all(&mut self, msg: &ToWorker);
+}
+
+/// `/history` without a count.
+const DEFAULT_HISTORY_REQUEST: usize = 20;
+
+/// The parts of the config the hub uses, taken anew on reload.
+struct Settings {
+    name: String,
+    echo: bool,
+    history: usize,
+    history_on_join: usize,
+    message_format: Template,
+    time_format: String,
+    max_clients: usize,
+    max_clients_per_ip: usize,
+}
+
+impl Settings {
+    fn from(config: &Config) -> Settings {
+        Settings {
+            name: config.server.name.clone(),
+            echo: config.chat.echo,
+            history: config.chat.history,
+            history_on_join: config.chat.history_on_join,
+            message_format: config.chat.message_format.clone(),
+            time_format: config.chat.time_format.clone(),
+            max_clients: config.server.max_clients,
+            max_clients_per_ip: config.server.max_clients_per_ip,
+        }
+    }
+}
+
+struct Member {
+    nick: String,
+    addr: SocketAddr,
+    worker: WorkerId,
+}
+
+pub struct Hub {
+    settings: Settings,
+    seq: u64,
+    next_session: SessionId,
+    next_guest: u64,
+    members: HashMap<SessionId, Member>,
+    /// Lower-cased nick → session: nicknames are unique case-insensitively.
+    nicks: HashMap<String, SessionId>,
+    per_ip: HashMap<IpAddr, usize>,
+    history: VecDeque<String>,
+}
+
+impl Hub {
+    pub fn new(config: &Config) -> Hub {
+        Hub {
+            settings: Settings::from(config),
+            seq: 0,
+            next_session: 1,
+            next_guest: 1,
+            members: HashMap::new(),
+            nicks: HashMap::new(),
+            per_ip: HashMap::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Everyone in the room.
+    pub fn online(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Members served by one worker.
+    pub fn online_on(&self, worker: WorkerId) -> usize {
+        self.members.values().filter(|m| m.worker == worker).count()
+    }
+
+    /// Handles one request from `worker`. Hello and Heartbeat are the
+    /// supervisor's business and are ignored here.
+    pub fn handle(&mut self, worker: WorkerId, msg: ToHub, out: &mut impl Outbox) {
+        match msg {
+            ToHub::Hello { .. } | ToHub::Heartbeat => {}
+            ToHub::Join { conn, addr } => self.join(worker, conn, addr, out),
+            ToHub::Say { session, text } => {
+                let Some(member) = self.members.get(&session) else { return };
+                let time = self.now();
+                let mut line = String::with_capacity(text.len() + 32);
+                self.settings.message_format.render_into(
+                    &Values {
+                        time: &time,
+                        nick: &member.nick,
+                        addr: &member.addr.to_string(),
+                        text: &text,
+                        seq: self.seq + 1,
+                    },
+                    &mut line,
+                );
+                let skip = (!self.settings.echo).then_some(session);
+                self.publish(skip, line, out);
+            }
+            ToHub::Me { session, text } => {
+                let Some(member) = self.members.get(&session) else { return };
+                let line = format!("{} * {} {}", self.now(), member.nick, text);
+                let skip = (!self.settings.echo).then_some(session);
+                self.publish(skip, line, out);
+            }
+            ToHub::Nick { session, nick } => self.rename(worker, session, nick, out),
+            ToHub::Who { session } => {
+                let mut nicks: Vec<&str> = self.members.values().map(|m| m.nick.as_str()).collect();
+                nicks.sort_by_key(|n| n.to_ascii_lowercase());
+                let line = format!("* {} online: {}", nicks.len(), nicks.join(", "));
+                direct(out, worker, session, vec![line]);
+            }
+            ToHub::Msg { session, to, text } => self.private(worker, session, &to, &text, out),
+            ToHub::History { session, count } => {
+                let wanted = count.unwrap_or(DEFAULT_HISTORY_REQUEST).min(self.settings.history);
+                let lines = self.recent(wanted);
+                let lines =
+                    if lines.is_empty() { vec!["* no history yet".to_string()] } else { lines };
+                direct(out, worker, session, lines);
+            }
+            ToHub::Leave { session, reason } => self.leave(session, &reason, out),
+        }
+    }
+
+    /// `worker` is gone: its clients leave the room as `connection lost`.
+    pub fn worker_lost(&mut self, worker: WorkerId, out: &mut impl Outbox) {
+        let mut lost: Vec<SessionId> =
+            self.members.iter().filter(|(_, m)| m.worker == worker).map(|(s, _)| *s).collect();
+        lost.sort_unstable();
+        for session in lost {
+            self.leave(session, &LeaveReason::Lost, out);
+        }
+    }
+
+    fn join(&mut self, worker: WorkerId, conn: ConnId, addr: SocketAddr, out: &mut impl Outbox) {
+        let ip = addr.ip();
+        if self.members.len() >= self.settings.max_clients {
+            out.to_worker(worker, &ToWorker::Refused { conn, line: "! server full".into() });
+            return;
+        }
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.settings.max_clients_per_ip > 0 && from_ip >= self.settings.max_clients_per_ip {
+            let line = "! too many connections from your address".to_string();
+            out.to_worker(worker, &ToWorker::Refused { conn, line });
+            return;
+        }
+        let session = self.next_session;
+        self.next_session += 1;
+        let nick = self.guest_nick();
+        self.nicks.insert(nick.to_ascii_lowercase(), session);
+        self.per_ip.insert(ip, from_ip + 1);
+        self.members.insert(session, Member { nick: nick.clone(), addr, worker });
+        let online = self.members.len();
+        let mut lines = Vec::with_capacity(1 + self.settings.history_on_join);
+        lines.push(format!(
+            "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
+            self.settings.name
+        ));
+        lines.extend(self.recent(self.settings.history_on_join));
+        out.to_worker(worker, &ToWorker::Admitted { conn, session, lines });
+        self.publish(Some(session), format!("* {nick} joined ({online} online)"), out);
+    }
+
+    fn rename(
+        &mut self,
+        worker: WorkerId,
+        session: SessionId,
+        nick: String,
+        out: &mut impl Outbox,
+    ) {
+        let Some(member) = self.members.get(&session) else { return };
+        if !is_valid_nick(&nick) {
+            let line = format!("! invalid nickname '{nick}'");
+            return direct(out, worker, session, vec![line]);
+        }
+        if member.nick == nick {
+            return direct(out, worker, session, vec![format!("* you are already {nick}")]);
+        }
+        let key = nick.to_ascii_lowercase();
+        if self.nicks.get(&key).is_some_and(|owner| *owner != session) {
+            return direct(out, worker, session, vec![format!("! nickname '{nick}' is taken")]);
+        }
+        let old = member.nick.clone();
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(key, session);
+        if let Some(member) = self.members.get_mut(&session) {
+            member.nick = nick.clone();
+        }
+        self.publish(None, format!("* {old} is now known as {nick}"), out);
+    }
+
+    fn private(
+        &self,
+        worker: WorkerId,
+        session: SessionId,
+        to: &str,
+        text: &str,
+        out: &mut impl Outbox,
+    ) {
+        let Some(sender) = self.members.get(&session) else { return };
+        let target = self.nicks.get(&to.to_ascii_lowercase()).and_then(|s| {
+            let member = self.members.get(s)?;
+            Some((*s, member))
+        });
+        let Some((target_session, target)) = target else {
+            return direct(out, worker, session, vec![format!("! no such nick '{to}'")]);
+        };
+        let time = self.now();
+        let incoming = format!("{time} [pm from {}] {text}", sender.nick);
+        direct(out, target.worker, target_session, vec![incoming]);
+        let outgoing = format!("{time} [pm to {}] {text}", target.nick);
+        direct(out, worker, session, vec![outgoing]);
+    }
+
+    fn leave(&mut self, session: SessionId, reason: &LeaveReason, out: &mut impl Outbox) {
+        let Some(member) = self.members.remove(&session) else { return };
+        self.nicks.remove(&member.nick.to_ascii_lowercase());
+        let ip = member.addr.ip();
+        match self.per_ip.get_mut(&ip) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.per_ip.remove(&ip);
+            }
+        }
+        self.publish(Some(session), format!("* {} left ({reason})", member.nick), out);
+        out.to_worker(member.worker, &ToWorker::Left { session });
+    }
+
+    /// Numbers a room line, keeps it in the history and sends it to every worker.
+    fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
+        self.seq += 1;
+        if self.settings.history > 0 {
+            if self.history.len() == self.settings.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(line.clone());
+        }
+        out.to_all(&ToWorker::Room { seq: self.seq, skip, line });
+    }
+
+    fn recent(&self, n: usize) -> Vec<String> {
+        let start = self.history.len().saturating_sub(n);
+        self.history.iter().skip(start).cloned().collect()
+    }
+
+    /// The next free `guest-N`; skips numbers someone took with `/nick`.
+    fn guest_nick(&mut self) -> String {
+        loop {
+            let nick = format!("guest-{}", self.next_guest);
+            self.next_guest += 1;
+            if !self.nicks.contains_key(&nick) {
+                return nick;
+            }
+        }
+    }
+
+    /// The hub's clock: one timestamp per event, the same for every client.
+    fn now(&self) -> String {
+        chrono::Local::now().format(&self.settings.time_format).to_string()
+    }
+}
+
+fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Vec<String>) {
+    out.to_worker(worker, &ToWorker::Direct { session, lines });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<(Option<usize>, ToWorker)>,
+    }
+
+    impl Outbox for Recorder {
+        fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
+            self.sent.push((Some(worker), msg.clone()));
+        }
+        fn to_all(&mut self, msg: &ToWorker) {
+            self.sent.push((None, msg.clone()));
+        }
+    }
+
+    fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
+        let mut config = Config::default();
+        edit(&mut config);
+        Hub::new(&config)
+    }
+
+    fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
+        let mut out = Recorder::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        hub.handle(worker, ToHub::Join { conn: port as u64, addr }, &mut out);
+        let session = out
+            .sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                ToWorker::Admitted { session, .. } => Some(*session),
+                _ => None,
+            })
+            .expect("admitted");
+        (session, out)
+    }
+
+    fn room_lines(out: &Recorder) -> Vec<(u64, String)> {
+        out.sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                ToWorker::Room { seq, line, .. } => Some((*seq, line.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn join_welcomes_and_announces_to_others() {
+        let mut hub = hub(|_| {});
+        let (first, _) = admit(&mut hub, 0, 1000);
+        let (second, out) = admit(&mut hub, 1, 1001);
+        assert_ne!(first, second);
+        match &out.sent[0] {
+            (Some(1), ToWorker::Admitted { lines, .. }) => {
+                assert_eq!(
+                    lines[0],
+                    "* Welcome to chatd. You are guest-2. 2 online. Type /help for commands."
+                );
+                assert_eq!(lines[1], "* guest-1 joined (1 online)");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            out.sent[1].1,
+            ToWorker::Room {
+                seq: 2,
+                skip: Some(second),
+                line: "* guest-2 joined (2 online)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn nicknames_are_unique_case_insensitively() {
+        let mut hub = hub(|_| {});
+        let (a, _) = admit(&mut hub, 0, 1);
+        let (b, _) = admit(&mut hub, 1, 2);
+        let mut out = Recorder::default();
+        hub.handle(0, ToHub::Nick { session: a, nick: "Alice".into() }, &mut out);
+        assert_eq!(room_lines(&out)[0].1, "* guest-1 is now known as Alice");
+        let mut out = Recorder::default();
+        hub.handle(1, ToHub::Nick { session: b, nick: "alice".into() }, &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(
+                Some(1),
+                ToWorker::Direct { session: b, lines: vec!["! nickname 'alice' is taken".into()] }
+            )]
+        );
+        // The freed name can be taken after its owner leaves.
+        hub.handle(0, ToHub::Leave { session: a, reason: LeaveReason::Closed }, &mut out);
+        let mut out = Recorder::default();
+        hub.handle(1, ToHub::Nick { session: b, nick: "alice".into() }, &mut out);
+        assert_eq!(room_lines(&out)[0].1, "* guest-2 is now known as alice");
+    }
+
+    #[test]
+    fn limits_are_room_wide() {
+        let mut hub = hub(|c| {
+            c.server.max_clients = 3;
+            c.server.max_clients_per_ip = 2;
+        });
+        admit(&mut hub, 0, 1);
+        admit(&mut hub, 1, 2);
+        let mut out = Recorder::default();
+        hub.handle(2, ToHub::Join { conn: 9, addr: "127.0.0.1:3".parse().unwrap() }, &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(
+                Some(2),
+                ToWorker::Refused {
+                    conn: 9,
+                    line: "! too many connections from your address".into()
+                }
+            )]
+        );
+        let mut out = Recorder::default();
+        hub.handle(2, ToHub::Join { conn: 10, addr: "127.0.0.2:3".parse().unwrap() }, &mut out);
+        assert!(matches!(out.sent[0].1, ToWorker::Admitted { .. }));
+        let mut out = Recorder::default();
+        hub.handle(2, ToHub::Join { conn: 11, addr: "127.0.0.3:3".parse().unwrap() }, &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(Some(2), ToWorker::Refused { conn: 11, line: "! server full".into() })]
+        );
+    }
+
+    #[test]
+    fn worker_loss_announces_its_members_in_order() {
+        let mut hub = hub(|_| {});
+        admit(&mut hub, 0, 1);
+        admit(&mut hub, 1, 2);
+        admit(&mut hub, 1, 3);
+        let mut out = Recorder::default();
+        hub.worker_lost(1, &mut out);
+        let lines: Vec<String> = room_lines(&out).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            lines,
+            vec!["* guest-2 left (connection lost)", "* guest-3 left (connection lost)"]
+        );
+        assert_eq!(hub.online(), 1);
+        assert_eq!(hub.online_on(1), 0);
+    }
+
+    #[test]
+    fn chat_history_and_private_messages() {
+        let mut hub = hub(|c| c.chat.time_format = "T".into());
+        let (a, _) = admit(&mut hub, 0, 1);
+        let (b, _) = admit(&mut hub, 1, 2);
+        let mut out = Recorder::default();
+        hub.handle(0, ToHub::Say { session: a, text: "hello".into() }, &mut out);
+        hub.handle(0, ToHub::Me { session: a, text: "waves".into() }, &mut out);
+        assert_eq!(
+            room_lines(&out),
+            vec![(3, "T <guest-1> hello".into()), (4, "T * guest-1 waves".into())]
+        );
+        let mut out = Recorder::default();
+        hub.handle(1, ToHub::History { session: b, count: Some(2) }, &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(
+                Some(1),
+                ToWorker::Direct {
+                    session: b,
+                    lines: vec!["T <guest-1> hello".into(), "T * guest-1 waves".into()]
+                }
+            )]
+        );
+        let mut out = Recorder::default();
+        hub.handle(
+            1,
+            ToHub::Msg { session: b, to: "GUEST-1".into(), text: "psst".into() },
+            &mut out,
+        );
+        assert_eq!(
+            out.sent,
+            vec![
+                (
+                    Some(0),
+                    ToWorker::Direct { session: a, lines: vec!["T [pm from guest-2] psst".into()] }
+                ),
+                (
+                    Some(1),
+                    ToWorker::Direct { session: b, lines: vec!["T [pm to guest-1] psst".into()] }
+                ),
+            ]
+        );
+    }
+}

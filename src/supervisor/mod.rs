@@ -1,0 +1,634 @@
+//! The supervisor: the main process of `chatd serve`.
+//!
+//! It owns everything that must outlive a worker: the slots' listening sockets, the hub (the
+//! room's state and ordering), the control socket and the conversation with systemd. It never
+//! accepts a client itself. Its event loop multiplexes the workers' bus connections, signals and
+//! control requests; everything else (restarts, heartbeat checks, status updates) runs on timers
+//! from the same loop, so the supervisor is single-threaded apart from the control socket's
+//! small reader threads.
+
+mod hub;
+mod spawn;
+
+use crate::bus::frame;
+use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
+use crate::config::Config;
+use crate::control::server::{ControlSocket, Request};
+use crate::control::{Command, Reply, Status, WorkerStatus};
+use crate::listener;
+use crate::signals::Signals;
+use crate::systemd::Notifier;
+use crossbeam_channel::Receiver;
+use hub::{Hub, Outbox, WorkerId};
+use log::{error, info, warn};
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use socket2::Socket;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+/// Worker bus connections use `Token(WORKER_BASE + id)`.
+const WORKER_BASE: usize = 16;
+
+/// How often timers (heartbeat checks, status, watchdog) run.
+const TICK: Duration = Duration::from_secs(1);
+/// Restart backoff: starts here, doubles while the worker keeps dying, capped.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A worker that lived this long was healthy; its next crash restarts it quickly again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// A worker this far behind on the bus is stuck; it is killed rather than allowed to make the
+/// hub buffer without bound (its clients see it as a crash, the rest of the room goes on).
+const MAX_BUS_BACKLOG: usize = 64 * 1024 * 1024;
+/// How long workers get to say goodbye to their clients on stop before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One worker process.
+struct Worker {
+    slot: usize,
+    generation: u64,
+    pid: u32,
+    child: Child,
+    conn: BusConn,
+    started: Instant,
+    /// It sent Hello: it is accepting on its listeners.
+    ready: bool,
+    last_heartbeat: Instant,
+    /// The bus is still usable (no EOF, no protocol error).
+    bus_open: bool,
+    /// The last read stopped at its budget; read again without waiting for an event.
+    more_input: bool,
+}
+
+/// A worker slot: its listeners outlive every worker that serves it.
+struct Slot {
+    listeners: Vec<Socket>,
+    worker: Option<WorkerId>,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first generation of workers to say Hello.
+    Starting,
+    Running,
+    Stopping {
+        deadline: Instant,
+    },
+}
+
+pub struct Supervisor {
+    poll: Poll,
+    config: Config,
+    config_path: PathBuf,
+    config_text: String,
+    exe: PathBuf,
+    listen: Vec<SocketAddr>,
+    slots: Vec<Slot>,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: WorkerId,
+    generation: u64,
+    hub: Hub,
+    signals: Signals,
+    control: Receiver<Request>,
+    _control_socket: ControlSocket,
+    notifier: Notifier,
+    watchdog: Option<Duration>,
+    phase: Phase,
+    next_tick: Instant,
+    last_watchdog: Instant,
+    last_reload_error: Option<String>,
+}
+
+/// Entry point of `chatd serve`.
+pub fn run(config_path: &Path) -> ExitCode {
+    match Supervisor::start(config_path) {
+        Ok(mut supervisor) => match supervisor.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The hub's view of the workers: frames go into their bus buffers.
+struct Mailboxes<'a>(&'a mut BTreeMap<WorkerId, Worker>);
+
+impl Outbox for Mailboxes<'_> {
+    fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
+        if let Some(w) = self.0.get_mut(&worker).filter(|w| w.bus_open) {
+            w.conn.send(msg);
+        }
+    }
+
+    fn to_all(&mut self, msg: &ToWorker) {
+        let frame = frame::encode(msg);
+        for w in self.0.values_mut().filter(|w| w.bus_open) {
+            w.conn.send_encoded(&frame);
+        }
+    }
+}
+
+impl Supervisor {
+    fn start(config_path: &Path) -> Result<Supervisor, String> {
+        let config_text = std::fs::read_to_string(config_path)
+            .map_err(|e| format!("{}: cannot read: {e}", config_path.display()))?;
+        let config = Config::parse(&config_text, &config_path.display().to_string())
+            .map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
+        let mut signals = Signals::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        poll.registry()
+            .register(signals.source(), SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("cannot watch signals: {e}"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), CONTROL)
+                .map_err(|e| format!("cannot create waker: {e}"))?,
+        );
+        let (control_socket, control) =
+            crate::control::server::start(&config.server.control_socket, waker).map_err(|e| {
+                format!("control socket {}: {e}", config.server.control_socket.display())
+            })?;
+
+        let (slots, listen) = bind_slots(&config)?;
+        let hub = Hub::new(&config);
+        let now = Instant::now();
+        let mut supervisor = Supervisor {
+            poll,
+            hub,
+            exe,
+            listen,
+            slots,
+            workers: BTreeMap::new(),
+            next_worker: 0,
+            generation: 1,
+            signals,
+            control,
+            _control_socket: control_socket,
+            notifier: Notifier::new(),
+            watchdog: Notifier::watchdog_interval(),
+            phase: Phase::Starting,
+            next_tick: now + TICK,
+            last_watchdog: now,
+            last_reload_error: None,
+            config,
+            config_path: config_path.to_path_buf(),
+            config_text,
+        };
+        for slot in 0..supervisor.slots.len() {
+            supervisor.start_worker(slot)?;
+        }
+        Ok(supervisor)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(format!("event loop failed: {e}"));
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(),
+                    CONTROL => {}
+                    Token(t) if t >= WORKER_BASE => self.read_bus(t - WORKER_BASE),
+                    Token(_) => {}
+                }
+            }
+            let busy: Vec<WorkerId> =
+                self.workers.iter().filter(|(_, w)| w.more_input).map(|(id, _)| *id).collect();
+            for id in busy {
+                self.read_bus(id);
+            }
+            while let Ok(request) = self.control.try_recv() {
+                self.on_control(request);
+            }
+            self.on_timers();
+            self.flush_buses();
+            if let Phase::Stopping { .. } = self.phase {
+                if self.workers.is_empty() {
+                    info!("all workers stopped; bye");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        if self.workers.values().any(|w| w.more_input) {
+            return Duration::ZERO;
+        }
+        let mut next = self.next_tick;
+        for slot in &self.slots {
+            if let Some(at) = slot.restart_at {
+                next = next.min(at);
+            }
+        }
+        if let Phase::Stopping { deadline } = self.phase {
+            next = next.min(deadline);
+        }
+        next.saturating_duration_since(Instant::now())
+    }
+
+    /// Forks the worker for `slot` with the current config and generation.
+    fn start_worker(&mut self, slot: usize) -> Result<(), String> {
+        let setup = ToWorker::Setup {
+            slot,
+            generation: self.generation,
+            config: self.config_text.clone(),
+            config_path: self.config_path.display().to_string(),
+        };
+        let spawned = spawn::spawn_worker(
+            &self.exe,
+            slot,
+            self.generation,
+            &self.slots[slot].listeners,
+            &setup,
+        )
+        .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let mut conn = spawned.conn;
+        self.poll
+            .registry()
+            .register(
+                conn.stream(),
+                Token(WORKER_BASE + id),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("cannot watch worker bus: {e}"))?;
+        let pid = spawned.child.id();
+        let now = Instant::now();
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                generation: self.generation,
+                pid,
+                child: spawned.child,
+                conn,
+                started: now,
+                ready: false,
+                last_heartbeat: now,
+                bus_open: true,
+                more_input: false,
+            },
+        );
+        let slot_state = &mut self.slots[slot];
+        slot_state.worker = Some(id);
+        slot_state.restart_at = None;
+        info!("slot {slot}: started worker pid {pid} (generation {})", self.generation);
+        Ok(())
+    }
+
+    fn read_bus(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id).filter(|w| w.bus_open) else { return };
+        let fill = worker.conn.fill();
+        worker.more_input = matches!(fill, Ok(Fill::More));
+        loop {
+            let Some(worker) = self.workers.get_mut(&id) else { return };
+            let msg = match worker.conn.next_message::<ToHub>() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(e) => {
+                    error!(
+                        "slot {}: malformed bus frame from pid {}: {e}",
+                        worker.slot, worker.pid
+                    );
+                    self.drop_worker(id);
+                    return;
+                }
+            };
+            match msg {
+                ToHub::Hello { pid, .. } => {
+                    worker.ready = true;
+                    info!("slot {}: worker pid {pid} ready", worker.slot);
+                    self.check_started();
+                }
+                ToHub::Heartbeat => worker.last_heartbeat = Instant::now(),
+                msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
+            }
+        }
+        match fill {
+            Ok(Fill::Closed) => self.drop_worker(id),
+            Err(e) => {
+                warn!("worker bus read failed: {e}");
+                self.drop_worker(id);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// The worker's bus is unusable (EOF, error, garbage): its clients are gone from the room,
+    /// and the process is killed to be sure; reaping it schedules the restart.
+    fn drop_worker(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else { return };
+        if !worker.bus_open {
+            return;
+        }
+        worker.bus_open = false;
+        worker.more_input = false;
+        let _ = self.poll.registry().deregister(worker.conn.stream());
+        let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+        if !matches!(self.phase, Phase::Stopping { .. }) {
+            self.hub.worker_lost(id, &mut Mailboxes(&mut self.workers));
+        }
+    }
+
+    /// Collects exited workers and schedules their slots' restarts.
+    fn reap(&mut self) {
+        let exited: Vec<WorkerId> = self
+            .workers
+            .iter_mut()
+            .filter_map(|(id, w)| match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    if matches!(self.phase, Phase::Stopping { .. }) {
+                        info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
+                    } else {
+                        warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
+                    }
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        for id in exited {
+            self.drop_worker(id);
+            let Some(worker) = self.workers.remove(&id) else { continue };
+            let slot = &mut self.slots[worker.slot];
+            if slot.worker != Some(id) || matches!(self.phase, Phase::Stopping { .. }) {
+                continue;
+            }
+            slot.worker = None;
+            if worker.started.elapsed() >= HEALTHY_AFTER {
+                slot.backoff = FIRST_BACKOFF;
+            }
+            slot.restart_at = Some(Instant::now() + slot.backoff);
+            info!("slot {}: restarting in {:?}", worker.slot, slot.backoff);
+            slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for signal in self.signals.pending() {
+            match signal {
+                libc::SIGCHLD => self.reap(),
+                libc::SIGTERM | libc::SIGINT => {
+                    info!("received {}; stopping", signal_name(signal));
+                    self.stop();
+                }
+                libc::SIGHUP => {
+                    info!("received SIGHUP");
+                    let reply = self.reload();
+                    if !reply.ok {
+                        warn!("reload failed: {}", reply.message.unwrap_or_default());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_control(&mut self, request: Request) {
+        let reply = match request.command {
+            Command::Status => Reply::status(self.status()),
+            Command::Reload => self.reload(),
+            Command::Stop => {
+                info!("stop requested on the control socket");
+                self.stop();
+                Reply::done("stopping")
+            }
+        };
+        // The client may have given up waiting; nothing to do about it then.
+        let _ = request.reply.send(reply);
+    }
+
+    /// Reload is not available yet: the config is validated and the result reported, but
+    /// nothing changes.
+    fn reload(&mut self) -> Reply {
+        match std::fs::read_to_string(&self.config_path) {
+            Err(e) => Reply::failed(format!("{}: cannot read: {e}", self.config_path.display())),
+            Ok(text) => match Config::parse(&text, &self.config_path.display().to_string()) {
+                Err(e) => Reply::failed(e.to_string()),
+                Ok(_) => Reply::failed("reload is not supported by this version of chatd"),
+            },
+        }
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        self.notifier.stopping();
+        self.phase = Phase::Stopping { deadline: Instant::now() + STOP_GRACE };
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+        }
+        for worker in self.workers.values_mut().filter(|w| w.bus_open) {
+            worker.conn.send(&ToWorker::Shutdown);
+        }
+    }
+
+    /// At startup: once every slot's worker is accepting, announce readiness.
+    fn check_started(&mut self) {
+        if self.phase != Phase::Starting {
+            return;
+        }
+        let all_ready = self
+            .slots
+            .iter()
+            .all(|s| s.worker.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.ready));
+        if !all_ready {
+            return;
+        }
+        self.phase = Phase::Running;
+        for addr in &self.listen {
+            info!("listening on {addr} with {} workers", self.slots.len());
+        }
+        let status = self.status_line();
+        self.notifier.ready(&status);
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = (0..self.slots.len())
+            .filter(|&s| self.slots[s].restart_at.is_some_and(|at| at <= now))
+            .collect();
+        for slot in due {
+            if let Err(e) = self.start_worker(slot) {
+                error!("{e}");
+                let slot = &mut self.slots[slot];
+                slot.restart_at = Some(now + slot.backoff);
+                slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        if let Phase::Stopping { deadline } = self.phase {
+            if now >= deadline {
+                for w in self.workers.values_mut() {
+                    warn!("slot {}: worker pid {} did not stop in time; killing", w.slot, w.pid);
+                    let _ = w.child.kill();
+                    let _ = w.child.wait();
+                }
+                self.workers.clear();
+            }
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.check_heartbeats(now);
+        if self.phase == Phase::Running {
+            let status = self.status_line();
+            self.notifier.status(&status);
+            if let Some(interval) = self.watchdog {
+                if self.all_workers_healthy(now) && now - self.last_watchdog >= interval / 4 {
+                    self.notifier.watchdog();
+                    self.last_watchdog = now;
+                }
+            }
+        }
+    }
+
+    /// A worker that stopped heartbeating (hung, or stopped with SIGSTOP) is killed; the reaper
+    /// replaces it.
+    fn check_heartbeats(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        let limit = self.config.server.heartbeat_timeout;
+        let hung: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.bus_open && now - w.last_heartbeat > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in hung {
+            if let Some(w) = self.workers.get(&id) {
+                warn!(
+                    "slot {}: worker pid {} silent for {:?}; killing it",
+                    w.slot,
+                    w.pid,
+                    now - w.last_heartbeat
+                );
+            }
+            self.drop_worker(id);
+        }
+    }
+
+    fn all_workers_healthy(&self, now: Instant) -> bool {
+        let limit = self.config.server.heartbeat_timeout;
+        self.slots.iter().all(|s| {
+            s.worker
+                .and_then(|id| self.workers.get(&id))
+                .is_some_and(|w| w.ready && w.bus_open && now - w.last_heartbeat <= limit)
+        })
+    }
+
+    fn flush_buses(&mut self) {
+        let mut broken = Vec::new();
+        for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.bus_open) {
+            if let Err(e) = w.conn.flush() {
+                warn!("slot {}: bus write to pid {} failed: {e}", w.slot, w.pid);
+                broken.push(*id);
+            } else if w.conn.pending_out() > MAX_BUS_BACKLOG {
+                error!(
+                    "slot {}: worker pid {} is {} MiB behind on the bus; killing it",
+                    w.slot,
+                    w.pid,
+                    w.conn.pending_out() >> 20
+                );
+                broken.push(*id);
+            }
+        }
+        for id in broken {
+            self.drop_worker(id);
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let workers = self.workers.values().filter(|w| w.ready && w.bus_open).count();
+        let mut line = format!(
+            "{workers} workers, {} clients, generation {}",
+            self.hub.online(),
+            self.generation
+        );
+        if let Some(e) = &self.last_reload_error {
+            line.push_str("; last reload failed: ");
+            line.push_str(e);
+        }
+        line
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: self.generation,
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            clients: self.hub.online(),
+            workers: self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.bus_open)
+                .map(|(id, w)| WorkerStatus {
+                    slot: w.slot,
+                    pid: w.pid,
+                    generation: w.generation,
+                    clients: self.hub.online_on(*id),
+                    uptime_s: w.started.elapsed().as_secs(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Binds every slot's listeners; returns the slots and the effective listen addresses (port 0
+/// resolved).
+fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
+    let count = config.server.workers;
+    let mut slots: Vec<Slot> = (0..count)
+        .map(|_| Slot {
+            listeners: Vec::new(),
+            worker: None,
+            backoff: FIRST_BACKOFF,
+            restart_at: None,
+        })
+        .collect();
+    let mut listen = Vec::new();
+    for addr in &config.server.listen {
+        let group = listener::bind_group(*addr, count, config.server.backlog)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let bound = listener::local_addr(&group[0]).map_err(|e| format!("{addr}: {e}"))?;
+        listen.push(bound);
+        for (slot, socket) in slots.iter_mut().zip(group) {
+            slot.listeners.push(socket);
+        }
+    }
+    Ok((slots, listen))
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,75 @@
+//! Starting a worker process: fork + exec of our own binary.
+//!
+//! Exec (rather than a bare fork) means a worker always runs the binary that is on disk when it
+//! starts, so a reload after a package upgrade brings the new code in. The worker inherits
+//! exactly two kinds of descriptors, named on its command line: its end of a fresh bus
+//! socketpair, and its slot's listening sockets. Everything else is close-on-exec.
+
+use crate::bus::{BusConn, ToWorker};
+use socket2::Socket;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A freshly started worker and the supervisor's end of its bus.
+pub struct Spawned {
+    pub child: Child,
+    pub conn: BusConn,
+}
+
+/// Starts the worker for `slot`; `setup` is its first bus frame.
+pub fn spawn_worker(
+    exe: &Path,
+    slot: usize,
+    generation: u64,
+    listeners: &[Socket],
+    setup: &ToWorker,
+) -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let bus_fd = theirs.as_raw_fd();
+    let mut inherit: Vec<RawFd> = listeners.iter().map(|s| s.as_raw_fd()).collect();
+    let mut command = Command::new(exe);
+    command
+        .arg("worker")
+        .args(["--slot", &slot.to_string()])
+        .args(["--generation", &generation.to_string()])
+        .args(["--bus-fd", &bus_fd.to_string()]);
+    for fd in &inherit {
+        command.args(["--listen-fd", &fd.to_string()]);
+    }
+    inherit.push(bus_fd);
+    // Only the supervisor talks to systemd (NotifyAccess=main); the workers must not try.
+    command
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs between fork and exec and only calls fcntl, which is
+    // async-signal-safe; `inherit` was allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &inherit {
+                clear_cloexec(*fd)?;
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours));
+    conn.send(setup);
+    Ok(Spawned { child, conn })
+}
+
+fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a descriptor number; no memory is touched.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

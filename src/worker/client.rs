@@ -1,0 +1,205 @@
+//! One client connection inside a worker: its socket, its input decoder and its output queue.
+//!
+//! Output is queued per client and written once per event-loop turn, however many lines arrived
+//! in between, so a busy room costs one `write` per client per turn rather than one per line.
+//! Buffers are allocated while in use and given back when drained, which keeps an idle
+//! connection small.
+
+use crate::bus::message::{ConnId, SessionId};
+use crate::protocol::decoder::LineDecoder;
+use crate::worker::rate::TokenBucket;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::Instant;
+
+/// Output capacity kept after a flush; larger buffers are freed so idle clients stay small.
+const KEEP_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; waiting for the hub to admit it.
+    Joining,
+    /// In the room.
+    Live,
+    /// Asked to leave (quit, or closed its side); still gets room lines and answers until the
+    /// hub confirms, but its input is no longer read.
+    Leaving,
+    /// Leaving: the last output is being flushed; input is discarded. After the deadline the
+    /// socket is dropped regardless.
+    Closing { deadline: Instant, write_shut: bool },
+}
+
+/// What one read did.
+pub enum Input {
+    /// Bytes went into the decoder.
+    Data,
+    /// Nothing to read right now.
+    Empty,
+    /// The client closed its side.
+    Eof,
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    pub conn: ConnId,
+    pub session: Option<SessionId>,
+    pub phase: Phase,
+    pub decoder: LineDecoder,
+    pub bucket: Option<TokenBucket>,
+    pub last_line: Instant,
+    /// The client closed its side; its last lines are still being processed.
+    pub eof: bool,
+    /// Edge-triggered readiness: the socket may still hold unread bytes.
+    pub can_read: bool,
+    /// Waiting for the rate limiter; a timer will resume it.
+    pub throttled: bool,
+    /// Already on the worker's list of clients to flush this turn.
+    pub flush_queued: bool,
+    /// The hub has been told this session left (or it never joined).
+    pub left: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl Client {
+    pub fn new(stream: TcpStream, conn: ConnId, max_line_bytes: usize) -> Client {
+        let now = Instant::now();
+        Client {
+            stream,
+            conn,
+            session: None,
+            phase: Phase::Joining,
+            decoder: LineDecoder::new(max_line_bytes),
+            bucket: None,
+            last_line: now,
+            eof: false,
+            can_read: true,
+            throttled: false,
+            flush_queued: false,
+            left: false,
+            out: Vec::new(),
+            out_pos: 0,
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// Room lines still go to this client.
+    pub fn in_room(&self) -> bool {
+        matches!(self.phase, Phase::Live | Phase::Leaving)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// Queues raw bytes (already CRLF-terminated lines).
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Queues one line, adding CRLF.
+    pub fn queue_line(&mut self, line: &str) {
+        self.out.reserve(line.len() + 2);
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Bytes waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Drops queued output except the rest of a line already partly written, so a final notice
+    /// starts on a line of its own.
+    pub fn discard_output(&mut self) {
+        let rest = &self.out[self.out_pos..];
+        let keep = if self.out_pos == 0 || self.out[self.out_pos - 1] == b'\n' {
+            0
+        } else {
+            rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1)
+        };
+        self.out.truncate(self.out_pos + keep);
+    }
+
+    /// Writes queued output until done or the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// One read into `scratch`, fed to the decoder.
+    pub fn read_input(&mut self, scratch: &mut [u8]) -> io::Result<Input> {
+        loop {
+            return match self.stream.read(scratch) {
+                Ok(0) => {
+                    self.can_read = false;
+                    Ok(Input::Eof)
+                }
+                Ok(n) => {
+                    self.decoder.feed(&scratch[..n]);
+                    Ok(Input::Data)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.can_read = false;
+                    Ok(Input::Empty)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Reads and throws away whatever the client sends while its connection is closing, so the
+    /// final close does not turn into a reset that could destroy our last lines in flight.
+    /// Returns true at EOF.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> bool {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.can_read = false;
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Starts closing: flush what is queued, then send FIN.
+    pub fn start_closing(&mut self, deadline: Instant) {
+        if !self.is_closing() {
+            self.phase = Phase::Closing { deadline, write_shut: false };
+        }
+    }
+
+    /// Once everything is written, half-close our side. Returns true when it did.
+    pub fn shut_write_if_flushed(&mut self) -> bool {
+        if let Phase::Closing { deadline, write_shut: false } = self.phase {
+            if self.backlog() == 0 {
+                let _ = self.stream.shutdown(Shutdown::Write);
+                self.phase = Phase::Closing { deadline, write_shut: true };
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,540 @@
+//! A worker process: one single-threaded event loop serving thousands of clients.
+//!
+//! The worker accepts on its slot's listeners (inherited from the supervisor), decodes what
+//! clients type, and forwards it to the hub over the bus; it writes back whatever the hub sends,
+//! in the hub's order. It keeps no room state of its own beyond "which session is which
+//! socket", so any worker can serve any client and the processes are simply the parallelism.
+
+mod client;
+mod input;
+pub mod rate;
+mod setup;
+
+pub use setup::Args;
+
+use crate::bus::message::{ConnId, LeaveReason, SessionId};
+use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
+use crate::config::Config;
+use crate::signals::Signals;
+use client::{Client, Phase};
+use log::{debug, error, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const BUS: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const LISTENER_BASE: usize = 2;
+const CLIENT_BASE: usize = 1 << 20;
+
+/// Heartbeat, idle checks and the accept sweep run this often.
+const TICK: Duration = Duration::from_secs(1);
+/// Client input is not processed while this much is waiting to go to the hub.
+const BUS_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// How long a closing connection may take to flush its last lines.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Pause after the process ran out of file descriptors, before accepting again.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// One read from a client takes at most this much.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct Worker {
+    poll: Poll,
+    config: Config,
+    bus: BusConn,
+    bus_more: bool,
+    signals: Signals,
+    listeners: Vec<TcpListener>,
+    accepting: bool,
+    accept_paused_until: Option<Instant>,
+    emfile_logged: bool,
+    clients: Slab<Client>,
+    joining: HashMap<ConnId, usize>,
+    sessions: HashMap<SessionId, usize>,
+    next_conn: ConnId,
+    /// Clients with output queued this turn.
+    dirty: Vec<usize>,
+    /// Clients waiting for the bus to drain before their input is processed.
+    stalled: Vec<usize>,
+    /// Rate-limited clients by the time they may send again.
+    throttled: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
+    /// Room lines received this turn that go to every live client.
+    batch: Vec<u8>,
+    scratch: Vec<u8>,
+    next_tick: Instant,
+    /// Set when the worker is going away: the exit code and the deadline for last flushes.
+    exiting: Option<(ExitCode, Instant)>,
+}
+
+/// Entry point of the hidden `chatd worker` subcommand.
+pub fn run(args: Args) -> ExitCode {
+    crate::logging::init(format!("worker {}", args.slot));
+    let mut worker = match setup::start(args) {
+        Ok(worker) => worker,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    worker.run()
+}
+
+impl Worker {
+    fn run(&mut self) -> ExitCode {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("event loop failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    BUS => self.read_bus(),
+                    SIGNALS => {
+                        if self.signals.pending().contains(&libc::SIGTERM) {
+                            info!("received SIGTERM; closing");
+                            self.begin_exit("* server shutting down", ExitCode::SUCCESS);
+                        }
+                    }
+                    Token(t) if t >= CLIENT_BASE => {
+                        let key = t - CLIENT_BASE;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if let Some(c) = self.clients.get_mut(key) {
+                                c.can_read = true;
+                            }
+                            self.service(key);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(key);
+                        }
+                    }
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(_) => {}
+                }
+            }
+            if self.bus_more {
+                self.read_bus();
+            }
+            self.on_timers();
+            self.flush_clients();
+            self.flush_bus();
+            if let Some((code, deadline)) = &self.exiting {
+                if self.clients.is_empty() || Instant::now() >= *deadline {
+                    let _ = self.bus.flush();
+                    info!("exiting");
+                    return *code;
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        if self.bus_more {
+            return Duration::ZERO;
+        }
+        let mut next = self.next_tick;
+        if let Some(Reverse((at, _, _))) = self.throttled.peek() {
+            next = next.min(*at);
+        }
+        if let Some(at) = self.accept_paused_until {
+            next = next.min(at);
+        }
+        if let Some((_, deadline)) = self.exiting {
+            next = next.min(deadline);
+        }
+        next.saturating_duration_since(Instant::now())
+    }
+
+    // ----- accepting ---------------------------------------------------------------------
+
+    /// Accepts everything queued on one listener.
+    fn accept(&mut self, index: usize) {
+        if !self.accepting || self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !self.emfile_logged {
+                        warn!("out of file descriptors; pausing accept ({e})");
+                        self.emfile_logged = true;
+                    }
+                    self.accept_paused_until = Some(Instant::now() + EMFILE_PAUSE);
+                    return;
+                }
+                // The connection died in the queue (ECONNABORTED and friends): next one.
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        for index in 0..self.listeners.len() {
+            self.accept(index);
+        }
+    }
+
+    /// A new connection: register it and ask the hub to let it in.
+    fn admit(&mut self, mut stream: mio::net::TcpStream, addr: std::net::SocketAddr) {
+        if let Err(e) = crate::listener::tune_accepted(&stream, &self.config.socket) {
+            debug!("socket options for {addr}: {e}");
+        }
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let token = Token(CLIENT_BASE + key);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot watch connection from {addr}: {e}");
+            return;
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        entry.insert(Client::new(stream, conn, self.config.chat.max_line_bytes));
+        self.joining.insert(conn, key);
+        self.bus.send(&ToHub::Join { conn, addr });
+    }
+
+    // ----- the bus -------------------------------------------------------------------------
+
+    fn read_bus(&mut self) {
+        let fill = self.bus.fill();
+        self.bus_more = matches!(fill, Ok(Fill::More));
+        loop {
+            match self.bus.next_message::<ToWorker>() {
+                Ok(Some(msg)) => self.on_bus(msg),
+                Ok(None) => break,
+                Err(e) => {
+                    error!("malformed frame from the supervisor: {e}");
+                    self.supervisor_lost();
+                    return;
+                }
+            }
+        }
+        self.deliver_batch();
+        match fill {
+            Ok(Fill::Closed) => self.supervisor_lost(),
+            Err(e) => {
+                error!("bus read failed: {e}");
+                self.supervisor_lost();
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn supervisor_lost(&mut self) {
+        if self.exiting.is_none() {
+            error!("lost the supervisor; telling clients and exiting");
+        }
+        self.bus_more = false;
+        let _ = self.poll.registry().deregister(self.bus.stream());
+        self.begin_exit("* server stopped unexpectedly, please reconnect", ExitCode::FAILURE);
+    }
+
+    fn on_bus(&mut self, msg: ToWorker) {
+        if let ToWorker::Room { skip: None, line, .. } = &msg {
+            self.batch.extend_from_slice(line.as_bytes());
+            self.batch.extend_from_slice(b"\r\n");
+            return;
+        }
+        self.deliver_batch();
+        match msg {
+            ToWorker::Room { skip, line, .. } => {
+                let mut bytes = line.into_bytes();
+                bytes.extend_from_slice(b"\r\n");
+                self.broadcast(&bytes, skip);
+            }
+            ToWorker::Admitted { conn, session, lines } => self.on_admitted(conn, session, lines),
+            ToWorker::Refused { conn, line } => {
+                if let Some(key) = self.joining.remove(&conn) {
+                    let client = &mut self.clients[key];
+                    client.left = true;
+                    client.queue_line(&line);
+                    client.start_closing(Instant::now() + CLOSE_GRACE);
+                    self.mark_dirty(key);
+                }
+            }
+            ToWorker::Direct { session, lines } => {
+                if let Some(&key) = self.sessions.get(&session) {
+                    let client = &mut self.clients[key];
+                    for line in &lines {
+                        client.queue_line(line);
+                    }
+                    self.mark_dirty(key);
+                }
+            }
+            ToWorker::Left { session } => {
+                if let Some(&key) = self.sessions.get(&session) {
+                    self.close(key);
+                }
+            }
+            ToWorker::Shutdown => {
+                info!("shutdown requested");
+                self.begin_exit("* server shutting down", ExitCode::SUCCESS);
+            }
+            ToWorker::Setup { .. } => warn!("unexpected second setup frame; ignored"),
+        }
+    }
+
+    fn on_admitted(&mut self, conn: ConnId, session: SessionId, lines: Vec<String>) {
+        let Some(key) = self.joining.remove(&conn) else {
+            // The client went away while the hub was admitting it.
+            self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Closed });
+            return;
+        };
+        let client = &mut self.clients[key];
+        if client.phase != Phase::Joining {
+            self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Closed });
+            return;
+        }
+        client.session = Some(session);
+        client.phase = Phase::Live;
+        client.bucket = self
+            .config
+            .chat
+            .rate_limit
+            .as_ref()
+            .map(|limit| rate::TokenBucket::new(limit, Instant::now()));
+        for line in &lines {
+            client.queue_line(line);
+        }
+        self.sessions.insert(session, key);
+        self.mark_dirty(key);
+        self.service(key);
+    }
+
+    fn deliver_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.broadcast(&batch, None);
+        self.batch = batch;
+        self.batch.clear();
+    }
+
+    /// Queues room bytes for every live client but `skip`; cuts off clients that fell too far
+    /// behind, so the room never waits for them.
+    fn broadcast(&mut self, bytes: &[u8], skip: Option<SessionId>) {
+        let max_backlog = self.config.chat.max_backlog_bytes;
+        let mut too_slow = Vec::new();
+        for (key, client) in self.clients.iter_mut() {
+            if !client.in_room() || (skip.is_some() && client.session == skip) {
+                continue;
+            }
+            client.queue(bytes);
+            if client.backlog() > max_backlog {
+                too_slow.push(key);
+            } else if !client.flush_queued {
+                client.flush_queued = true;
+                self.dirty.push(key);
+            }
+        }
+        for key in too_slow {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.discard_output();
+            }
+            self.disconnect(key, "* disconnected: too slow", LeaveReason::TooSlow);
+        }
+    }
+
+    fn flush_bus(&mut self) {
+        if let Err(e) = self.bus.flush() {
+            error!("bus write failed: {e}");
+            self.supervisor_lost();
+            return;
+        }
+        if self.bus.pending_out() < BUS_HIGH_WATER / 2 && !self.stalled.is_empty() {
+            for key in std::mem::take(&mut self.stalled) {
+                self.service(key);
+            }
+        }
+    }
+
+    // ----- output and connection lifecycle -----------------------------------------------
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.flush_queued {
+                client.flush_queued = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn flush_clients(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            client.flush_queued = false;
+            match client.flush() {
+                Ok(()) => {
+                    if client.shut_write_if_flushed() && client.eof {
+                        self.remove(key);
+                    }
+                }
+                Err(_) => self.lost(key),
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Queues a last line, tells the hub why the client left, and closes after flushing.
+    fn disconnect(&mut self, key: usize, line: &str, reason: LeaveReason) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if client.is_closing() {
+            return;
+        }
+        client.queue_line(line);
+        self.leave(key, reason);
+        self.close(key);
+    }
+
+    /// The client asked to leave (quit, or EOF): the hub announces it and confirms with `Left`,
+    /// which closes the connection; until then answers to its last requests still arrive.
+    fn depart(&mut self, key: usize, reason: LeaveReason) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if client.session.is_some() && !client.left && client.is_live() {
+            client.phase = Phase::Leaving;
+            self.leave(key, reason);
+        } else {
+            self.leave(key, reason);
+            self.close(key);
+        }
+    }
+
+    /// Tells the hub (once) that this client left the room.
+    fn leave(&mut self, key: usize, reason: LeaveReason) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if client.left {
+            return;
+        }
+        client.left = true;
+        if let Some(session) = client.session {
+            self.bus.send(&ToHub::Leave { session, reason });
+        }
+    }
+
+    /// Starts closing a connection: no more room lines, flush, FIN, then drop.
+    fn close(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.start_closing(Instant::now() + CLOSE_GRACE);
+        if let Some(session) = client.session {
+            self.sessions.remove(&session);
+        }
+        self.joining.remove(&client.conn);
+        self.mark_dirty(key);
+    }
+
+    /// The connection broke (reset, write error): leave as `connection lost` and drop it now.
+    fn lost(&mut self, key: usize) {
+        self.leave(key, LeaveReason::Lost);
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: usize) {
+        if !self.clients.contains(key) {
+            return;
+        }
+        let mut client = self.clients.remove(key);
+        let _ = self.poll.registry().deregister(&mut client.stream);
+        if let Some(session) = client.session {
+            if self.sessions.get(&session) == Some(&key) {
+                self.sessions.remove(&session);
+            }
+        }
+        if self.joining.get(&client.conn) == Some(&key) {
+            self.joining.remove(&client.conn);
+        }
+    }
+
+    /// Says `line` to every client, stops accepting and exits once all is flushed (or the grace
+    /// period is over).
+    fn begin_exit(&mut self, line: &str, code: ExitCode) {
+        if self.exiting.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_GRACE;
+        self.exiting = Some((code, deadline));
+        self.accepting = false;
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener);
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let client = &mut self.clients[key];
+            if client.is_closing() {
+                continue;
+            }
+            client.left = true;
+            client.queue_line(line);
+            self.close(key);
+        }
+    }
+
+    // ----- timers ------------------------------------------------------------------------
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, key, conn))) = self.throttled.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.throttled.pop();
+            if let Some(client) = self.clients.get_mut(key).filter(|c| c.conn == conn) {
+                client.throttled = false;
+                self.service(key);
+            }
+        }
+        if self.accept_paused_until.is_some_and(|at| at <= now) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        if self.exiting.is_none() {
+            self.bus.send(&ToHub::Heartbeat);
+            // Connections migrated from a closed sibling listener may not wake epoll.
+            self.accept_all();
+        }
+        self.check_idle_and_closing(now);
+    }
+
+    fn check_idle_and_closing(&mut self, now: Instant) {
+        let idle_timeout = self.config.chat.idle_timeout;
+        let mut idle = Vec::new();
+        let mut expired = Vec::new();
+        for (key, client) in self.clients.iter() {
+            match client.phase {
+                Phase::Closing { deadline, .. } if deadline <= now => expired.push(key),
+                Phase::Live if idle_timeout.is_some_and(|t| now - client.last_line > t) => {
+                    idle.push(key);
+                }
+                _ => {}
+            }
+        }
+        for key in idle {
+            self.disconnect(key, "* disconnected: idle", LeaveReason::Idle);
+        }
+        for key in expired {
+            self.remove(key);
+        }
+    }
+}

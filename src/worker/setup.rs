@@ -1,0 +1,130 @@
+//! Worker start-up: adopt the descriptors the supervisor passed across exec, read the setup
+//! frame, and build the event loop.
+
+use super::{BUS, CLIENT_BASE, LISTENER_BASE, SIGNALS, TICK, Worker};
+use crate::bus::frame::{self, HEADER_LEN};
+use crate::bus::{BusConn, ToHub, ToWorker};
+use crate::config::Config;
+use crate::signals::{self, Signals};
+use mio::net::{TcpListener, UnixStream};
+use mio::{Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use slab::Slab;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::Read;
+use std::os::fd::{FromRawFd, RawFd};
+use std::time::Instant;
+
+/// The command line of `chatd worker` (written by the supervisor, not by people).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub slot: usize,
+    #[arg(long)]
+    pub generation: u64,
+    #[arg(long)]
+    pub bus_fd: RawFd,
+    #[arg(long = "listen-fd")]
+    pub listen_fds: Vec<RawFd>,
+}
+
+pub(super) fn start(args: Args) -> Result<Worker, String> {
+    // SAFETY: the supervisor passed these descriptors to us across exec, named on our command
+    // line; nothing else in this process owns them.
+    let bus = unsafe { std::os::unix::net::UnixStream::from_raw_fd(args.bus_fd) };
+    let listeners: Vec<TcpListener> = args
+        .listen_fds
+        .iter()
+        .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        .map(TcpListener::from_std)
+        .collect();
+    for fd in args.listen_fds.iter().chain([&args.bus_fd]) {
+        set_cloexec(*fd);
+    }
+    let (config_text, config_path) = read_setup(&bus)?;
+    let config = Config::parse(&config_text, &config_path).map_err(|e| e.to_string())?;
+    bus.set_nonblocking(true).map_err(|e| format!("bus: {e}"))?;
+
+    // Ctrl-C in a terminal reaches the whole process group; the supervisor decides.
+    for signal in [Signal::SIGINT, Signal::SIGHUP] {
+        signals::ignore(signal).map_err(|e| format!("signals: {e}"))?;
+    }
+    let mut signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
+    let poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
+    let mut bus = BusConn::new(UnixStream::from_std(bus));
+    let registry = poll.registry();
+    registry
+        .register(bus.stream(), BUS, Interest::READABLE | Interest::WRITABLE)
+        .and_then(|_| registry.register(signals.source(), SIGNALS, Interest::READABLE))
+        .map_err(|e| format!("event loop: {e}"))?;
+    let mut listeners = listeners;
+    for (i, listener) in listeners.iter_mut().enumerate() {
+        if LISTENER_BASE + i >= CLIENT_BASE {
+            return Err("too many listen addresses".into());
+        }
+        registry
+            .register(listener, Token(LISTENER_BASE + i), Interest::READABLE)
+            .map_err(|e| format!("event loop: {e}"))?;
+    }
+    bus.send(&ToHub::Hello {
+        slot: args.slot,
+        pid: std::process::id(),
+        generation: args.generation,
+    });
+    log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
+    let mut worker = Worker {
+        poll,
+        config,
+        bus,
+        bus_more: false,
+        signals,
+        listeners,
+        accepting: true,
+        accept_paused_until: None,
+        emfile_logged: false,
+        clients: Slab::new(),
+        joining: HashMap::new(),
+        sessions: HashMap::new(),
+        next_conn: 1,
+        dirty: Vec::new(),
+        stalled: Vec::new(),
+        throttled: BinaryHeap::new(),
+        batch: Vec::new(),
+        scratch: Vec::new(),
+        next_tick: Instant::now() + TICK,
+        exiting: None,
+    };
+    // Connections may have queued on the slot's listeners while no worker served it.
+    worker.accept_all();
+    Ok(worker)
+}
+
+/// Reads the setup frame with a blocking read: nothing can happen before it.
+fn read_setup(bus: &std::os::unix::net::UnixStream) -> Result<(String, String), String> {
+    let mut reader = bus;
+    let mut header = [0u8; HEADER_LEN];
+    reader.read_exact(&mut header).map_err(|e| format!("reading setup: {e}"))?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len == 0 || len > frame::MAX_FRAME_LEN {
+        return Err(format!("setup frame of bad length {len}"));
+    }
+    let mut bytes = header.to_vec();
+    bytes.resize(4 + len, 0);
+    reader.read_exact(&mut bytes[HEADER_LEN..]).map_err(|e| format!("reading setup: {e}"))?;
+    match frame::decode::<ToWorker>(&bytes) {
+        Ok(Some((ToWorker::Setup { config, config_path, .. }, _))) => Ok((config, config_path)),
+        Ok(_) => Err("the first bus frame is not a setup frame".into()),
+        Err(e) => Err(format!("setup frame: {e}")),
+    }
+}
+
+/// Inherited descriptors must not leak into anything this process might start.
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
