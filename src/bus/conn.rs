@@ -1,17 +1,30 @@
-//! A non-blocking, buffered frame stream over one end of a bus socketpair.
+//! A non-blocking, buffered frame stream over a Unix stream socket, with descriptor passing.
 //!
 //! Written for edge-triggered event loops: `fill` reads until the socket would block, `flush`
 //! writes until it would block, and both sides keep their bytes in plain buffers, so a peer that
 //! is momentarily slow costs memory (bounded by the callers) rather than a stalled loop.
+//!
+//! A frame may carry file descriptors (`SCM_RIGHTS`): the supervisor hands a worker the end of a
+//! hand-off channel this way, and an old worker hands each client socket to its successor.
+//! Descriptors travel with the first byte of their frame, so by the time a reader has the whole
+//! frame it has its descriptors too; they are queued in arrival order and taken with
+//! [`BusConn::take_fd`].
 
 use super::frame::{self, FrameError};
 use mio::net::UnixStream;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Serialize, de::DeserializeOwned};
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// How much one `fill` reads before yielding, so one busy peer cannot starve the rest of the
 /// event loop.
 const FILL_BUDGET: usize = 4 * 1024 * 1024;
+/// Initial read buffer; it grows when a frame does not fit.
+const READ_BUFFER: usize = 64 * 1024;
+/// Descriptors accepted per read (the kernel delivers at most what one sendmsg attached).
+const MAX_FDS_PER_READ: usize = 64;
 
 /// Result of reading from the peer.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,13 +41,26 @@ pub struct BusConn {
     stream: UnixStream,
     rbuf: Vec<u8>,
     rpos: usize,
+    rlen: usize,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Descriptors to attach when the write position reaches the given offset of `wbuf`.
+    out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
+    in_fds: VecDeque<OwnedFd>,
 }
 
 impl BusConn {
     pub fn new(stream: UnixStream) -> BusConn {
-        BusConn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), wpos: 0 }
+        BusConn {
+            stream,
+            rbuf: Vec::new(),
+            rpos: 0,
+            rlen: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            out_fds: VecDeque::new(),
+            in_fds: VecDeque::new(),
+        }
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {
@@ -43,6 +69,12 @@ impl BusConn {
 
     /// Queues one message.
     pub fn send<T: Serialize>(&mut self, msg: &T) {
+        frame::encode_into(msg, &mut self.wbuf);
+    }
+
+    /// Queues one message that carries descriptors (they are closed here once sent).
+    pub fn send_with_fds<T: Serialize>(&mut self, msg: &T, fds: Vec<OwnedFd>) {
+        self.out_fds.push_back((self.wbuf.len(), fds));
         frame::encode_into(msg, &mut self.wbuf);
     }
 
@@ -59,9 +91,31 @@ impl BusConn {
     /// Writes as much as the socket takes. Returns true when nothing is left queued.
     pub fn flush(&mut self) -> io::Result<bool> {
         while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+            let result = match self.out_fds.front() {
+                Some((at, fds)) if *at == self.wpos => {
+                    // Up to the next frame with descriptors: each sendmsg carries one frame's.
+                    let end = self.out_fds.get(1).map_or(self.wbuf.len(), |(next, _)| *next);
+                    let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+                    let iov = [IoSlice::new(&self.wbuf[self.wpos..end])];
+                    let cmsg = [ControlMessage::ScmRights(&raw)];
+                    sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                        .map_err(io::Error::from)
+                }
+                Some((at, _)) => {
+                    let end = *at;
+                    write_plain(&self.stream, &self.wbuf[self.wpos..end])
+                }
+                None => write_plain(&self.stream, &self.wbuf[self.wpos..]),
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    if self.out_fds.front().is_some_and(|(at, _)| *at == self.wpos) {
+                        // Sent: our copies of the descriptors close here.
+                        self.out_fds.pop_front();
+                    }
+                    self.wpos += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -82,58 +136,83 @@ impl BusConn {
 
     /// Reads what the peer has sent, up to the read budget.
     pub fn fill(&mut self) -> io::Result<Fill> {
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        }
         let mut read = 0;
         loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
-                self.rbuf.reserve(64 * 1024);
-            }
-            let len = self.rbuf.len();
-            let spare = self.rbuf.capacity() - len;
-            self.rbuf.resize(len + spare, 0);
-            let result = self.stream.read(&mut self.rbuf[len..]);
-            match result {
-                Ok(0) => {
-                    self.rbuf.truncate(len);
-                    return Ok(Fill::Closed);
-                }
-                Ok(n) => {
-                    self.rbuf.truncate(len + n);
-                    read += n;
-                    if read >= FILL_BUDGET {
-                        return Ok(Fill::More);
-                    }
-                }
-                Err(e) => {
-                    self.rbuf.truncate(len);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return Ok(Fill::Drained),
-                        io::ErrorKind::Interrupted => {}
-                        _ => return Err(e),
+            self.make_room();
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS_PER_READ]);
+            let mut iov = [IoSliceMut::new(&mut self.rbuf[self.rlen..])];
+            let result = recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            let msg = match result {
+                Ok(msg) => msg,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(Fill::Drained),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = msg.bytes;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors for us.
+                        self.in_fds
+                            .extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                     }
                 }
             }
+            if bytes == 0 {
+                return Ok(Fill::Closed);
+            }
+            self.rlen += bytes;
+            read += bytes;
+            if read >= FILL_BUDGET {
+                return Ok(Fill::More);
+            }
+        }
+    }
+
+    /// Keeps free space at the end of the read buffer, moving unread bytes to the front and
+    /// growing the buffer when a large frame needs it.
+    fn make_room(&mut self) {
+        if self.rpos == self.rlen {
+            self.rpos = 0;
+            self.rlen = 0;
+        }
+        if self.rbuf.len() - self.rlen >= READ_BUFFER / 4 {
+            return;
+        }
+        if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.rlen, 0);
+            self.rlen -= self.rpos;
+            self.rpos = 0;
+        }
+        if self.rbuf.len() - self.rlen < READ_BUFFER / 4 {
+            let size = (self.rbuf.len() * 2).max(READ_BUFFER);
+            self.rbuf.resize(size, 0);
         }
     }
 
     /// Next complete message from what `fill` read.
     pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        match frame::decode(&self.rbuf[self.rpos..])? {
+        match frame::decode(&self.rbuf[self.rpos..self.rlen])? {
             Some((msg, used)) => {
                 self.rpos += used;
                 Ok(Some(msg))
             }
-            None => {
-                // Keep the unread tail at the front so the buffer does not creep.
-                if self.rpos > 0 {
-                    self.rbuf.drain(..self.rpos);
-                    self.rpos = 0;
-                }
-                Ok(None)
-            }
+            None => Ok(None),
         }
     }
+
+    /// The next descriptor that arrived with a frame.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.in_fds.pop_front()
+    }
+}
+
+fn write_plain(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
+    use std::io::Write;
+    (&*stream).write(bytes)
 }

@@ -22,6 +22,8 @@ pub enum LeaveReason {
     Lost,
     TooSlow,
     Idle,
+    /// Closed by a draining worker at the end of a reload without hand-off.
+    Restart,
 }
 
 impl fmt::Display for LeaveReason {
@@ -33,6 +35,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::Lost => f.write_str("connection lost"),
             LeaveReason::TooSlow => f.write_str("too slow"),
             LeaveReason::Idle => f.write_str("idle"),
+            LeaveReason::Restart => f.write_str("server restarting"),
         }
     }
 }
@@ -40,11 +43,13 @@ impl fmt::Display for LeaveReason {
 /// Worker → hub.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToHub {
-    /// The worker is up and accepting on its slot's listeners.
+    /// The worker is up and accepting on its slot's listeners. `handoff` is the version of
+    /// [`super::handoff::Transfer`] it speaks.
     Hello {
         slot: usize,
         pid: u32,
         generation: u64,
+        handoff: u32,
     },
     /// Sent every second; a worker that stays silent is presumed hung.
     Heartbeat,
@@ -81,6 +86,16 @@ pub enum ToHub {
         session: SessionId,
         reason: LeaveReason,
     },
+    /// Hand-off, old worker: every session has been sent to the successor.
+    HandoffDone {
+        sessions: usize,
+    },
+    /// Hand-off, new worker: this session is now here; it has seen every room event up to
+    /// `last_seq`.
+    Adopt {
+        session: SessionId,
+        last_seq: u64,
+    },
 }
 
 /// Hub → worker.
@@ -104,4 +119,17 @@ pub enum ToWorker {
     Left { session: SessionId },
     /// Tell every client the server is going down, flush, exit.
     Shutdown,
+    /// Reload, old worker: stop accepting and send every session over the hand-off channel
+    /// attached to this frame.
+    HandOff,
+    /// Reload, new worker: sessions will arrive on the hand-off channel attached to this frame.
+    Receive,
+    /// After `Adopt`: the room events the session missed while moving (those after its
+    /// `last_seq`), after which it is back in the room.
+    Resume { session: SessionId, lines: Vec<String> },
+    /// Reload without hand-off, old worker: stop accepting, keep serving the clients for at
+    /// most `timeout_ms`, then ask them to reconnect.
+    Drain { timeout_ms: u64 },
+    /// Hand-off finished and the hub routes everything to the successor: exit.
+    Exit,
 }

@@ -6,10 +6,12 @@
 //!
 //! * [`message`]: what travels, as Rust enums.
 //! * [`frame`]: how a message becomes bytes (length prefix, version byte, postcard body).
-//! * [`conn`]: a non-blocking, buffered frame stream for an event loop.
+//! * [`conn`]: a non-blocking, buffered frame stream for an event loop, with fd passing.
+//! * [`handoff`]: what an old worker sends its successor on reload.
 
 pub mod conn;
 pub mod frame;
+pub mod handoff;
 pub mod message;
 
 pub use conn::BusConn;

@@ -31,6 +31,17 @@ pub trait Outbox {
 /// `/history` without a count.
 const DEFAULT_HISTORY_REQUEST: usize = 20;
 
+/// Room events kept for sessions that move between workers on reload, whatever `history` says:
+/// a moving session may have missed a few events and gets them replayed from here.
+const REPLAY_EVENTS: usize = 65_536;
+
+/// A numbered room event as kept for history and replay.
+struct Event {
+    seq: u64,
+    skip: Option<SessionId>,
+    line: String,
+}
+
 /// The parts of the config the hub uses, taken anew on reload.
 struct Settings {
     name: String,
@@ -73,7 +84,8 @@ pub struct Hub {
     /// Lower-cased nick → session: nicknames are unique case-insensitively.
     nicks: HashMap<String, SessionId>,
     per_ip: HashMap<IpAddr, usize>,
-    history: VecDeque<String>,
+    /// Recent room events, oldest first: at least `history` and [`REPLAY_EVENTS`] of them.
+    events: VecDeque<Event>,
 }
 
 impl Hub {
@@ -86,8 +98,14 @@ impl Hub {
             members: HashMap::new(),
             nicks: HashMap::new(),
             per_ip: HashMap::new(),
-            history: VecDeque::new(),
+            events: VecDeque::new(),
         }
+    }
+
+    /// Applies a reloaded config; the room itself (members, history, numbering) carries on.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.settings = Settings::from(config);
+        self.trim_events();
     }
 
     /// Everyone in the room.
@@ -145,6 +163,8 @@ impl Hub {
                 direct(out, worker, session, lines);
             }
             ToHub::Leave { session, reason } => self.leave(session, &reason, out),
+            ToHub::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
+            ToHub::HandoffDone { .. } => {}
         }
     }
 
@@ -252,21 +272,59 @@ impl Hub {
         out.to_worker(member.worker, &ToWorker::Left { session });
     }
 
-    /// Numbers a room line, keeps it in the history and sends it to every worker.
-    fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
-        self.seq += 1;
-        if self.settings.history > 0 {
-            if self.history.len() == self.settings.history {
-                self.history.pop_front();
+    /// A session moved to `worker` on reload: route to it from now on, and replay what the
+    /// session missed while in transit. Room events after this reply reach it live.
+    fn adopt(
+        &mut self,
+        worker: WorkerId,
+        session: SessionId,
+        last_seq: u64,
+        out: &mut impl Outbox,
+    ) {
+        let Some(member) = self.members.get_mut(&session) else {
+            // It left while moving; the new worker still waits for its resume.
+            out.to_worker(worker, &ToWorker::Resume { session, lines: Vec::new() });
+            return;
+        };
+        member.worker = worker;
+        if let Some(oldest) = self.events.front() {
+            if oldest.seq > last_seq + 1 && self.seq > last_seq {
+                log::error!(
+                    "session {session} missed events {}..{} that are no longer kept",
+                    last_seq + 1,
+                    oldest.seq - 1
+                );
             }
-            self.history.push_back(line.clone());
         }
-        out.to_all(&ToWorker::Room { seq: self.seq, skip, line });
+        let lines = self
+            .events
+            .iter()
+            .filter(|e| e.seq > last_seq && e.skip != Some(session))
+            .map(|e| e.line.clone())
+            .collect();
+        out.to_worker(worker, &ToWorker::Resume { session, lines });
     }
 
+    /// Numbers a room line, keeps it for history and replay, and sends it to every worker.
+    fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
+        self.seq += 1;
+        out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone() });
+        self.events.push_back(Event { seq: self.seq, skip, line });
+        self.trim_events();
+    }
+
+    fn trim_events(&mut self) {
+        let keep = self.settings.history.max(REPLAY_EVENTS);
+        while self.events.len() > keep {
+            self.events.pop_front();
+        }
+    }
+
+    /// The last `n` room lines (at most `history`).
     fn recent(&self, n: usize) -> Vec<String> {
-        let start = self.history.len().saturating_sub(n);
-        self.history.iter().skip(start).cloned().collect()
+        let n = n.min(self.settings.history);
+        let start = self.events.len().saturating_sub(n);
+        self.events.iter().skip(start).map(|e| e.line.clone()).collect()
     }
 
     /// The next free `guest-N`; skips numbers someone took with `/nick`.

@@ -8,6 +8,7 @@
 //! small reader threads.
 
 mod hub;
+mod reload;
 mod spawn;
 
 use crate::bus::frame;
@@ -66,6 +67,12 @@ struct Worker {
     bus_open: bool,
     /// The last read stopped at its budget; read again without waiting for an event.
     more_input: bool,
+    /// The session hand-off version it speaks (from Hello).
+    handoff_version: u32,
+    /// During a reload: it has sent all its sessions to its successor.
+    handoff_done: bool,
+    /// Told to exit or drain: its end is expected, not a crash.
+    retiring: bool,
 }
 
 /// A worker slot: its listeners outlive every worker that serves it.
@@ -74,6 +81,12 @@ struct Slot {
     worker: Option<WorkerId>,
     backoff: Duration,
     restart_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new(listeners: Vec<Socket>) -> Slot {
+        Slot { listeners, worker: None, backoff: FIRST_BACKOFF, restart_at: None }
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -92,7 +105,13 @@ pub struct Supervisor {
     config_path: PathBuf,
     config_text: String,
     exe: PathBuf,
+    /// Listen addresses as configured (port 0 stays 0), to match them on reload.
+    listen_config: Vec<SocketAddr>,
+    /// The same, as bound.
     listen: Vec<SocketAddr>,
+    /// Workers of slots a reload removed, waiting to hand their sessions over.
+    removed_workers: Vec<WorkerId>,
+    reload: Option<reload::Reload>,
     slots: Vec<Slot>,
     workers: BTreeMap<WorkerId, Worker>,
     next_worker: WorkerId,
@@ -173,7 +192,10 @@ impl Supervisor {
             poll,
             hub,
             exe,
+            listen_config: config.server.listen.clone(),
             listen,
+            removed_workers: Vec::new(),
+            reload: None,
             slots,
             workers: BTreeMap::new(),
             next_worker: 0,
@@ -223,6 +245,9 @@ impl Supervisor {
                 self.on_control(request);
             }
             self.on_timers();
+            if self.reload.is_some() {
+                self.advance_reload();
+            }
             self.flush_buses();
             if let Phase::Stopping { .. } = self.phase {
                 if self.workers.is_empty() {
@@ -291,6 +316,9 @@ impl Supervisor {
                 last_heartbeat: now,
                 bus_open: true,
                 more_input: false,
+                handoff_version: 0,
+                handoff_done: false,
+                retiring: false,
             },
         );
         let slot_state = &mut self.slots[slot];
@@ -319,12 +347,20 @@ impl Supervisor {
                 }
             };
             match msg {
-                ToHub::Hello { pid, .. } => {
+                ToHub::Hello { pid, handoff, .. } => {
                     worker.ready = true;
+                    worker.handoff_version = handoff;
                     info!("slot {}: worker pid {pid} ready", worker.slot);
                     self.check_started();
                 }
                 ToHub::Heartbeat => worker.last_heartbeat = Instant::now(),
+                ToHub::HandoffDone { sessions } => {
+                    info!(
+                        "slot {}: pid {} handed over {sessions} sessions",
+                        worker.slot, worker.pid
+                    );
+                    worker.handoff_done = true;
+                }
                 msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
             }
         }
@@ -348,7 +384,9 @@ impl Supervisor {
         worker.bus_open = false;
         worker.more_input = false;
         let _ = self.poll.registry().deregister(worker.conn.stream());
-        let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+        if !worker.retiring {
+            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+        }
         if !matches!(self.phase, Phase::Stopping { .. }) {
             self.hub.worker_lost(id, &mut Mailboxes(&mut self.workers));
         }
@@ -361,7 +399,7 @@ impl Supervisor {
             .iter_mut()
             .filter_map(|(id, w)| match w.child.try_wait() {
                 Ok(Some(status)) => {
-                    if matches!(self.phase, Phase::Stopping { .. }) {
+                    if w.retiring || matches!(self.phase, Phase::Stopping { .. }) {
                         info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
                     } else {
                         warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
@@ -374,7 +412,8 @@ impl Supervisor {
         for id in exited {
             self.drop_worker(id);
             let Some(worker) = self.workers.remove(&id) else { continue };
-            let slot = &mut self.slots[worker.slot];
+            // Only a slot's current worker is replaced: an old generation's is done.
+            let Some(slot) = self.slots.get_mut(worker.slot) else { continue };
             if slot.worker != Some(id) || matches!(self.phase, Phase::Stopping { .. }) {
                 continue;
             }
@@ -382,10 +421,17 @@ impl Supervisor {
             if worker.started.elapsed() >= HEALTHY_AFTER {
                 slot.backoff = FIRST_BACKOFF;
             }
-            slot.restart_at = Some(Instant::now() + slot.backoff);
-            info!("slot {}: restarting in {:?}", worker.slot, slot.backoff);
-            slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+            self.schedule_restart(worker.slot);
         }
+    }
+
+    /// Restarts the slot's worker after its backoff, which doubles for next time.
+    fn schedule_restart(&mut self, slot: usize) {
+        let slot_index = slot;
+        let slot = &mut self.slots[slot_index];
+        slot.restart_at = Some(Instant::now() + slot.backoff);
+        info!("slot {slot_index}: restarting in {:?}", slot.backoff);
+        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
     }
 
     fn on_signals(&mut self) {
@@ -397,11 +443,8 @@ impl Supervisor {
                     self.stop();
                 }
                 libc::SIGHUP => {
-                    info!("received SIGHUP");
-                    let reply = self.reload();
-                    if !reply.ok {
-                        warn!("reload failed: {}", reply.message.unwrap_or_default());
-                    }
+                    info!("received SIGHUP; reloading");
+                    self.reload(None);
                 }
                 _ => {}
             }
@@ -411,7 +454,8 @@ impl Supervisor {
     fn on_control(&mut self, request: Request) {
         let reply = match request.command {
             Command::Status => Reply::status(self.status()),
-            Command::Reload => self.reload(),
+            // Answered when the reload is over.
+            Command::Reload => return self.reload(Some(request.reply)),
             Command::Stop => {
                 info!("stop requested on the control socket");
                 self.stop();
@@ -422,24 +466,15 @@ impl Supervisor {
         let _ = request.reply.send(reply);
     }
 
-    /// Reload is not available yet: the config is validated and the result reported, but
-    /// nothing changes.
-    fn reload(&mut self) -> Reply {
-        match std::fs::read_to_string(&self.config_path) {
-            Err(e) => Reply::failed(format!("{}: cannot read: {e}", self.config_path.display())),
-            Ok(text) => match Config::parse(&text, &self.config_path.display().to_string()) {
-                Err(e) => Reply::failed(e.to_string()),
-                Ok(_) => Reply::failed("reload is not supported by this version of chatd"),
-            },
-        }
-    }
-
     fn stop(&mut self) {
         if matches!(self.phase, Phase::Stopping { .. }) {
             return;
         }
         self.notifier.stopping();
         self.phase = Phase::Stopping { deadline: Instant::now() + STOP_GRACE };
+        if let Some(reload) = self.reload.take() {
+            reload.abandon("the server is stopping");
+        }
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
@@ -476,9 +511,7 @@ impl Supervisor {
         for slot in due {
             if let Err(e) = self.start_worker(slot) {
                 error!("{e}");
-                let slot = &mut self.slots[slot];
-                slot.restart_at = Some(now + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+                self.schedule_restart(slot);
             }
         }
         if let Phase::Stopping { deadline } = self.phase {
@@ -604,14 +637,7 @@ impl Supervisor {
 /// resolved).
 fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
     let count = config.server.workers;
-    let mut slots: Vec<Slot> = (0..count)
-        .map(|_| Slot {
-            listeners: Vec::new(),
-            worker: None,
-            backoff: FIRST_BACKOFF,
-            restart_at: None,
-        })
-        .collect();
+    let mut slots: Vec<Slot> = (0..count).map(|_| Slot::new(Vec::new())).collect();
     let mut listen = Vec::new();
     for addr in &config.server.listen {
         let group = listener::bind_group(*addr, count, config.server.backlog)

@@ -25,6 +25,9 @@ pub enum Phase {
     /// Asked to leave (quit, or closed its side); still gets room lines and answers until the
     /// hub confirms, but its input is no longer read.
     Leaving,
+    /// Just handed over from the previous worker; back in the room (as Live or Leaving) when
+    /// the hub has replayed what it missed in transit.
+    Resuming { leaving: bool },
     /// Leaving: the last output is being flushed; input is discarded. After the deadline the
     /// socket is dropped regardless.
     Closing { deadline: Instant, write_shut: bool },
@@ -123,6 +126,14 @@ impl Client {
             rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1)
         };
         self.out.truncate(self.out_pos + keep);
+    }
+
+    /// Takes the unsent output (for a hand-off).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.out);
+        out.drain(..self.out_pos);
+        self.out_pos = 0;
+        out
     }
 
     /// Writes queued output until done or the socket is full.

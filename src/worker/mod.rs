@@ -6,12 +6,14 @@
 //! socket", so any worker can serve any client and the processes are simply the parallelism.
 
 mod client;
+mod handoff;
 mod input;
 pub mod rate;
 mod setup;
 
 pub use setup::Args;
 
+use crate::bus::handoff::Transfer;
 use crate::bus::message::{ConnId, LeaveReason, SessionId};
 use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
 use crate::config::Config;
@@ -22,14 +24,16 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const BUS: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const LISTENER_BASE: usize = 2;
+const HANDOFF_OUT: Token = Token(2);
+const LISTENER_BASE: usize = 3;
+const INCOMING_BASE: usize = 1 << 16;
 const CLIENT_BASE: usize = 1 << 20;
 
 /// Heartbeat, idle checks and the accept sweep run this often.
@@ -66,6 +70,16 @@ pub struct Worker {
     /// Room lines received this turn that go to every live client.
     batch: Vec<u8>,
     scratch: Vec<u8>,
+    /// The last room event delivered (every client in the room has had all up to here).
+    last_seq: u64,
+    /// Reload: the channel sessions go out on, and the sessions already sent.
+    outgoing: Option<handoff::Outgoing>,
+    moved: HashSet<SessionId>,
+    /// Reload: channels sessions come in on.
+    incoming: Slab<BusConn>,
+    incoming_more: bool,
+    /// Reload without hand-off: when to give up on the remaining clients.
+    drain_deadline: Option<Instant>,
     next_tick: Instant,
     /// Set when the worker is going away: the exit code and the deadline for last flushes.
     exiting: Option<(ExitCode, Instant)>,
@@ -104,6 +118,7 @@ impl Worker {
                             self.begin_exit("* server shutting down", ExitCode::SUCCESS);
                         }
                     }
+                    HANDOFF_OUT => self.flush_outgoing(),
                     Token(t) if t >= CLIENT_BASE => {
                         let key = t - CLIENT_BASE;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -116,6 +131,7 @@ impl Worker {
                             self.mark_dirty(key);
                         }
                     }
+                    Token(t) if t >= INCOMING_BASE => self.read_incoming(t - INCOMING_BASE),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(_) => {}
                 }
@@ -123,11 +139,23 @@ impl Worker {
             if self.bus_more {
                 self.read_bus();
             }
+            if std::mem::take(&mut self.incoming_more) {
+                let open: Vec<usize> = self.incoming.iter().map(|(i, _)| i).collect();
+                for index in open {
+                    self.read_incoming(index);
+                }
+            }
             self.on_timers();
             self.flush_clients();
             self.flush_bus();
+            self.flush_outgoing();
+            if self.drain_deadline.is_some() && self.clients.is_empty() && self.exiting.is_none() {
+                info!("drained");
+                self.exiting = Some((ExitCode::SUCCESS, Instant::now()));
+            }
             if let Some((code, deadline)) = &self.exiting {
-                if self.clients.is_empty() || Instant::now() >= *deadline {
+                let done = self.clients.is_empty() && self.outgoing_flushed();
+                if done || Instant::now() >= *deadline {
                     let _ = self.bus.flush();
                     info!("exiting");
                     return *code;
@@ -137,7 +165,7 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Duration {
-        if self.bus_more {
+        if self.bus_more || self.incoming_more {
             return Duration::ZERO;
         }
         let mut next = self.next_tick;
@@ -148,6 +176,9 @@ impl Worker {
             next = next.min(at);
         }
         if let Some((_, deadline)) = self.exiting {
+            next = next.min(deadline);
+        }
+        if let Some(deadline) = self.drain_deadline {
             next = next.min(deadline);
         }
         next.saturating_duration_since(Instant::now())
@@ -177,6 +208,19 @@ impl Worker {
                 // The connection died in the queue (ECONNABORTED and friends): next one.
                 Err(e) => debug!("accept: {e}"),
             }
+        }
+    }
+
+    /// Stops accepting for good (reload or exit). A last sweep takes what is already queued
+    /// so it is served (or handed over) rather than left to the kernel.
+    fn stop_accepting(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        self.accept_all();
+        self.accepting = false;
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener);
         }
     }
 
@@ -246,14 +290,16 @@ impl Worker {
     }
 
     fn on_bus(&mut self, msg: ToWorker) {
-        if let ToWorker::Room { skip: None, line, .. } = &msg {
+        if let ToWorker::Room { skip: None, line, seq } = &msg {
+            self.last_seq = *seq;
             self.batch.extend_from_slice(line.as_bytes());
             self.batch.extend_from_slice(b"\r\n");
             return;
         }
         self.deliver_batch();
         match msg {
-            ToWorker::Room { skip, line, .. } => {
+            ToWorker::Room { skip, line, seq } => {
+                self.last_seq = seq;
                 let mut bytes = line.into_bytes();
                 bytes.extend_from_slice(b"\r\n");
                 self.broadcast(&bytes, skip);
@@ -269,7 +315,9 @@ impl Worker {
                 }
             }
             ToWorker::Direct { session, lines } => {
-                if let Some(&key) = self.sessions.get(&session) {
+                if self.moved.contains(&session) {
+                    self.forward(session, Transfer::Direct { session, lines });
+                } else if let Some(&key) = self.sessions.get(&session) {
                     let client = &mut self.clients[key];
                     for line in &lines {
                         client.queue_line(line);
@@ -278,9 +326,26 @@ impl Worker {
                 }
             }
             ToWorker::Left { session } => {
+                if self.forward(session, Transfer::Left { session }) {
+                    return;
+                }
                 if let Some(&key) = self.sessions.get(&session) {
                     self.close(key);
                 }
+            }
+            ToWorker::HandOff => {
+                let fd = self.bus.take_fd();
+                self.start_handoff(fd);
+            }
+            ToWorker::Receive => {
+                let fd = self.bus.take_fd();
+                self.start_receiving(fd);
+            }
+            ToWorker::Resume { session, lines } => self.resume(session, lines),
+            ToWorker::Drain { timeout_ms } => self.start_drain(Duration::from_millis(timeout_ms)),
+            ToWorker::Exit => {
+                info!("hand-off complete; exiting");
+                self.exiting = Some((ExitCode::SUCCESS, Instant::now() + CLOSE_GRACE));
             }
             ToWorker::Shutdown => {
                 info!("shutdown requested");
@@ -314,7 +379,11 @@ impl Worker {
         }
         self.sessions.insert(session, key);
         self.mark_dirty(key);
-        self.service(key);
+        if self.outgoing.is_some() {
+            self.hand_off_ready();
+        } else {
+            self.service(key);
+        }
     }
 
     fn deliver_batch(&mut self) {
@@ -500,6 +569,9 @@ impl Worker {
                 client.throttled = false;
                 self.service(key);
             }
+        }
+        if self.drain_deadline.is_some_and(|at| at <= now) && self.exiting.is_none() {
+            self.end_drain();
         }
         if self.accept_paused_until.is_some_and(|at| at <= now) {
             self.accept_paused_until = None;

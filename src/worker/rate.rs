@@ -23,6 +23,19 @@ impl TokenBucket {
         TokenBucket { capacity, tokens: capacity, per_second, updated: now }
     }
 
+    /// A bucket holding `tokens` (carried over from another worker on reload).
+    pub fn with_tokens(limit: &RateLimit, tokens: f64, now: Instant) -> TokenBucket {
+        let mut bucket = TokenBucket::new(limit, now);
+        bucket.tokens = tokens.clamp(0.0, bucket.capacity);
+        bucket
+    }
+
+    /// Tokens available now.
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);

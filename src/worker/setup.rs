@@ -70,6 +70,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         slot: args.slot,
         pid: std::process::id(),
         generation: args.generation,
+        handoff: crate::bus::handoff::VERSION,
     });
     log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
     let mut worker = Worker {
@@ -91,6 +92,12 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         throttled: BinaryHeap::new(),
         batch: Vec::new(),
         scratch: Vec::new(),
+        last_seq: 0,
+        outgoing: None,
+        moved: Default::default(),
+        incoming: Slab::new(),
+        incoming_more: false,
+        drain_deadline: None,
         next_tick: Instant::now() + TICK,
         exiting: None,
     };

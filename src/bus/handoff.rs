@@ -1,0 +1,46 @@
+//! Session hand-off between worker generations.
+//!
+//! On reload the old worker sends each live session to its successor over a dedicated
+//! socketpair (created by the supervisor and given to both over their buses): the TCP socket
+//! itself as `SCM_RIGHTS`, plus everything needed to carry on as if nothing happened: unread
+//! input, unsent output, the last room event it was given, rate-limit and idle state. The
+//! frames use the bus framing; [`VERSION`] is exchanged in `Hello` so that a worker never sends
+//! sessions to a binary that would misread them (the reload drains instead).
+
+use super::message::SessionId;
+use crate::protocol::decoder::LineDecoder;
+use serde::{Deserialize, Serialize};
+
+/// Version of [`Transfer`] and [`SessionState`]; bump it when either changes shape.
+pub const VERSION: u32 = 1;
+
+/// One live session as it leaves the old worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SessionState {
+    pub session: SessionId,
+    /// Unread input: the partial line and lines not yet processed.
+    pub decoder: LineDecoder,
+    /// Output queued but not yet written to the socket.
+    pub output: Vec<u8>,
+    /// The last room event this session was given.
+    pub last_seq: u64,
+    /// Rate limiter tokens left, if rate limiting is on.
+    pub tokens: Option<f64>,
+    /// Time since the client's last complete line.
+    pub idle_ms: u64,
+    /// The client had asked to leave; the hub's confirmation is still to come.
+    pub leaving: bool,
+    /// The client had closed its side.
+    pub eof: bool,
+}
+
+/// Old worker → new worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Transfer {
+    /// A session; its socket is attached to the frame.
+    Session(SessionState),
+    /// Lines the hub sent to the old worker for a session that had already moved.
+    Direct { session: SessionId, lines: Vec<String> },
+    /// The hub's confirmation of a leave, forwarded likewise.
+    Left { session: SessionId },
+}
