@@ -480,6 +480,7 @@ impl Supervisor {
         }
         for worker in self.workers.values_mut().filter(|w| w.bus_open) {
             worker.conn.send(&ToWorker::Shutdown);
+            worker.retiring = true;
         }
     }
 

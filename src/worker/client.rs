@@ -11,6 +11,7 @@ use crate::worker::rate::TokenBucket;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 /// Output capacity kept after a flush; larger buffers are freed so idle clients stay small.
@@ -200,6 +201,14 @@ impl Client {
         if !self.is_closing() {
             self.phase = Phase::Closing { deadline, write_shut: false };
         }
+    }
+
+    /// Bytes the peer has not acknowledged yet (our send queue).
+    pub fn unacked(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer we pass.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if rc < 0 { 0 } else { n.max(0) as usize }
     }
 
     /// Once everything is written, half-close our side. Returns true when it did.

@@ -5,7 +5,7 @@
 //! and the bus (when too much is waiting for the hub, input waits too). Commands that need the
 //! room go to the hub; the rest (`/help`, usage errors) are answered here.
 
-use super::{READ_CHUNK, Worker};
+use super::Worker;
 use crate::bus::ToHub;
 use crate::bus::message::LeaveReason;
 use crate::protocol::command::{self, Command};
@@ -19,9 +19,6 @@ use super::client as client_io;
 impl Worker {
     /// Processes what a client sent, reading more while it may.
     pub(super) fn service(&mut self, key: usize) {
-        if self.scratch.len() < READ_CHUNK {
-            self.scratch.resize(READ_CHUNK, 0);
-        }
         loop {
             let Some(client) = self.clients.get_mut(key) else { return };
             if client.is_closing() {

@@ -42,6 +42,8 @@ const TICK: Duration = Duration::from_secs(1);
 const BUS_HIGH_WATER: usize = 8 * 1024 * 1024;
 /// How long a closing connection may take to flush its last lines.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How often closing connections are checked for the peer's acknowledgement.
+const LINGER_CHECK: Duration = Duration::from_millis(5);
 /// Pause after the process ran out of file descriptors, before accepting again.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// One read from a client takes at most this much.
@@ -65,6 +67,8 @@ pub struct Worker {
     dirty: Vec<usize>,
     /// Clients waiting for the bus to drain before their input is processed.
     stalled: Vec<usize>,
+    /// Closing clients whose FIN is out: dropped once the peer acknowledged everything.
+    lingering: Vec<usize>,
     /// Rate-limited clients by the time they may send again.
     throttled: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
     /// Room lines received this turn that go to every live client.
@@ -147,6 +151,7 @@ impl Worker {
             }
             self.on_timers();
             self.flush_clients();
+            self.reap_lingering();
             self.flush_bus();
             self.flush_outgoing();
             if self.drain_deadline.is_some() && self.clients.is_empty() && self.exiting.is_none() {
@@ -169,6 +174,9 @@ impl Worker {
             return Duration::ZERO;
         }
         let mut next = self.next_tick;
+        if !self.lingering.is_empty() {
+            next = next.min(Instant::now() + LINGER_CHECK);
+        }
         if let Some(Reverse((at, _, _))) = self.throttled.peek() {
             next = next.min(*at);
         }
@@ -452,8 +460,12 @@ impl Worker {
             client.flush_queued = false;
             match client.flush() {
                 Ok(()) => {
-                    if client.shut_write_if_flushed() && client.eof {
-                        self.remove(key);
+                    if client.shut_write_if_flushed() {
+                        if client.eof {
+                            self.remove(key);
+                        } else {
+                            self.lingering.push(key);
+                        }
                     }
                 }
                 Err(_) => self.lost(key),
@@ -587,6 +599,29 @@ impl Worker {
             self.accept_all();
         }
         self.check_idle_and_closing(now);
+    }
+
+    /// Drops closing connections whose last bytes the peer has acknowledged. Closing earlier,
+    /// with unread input or unacknowledged output, could turn into a reset that destroys the
+    /// last lines in flight; waiting for the peer's own close could take forever.
+    fn reap_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let mut still = Vec::new();
+        for key in std::mem::take(&mut self.lingering) {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if !client.is_closing() {
+                continue;
+            }
+            if client.unacked() == 0 {
+                client.discard_input(&mut self.scratch);
+                self.remove(key);
+            } else {
+                still.push(key);
+            }
+        }
+        self.lingering = still;
     }
 
     fn check_idle_and_closing(&mut self, now: Instant) {
