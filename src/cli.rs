@@ -1,4 +1,6 @@
 //! The command line: `chatd serve | check-config | reload | status | stop | client`.
+//!
+//! `reload`, `status` and `stop` talk to a running server over its control socket.
 
 use crate::config;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,12 @@ pub enum Cmd {
     },
     /// Stop the running server (clients are told, output is flushed).
     Stop(ControlArgs),
+    /// Chat from a terminal: prints what the room says while you type; /quit or Ctrl-D leaves.
+    Client {
+        /// Server address, e.g. 127.0.0.1:9999.
+        #[arg(default_value = "127.0.0.1:9999")]
+        address: String,
+    },
     /// A worker process (started by the supervisor, not by hand).
     #[command(hide = true)]
     Worker(crate::worker::Args),

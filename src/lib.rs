@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod listener;

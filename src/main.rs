@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Cmd::Reload(args) => control_command(&args, Command::Reload, false),
         Cmd::Status { control, json } => control_command(&control, Command::Status, json),
         Cmd::Stop(args) => control_command(&args, Command::Stop, false),
+        Cmd::Client { address } => chatd::client::run(&address),
         Cmd::Worker(args) => chatd::worker::run(args),
     }
 }
