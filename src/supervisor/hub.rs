@@ -72,6 +72,8 @@ impl Settings {
 struct Member {
     nick: String,
     addr: SocketAddr,
+    /// `addr` as `{addr}` shows it, rendered once.
+    addr_text: String,
     worker: WorkerId,
 }
 
@@ -84,6 +86,7 @@ pub struct Hub {
     /// Lower-cased nick → session: nicknames are unique case-insensitively.
     nicks: HashMap<String, SessionId>,
     per_ip: HashMap<IpAddr, usize>,
+    clock: Clock,
     /// Recent room events, oldest first: at least `history` and [`REPLAY_EVENTS`] of them.
     events: VecDeque<Event>,
 }
@@ -99,6 +102,7 @@ impl Hub {
             nicks: HashMap::new(),
             per_ip: HashMap::new(),
             events: VecDeque::new(),
+            clock: Clock::default(),
         }
     }
 
@@ -126,13 +130,13 @@ impl Hub {
             ToHub::Join { conn, addr } => self.join(worker, conn, addr, out),
             ToHub::Say { session, text } => {
                 let Some(member) = self.members.get(&session) else { return };
-                let time = self.now();
+                let time = self.clock.now(&self.settings.time_format);
                 let mut line = String::with_capacity(text.len() + 32);
                 self.settings.message_format.render_into(
                     &Values {
                         time: &time,
                         nick: &member.nick,
-                        addr: &member.addr.to_string(),
+                        addr: &member.addr_text,
                         text: &text,
                         seq: self.seq + 1,
                     },
@@ -142,8 +146,9 @@ impl Hub {
                 self.publish(skip, line, out);
             }
             ToHub::Me { session, text } => {
+                let time = self.now();
                 let Some(member) = self.members.get(&session) else { return };
-                let line = format!("{} * {} {}", self.now(), member.nick, text);
+                let line = format!("{time} * {} {}", member.nick, text);
                 let skip = (!self.settings.echo).then_some(session);
                 self.publish(skip, line, out);
             }
@@ -195,7 +200,8 @@ impl Hub {
         let nick = self.guest_nick();
         self.nicks.insert(nick.to_ascii_lowercase(), session);
         self.per_ip.insert(ip, from_ip + 1);
-        self.members.insert(session, Member { nick: nick.clone(), addr, worker });
+        let addr_text = addr.to_string();
+        self.members.insert(session, Member { nick: nick.clone(), addr, addr_text, worker });
         let online = self.members.len();
         let mut lines = Vec::with_capacity(1 + self.settings.history_on_join);
         lines.push(format!(
@@ -236,13 +242,14 @@ impl Hub {
     }
 
     fn private(
-        &self,
+        &mut self,
         worker: WorkerId,
         session: SessionId,
         to: &str,
         text: &str,
         out: &mut impl Outbox,
     ) {
+        let time = self.now();
         let Some(sender) = self.members.get(&session) else { return };
         let target = self.nicks.get(&to.to_ascii_lowercase()).and_then(|s| {
             let member = self.members.get(s)?;
@@ -251,7 +258,6 @@ impl Hub {
         let Some((target_session, target)) = target else {
             return direct(out, worker, session, vec![format!("! no such nick '{to}'")]);
         };
-        let time = self.now();
         let incoming = format!("{time} [pm from {}] {text}", sender.nick);
         direct(out, target.worker, target_session, vec![incoming]);
         let outgoing = format!("{time} [pm to {}] {text}", target.nick);
@@ -339,8 +345,33 @@ impl Hub {
     }
 
     /// The hub's clock: one timestamp per event, the same for every client.
-    fn now(&self) -> String {
-        chrono::Local::now().format(&self.settings.time_format).to_string()
+    fn now(&mut self) -> String {
+        self.clock.now(&self.settings.time_format).to_string()
+    }
+}
+
+/// Formats `{time}`, reusing the text while the second has not changed (formatting dominates
+/// the hub's cost per line otherwise). Formats with sub-second fields are formatted every time.
+#[derive(Default)]
+struct Clock {
+    second: i64,
+    format: String,
+    text: String,
+}
+
+impl Clock {
+    fn now(&mut self, format: &str) -> &str {
+        let now = chrono::Local::now();
+        let second = now.timestamp();
+        let sub_second = format.contains('f') || format.contains("%N");
+        if sub_second || second != self.second || format != self.format || self.text.is_empty() {
+            self.text = now.format(format).to_string();
+            self.second = second;
+            if self.format != format {
+                self.format = format.to_string();
+            }
+        }
+        &self.text
     }
 }
 

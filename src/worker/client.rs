@@ -14,8 +14,9 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-/// Output capacity kept after a flush; larger buffers are freed so idle clients stay small.
-const KEEP_CAPACITY: usize = 256;
+/// Output capacity kept after a flush while the client is active; larger buffers are freed at
+/// once, and [`Client::release_idle_buffers`] frees the rest once the client is quiet.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -127,6 +128,13 @@ impl Client {
             rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1)
         };
         self.out.truncate(self.out_pos + keep);
+    }
+
+    /// Gives back an empty output buffer, so a connection that is merely open costs little.
+    pub fn release_idle_buffers(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
     }
 
     /// Takes the unsent output (for a hand-off).

@@ -628,7 +628,8 @@ impl Worker {
         let idle_timeout = self.config.chat.idle_timeout;
         let mut idle = Vec::new();
         let mut expired = Vec::new();
-        for (key, client) in self.clients.iter() {
+        for (key, client) in self.clients.iter_mut() {
+            client.release_idle_buffers();
             match client.phase {
                 Phase::Closing { deadline, .. } if deadline <= now => expired.push(key),
                 Phase::Live if idle_timeout.is_some_and(|t| now - client.last_line > t) => {

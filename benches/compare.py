@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Side-by-side fan-out benchmark: chatd vs Redis pub/sub vs NATS, measured by chatload.
+
+Builds chatd (release) and chatload, starts each server on loopback in the foreground, runs the
+scenarios of ../shared/tools/chatload/README.md interleaved (server by server, repeated), and
+prints a markdown table of medians and ratios. Peers that are not installed are skipped
+(Debian packages: redis-server, nats-server).
+
+    python3 benches/compare.py [--reps 3] [--scenarios S1,S2,S3] [--duration 10]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHATLOAD_DIR = os.environ.get("CHATLOAD_DIR", os.path.join(ROOT, "..", "shared", "tools", "chatload"))
+CHATLOAD_TARGET = os.environ.get("CHATLOAD_TARGET", "/tmp/chatload-target")
+CHATLOAD = os.path.join(CHATLOAD_TARGET, "release", "chatload")
+CHATD = os.path.join(ROOT, "target", "release", "chatd")
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                    os.path.join(CHATLOAD_DIR, "Cargo.toml"), "--target-dir", CHATLOAD_TARGET],
+                   check=True)
+
+
+class Server:
+    """A server process started for one scenario run."""
+
+    def __init__(self, name, argv, port, ready_re=None, cwd=None):
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if ready_re:
+                self.log.seek(0)
+                m = re.search(ready_re, self.log.read().decode(errors="replace"))
+                if m:
+                    self.port = int(m.group(1))
+                    return
+            else:
+                import socket
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{name} did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_chatd(tmp):
+    config = os.path.join(tmp, "chatd.toml")
+    with open(config, "w") as f:
+        f.write('[server]\nlisten = ["127.0.0.1:0"]\nworkers = "auto"\n'
+                f'control_socket = "{tmp}/chatd.sock"\n'
+                '[chat]\nrate_limit = { messages = 0 }\n')
+    return Server("chatd", [CHATD, "serve", "--config", config], 0,
+                  ready_re=r"listening on 127\.0\.0\.1:(\d+)")
+
+
+def start_redis(tmp):
+    if not shutil.which("redis-server"):
+        return None
+    return Server("redis", ["redis-server", os.path.join(CHATLOAD_DIR, "peers", "redis.conf")], 16379)
+
+
+def start_nats(tmp):
+    if not shutil.which("nats-server"):
+        return None
+    return Server("nats", ["nats-server", "-c", os.path.join(CHATLOAD_DIR, "peers", "nats.conf")], 14222)
+
+
+ADAPTER = {"chatd": ["--adapter", "line", "--prelude", "/nick x{i}"],
+           "redis": ["--adapter", "redis"], "nats": ["--adapter", "nats"]}
+
+
+def scenario_args(name, duration):
+    if name == "S1":
+        return ["--clients", "100", "--senders", "10", "--rate", "max", "--threads", "2",
+                "--duration", str(duration), "--warmup", "2"]
+    if name == "S2":
+        return ["--clients", "1000", "--senders", "10", "--rate", "1000",
+                "--duration", str(duration), "--warmup", "2"]
+    if name == "S3":
+        return ["--idle", "--clients", "10000", "--duration", str(duration),
+                "--connect-timeout", "60", "--probe-timeout", "20"]
+    raise ValueError(name)
+
+
+def run_chatload(server, scenario, duration):
+    argv = [CHATLOAD, "--port", str(server.port), "--server-pid", str(server.proc.pid), "--quiet"]
+    argv += ADAPTER[server.name] + scenario_args(scenario, duration)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"chatload gave no report: {out.stderr[-2000:]}")
+
+
+def summary(report, scenario):
+    load, cpu = report.get("load", {}), report.get("cpu_window", {})
+    if scenario == "S3":
+        idle = report.get("idle", {})
+        return {"rss_per_conn": idle.get("rss_bytes_per_conn"),
+                "alive": idle.get("alive_after_hold", idle.get("alive"))}
+    dps = load.get("deliveries_per_s", 0.0)
+    cores = cpu.get("server_cores") or float("nan")
+    return {"deliveries_per_s": dps, "server_cores": cores,
+            "per_core_s": dps / cores if cores else float("nan"),
+            "harness_cores": cpu.get("harness_cores"),
+            "p99_ms": report.get("latency_us", {}).get("p99", float("nan")) / 1000,
+            "loss": load.get("loss"), "disagree": load.get("order", {}).get("disagree_receivers")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scenarios", default="S1,S2,S3")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--servers", default="chatd,redis,nats")
+    args = ap.parse_args()
+    build()
+    starters = {"chatd": start_chatd, "redis": start_redis, "nats": start_nats}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            for scenario in args.scenarios.split(","):
+                for name in args.servers.split(","):
+                    server = starters[name](tmp)
+                    if server is None:
+                        continue
+                    try:
+                        report = run_chatload(server, scenario, args.duration)
+                    finally:
+                        server.stop()
+                    s = summary(report, scenario)
+                    results.setdefault((scenario, name), []).append(s)
+                    print(f"rep {rep + 1} {scenario} {name}: {s}", file=sys.stderr, flush=True)
+    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, medians of {args.reps} runs\n")
+    for scenario in args.scenarios.split(","):
+        rows = {n: r for (sc, n), r in results.items() if sc == scenario}
+        if not rows:
+            continue
+        med = {n: {k: statistics.median([x[k] for x in r if x[k] is not None] or [float("nan")])
+                   for k in r[0]} for n, r in rows.items()}
+        if scenario == "S3":
+            print(f"| {scenario} | RSS per idle connection (bytes) |\n|---|---|")
+            for n, m in med.items():
+                print(f"| {n} | {m['rss_per_conn']:.0f} |")
+        else:
+            print(f"| {scenario} | deliveries/s | server cores | per core-second | p99 ms | loss |"
+                  f" order disagreements |\n|---|---|---|---|---|---|---|")
+            for n, m in med.items():
+                print(f"| {n} | {m['deliveries_per_s'] / 1e6:.2f} M | {m['server_cores']:.2f} |"
+                      f" {m['per_core_s'] / 1e6:.2f} M | {m['p99_ms']:.1f} | {m['loss']:.0f} |"
+                      f" {m['disagree']:.0f} |")
+            if "chatd" in med:
+                for n, m in med.items():
+                    if n != "chatd":
+                        print(f"\nchatd / {n}: {med['chatd']['per_core_s'] / m['per_core_s']:.2f}x per"
+                              f" core-second, {med['chatd']['deliveries_per_s'] / m['deliveries_per_s']:.2f}x"
+                              f" deliveries/s, p99 {med['chatd']['p99_ms']:.1f} vs {m['p99_ms']:.1f} ms")
+        print()
+
+
+if __name__ == "__main__":
+    main()
