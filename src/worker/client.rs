@@ -9,14 +9,14 @@ use crate::bus::message::{ConnId, SessionId};
 use crate::protocol::decoder::LineDecoder;
 use crate::worker::rate::TokenBucket;
 use mio::net::TcpStream;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-/// Output capacity kept after a flush while the client is active; larger buffers are freed at
-/// once, and [`Client::release_idle_buffers`] frees the rest once the client is quiet.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// Output capacity kept after a flush; larger buffers are freed at once, and
+/// [`Client::release_idle_buffers`] frees the rest once the client is quiet.
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -63,6 +63,9 @@ pub struct Client {
     pub flush_queued: bool,
     /// The hub has been told this session left (or it never joined).
     pub left: bool,
+    /// In the room: where its share of the worker's shared room buffer starts. `None` while
+    /// joining, resuming or closing.
+    pub room_from: Option<usize>,
     out: Vec<u8>,
     out_pos: usize,
 }
@@ -83,6 +86,7 @@ impl Client {
             throttled: false,
             flush_queued: false,
             left: false,
+            room_from: None,
             out: Vec::new(),
             out_pos: 0,
         }
@@ -90,11 +94,6 @@ impl Client {
 
     pub fn is_live(&self) -> bool {
         self.phase == Phase::Live
-    }
-
-    /// Room lines still go to this client.
-    pub fn in_room(&self) -> bool {
-        matches!(self.phase, Phase::Live | Phase::Leaving)
     }
 
     pub fn is_closing(&self) -> bool {
@@ -145,13 +144,32 @@ impl Client {
         out
     }
 
-    /// Writes queued output until done or the socket is full.
-    pub fn flush(&mut self) -> io::Result<()> {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+    /// Writes this client's queued bytes, then `share` (its part of the shared room buffer),
+    /// with as few syscalls as the socket allows; what the socket does not take is queued.
+    pub fn flush_with(&mut self, share: &[u8]) -> io::Result<()> {
+        let mut shared = 0;
+        loop {
+            let own = &self.out[self.out_pos..];
+            let rest = &share[shared..];
+            if own.is_empty() && rest.is_empty() {
+                break;
+            }
+            let written = if own.is_empty() {
+                self.stream.write(rest)
+            } else {
+                self.stream.write_vectored(&[IoSlice::new(own), IoSlice::new(rest)])
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) if n <= own.len() => self.out_pos += n,
+                Ok(n) => {
+                    shared += n - own.len();
+                    self.out_pos = self.out.len();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.out.extend_from_slice(rest);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

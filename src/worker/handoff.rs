@@ -84,6 +84,8 @@ impl Worker {
 
     fn hand_off(&mut self, key: usize) {
         let now = Instant::now();
+        // Room lines not yet written go with the session as unsent output.
+        self.detach(key);
         let mut client = self.clients.remove(key);
         let _ = self.poll.registry().deregister(&mut client.stream);
         let Some(session) = client.session else { return };
@@ -160,11 +162,7 @@ impl Worker {
                 },
                 Ok(Some(Transfer::Direct { session, lines })) => {
                     if let Some(&key) = self.sessions.get(&session) {
-                        let client = &mut self.clients[key];
-                        for line in &lines {
-                            client.queue_line(line);
-                        }
-                        self.mark_dirty(key);
+                        self.send_lines(key, &lines);
                     }
                 }
                 Ok(Some(Transfer::Left { session })) => {
@@ -241,6 +239,7 @@ impl Worker {
             client.queue_line(line);
         }
         client.phase = if leaving { Phase::Leaving } else { Phase::Live };
+        client.room_from = Some(self.room.len());
         self.mark_dirty(key);
         self.service(key);
     }

@@ -53,8 +53,7 @@ impl Worker {
                     }
                     Some(Decoded::TooLong) => {
                         let max = self.config.chat.max_line_bytes;
-                        client.queue_line(&format!("! line too long (max {max} bytes)"));
-                        self.mark_dirty(key);
+                        self.send_lines(key, &[format!("! line too long (max {max} bytes)")]);
                     }
                     None => {}
                 }
@@ -91,11 +90,8 @@ impl Worker {
             Ok(Command::Msg { to, text }) => ToHub::Msg { session, to, text },
             Ok(Command::History(count)) => ToHub::History { session, count },
             Ok(Command::Help) => {
-                let client = &mut self.clients[key];
-                for help in command::HELP {
-                    client.queue_line(&format!("* {help}"));
-                }
-                self.mark_dirty(key);
+                let help: Vec<String> = command::HELP.iter().map(|h| format!("* {h}")).collect();
+                self.send_lines(key, &help);
                 return;
             }
             Ok(Command::Quit(reason)) => {
@@ -103,8 +99,7 @@ impl Worker {
                 return;
             }
             Err(e) => {
-                self.clients[key].queue_line(&format!("! {e}"));
-                self.mark_dirty(key);
+                self.send_lines(key, &[format!("! {e}")]);
                 return;
             }
         };

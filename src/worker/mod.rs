@@ -8,6 +8,7 @@
 mod client;
 mod handoff;
 mod input;
+mod output;
 pub mod rate;
 mod setup;
 
@@ -42,6 +43,10 @@ const TICK: Duration = Duration::from_secs(1);
 const BUS_HIGH_WATER: usize = 8 * 1024 * 1024;
 /// How long a closing connection may take to flush its last lines.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Client output is written at most this often while the room is busy: a burst of room lines
+/// then costs one `write` per client instead of one per line. A line after a quiet spell goes
+/// out at once.
+const FLUSH_INTERVAL: Duration = Duration::from_micros(500);
 /// How often closing connections are checked for the peer's acknowledgement.
 const LINGER_CHECK: Duration = Duration::from_millis(5);
 /// Pause after the process ran out of file descriptors, before accepting again.
@@ -67,12 +72,15 @@ pub struct Worker {
     dirty: Vec<usize>,
     /// Clients waiting for the bus to drain before their input is processed.
     stalled: Vec<usize>,
+    /// When the last client flush ran, and when the next one is scheduled.
+    last_flush: Instant,
+    flush_at: Option<Instant>,
     /// Closing clients whose FIN is out: dropped once the peer acknowledged everything.
     lingering: Vec<usize>,
     /// Rate-limited clients by the time they may send again.
     throttled: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
-    /// Room lines received this turn that go to every live client.
-    batch: Vec<u8>,
+    /// Room lines since the last flush, shared by every client in the room (see `output`).
+    room: Vec<u8>,
     scratch: Vec<u8>,
     /// The last room event delivered (every client in the room has had all up to here).
     last_seq: u64,
@@ -150,7 +158,7 @@ impl Worker {
                 }
             }
             self.on_timers();
-            self.flush_clients();
+            self.maybe_flush_clients();
             self.reap_lingering();
             self.flush_bus();
             self.flush_outgoing();
@@ -174,6 +182,9 @@ impl Worker {
             return Duration::ZERO;
         }
         let mut next = self.next_tick;
+        if let Some(at) = self.flush_at {
+            next = next.min(at);
+        }
         if !self.lingering.is_empty() {
             next = next.min(Instant::now() + LINGER_CHECK);
         }
@@ -277,7 +288,6 @@ impl Worker {
                 }
             }
         }
-        self.deliver_batch();
         match fill {
             Ok(Fill::Closed) => self.supervisor_lost(),
             Err(e) => {
@@ -298,19 +308,10 @@ impl Worker {
     }
 
     fn on_bus(&mut self, msg: ToWorker) {
-        if let ToWorker::Room { skip: None, line, seq } = &msg {
-            self.last_seq = *seq;
-            self.batch.extend_from_slice(line.as_bytes());
-            self.batch.extend_from_slice(b"\r\n");
-            return;
-        }
-        self.deliver_batch();
         match msg {
             ToWorker::Room { skip, line, seq } => {
                 self.last_seq = seq;
-                let mut bytes = line.into_bytes();
-                bytes.extend_from_slice(b"\r\n");
-                self.broadcast(&bytes, skip);
+                self.room_line(&line, skip);
             }
             ToWorker::Admitted { conn, session, lines } => self.on_admitted(conn, session, lines),
             ToWorker::Refused { conn, line } => {
@@ -326,11 +327,7 @@ impl Worker {
                 if self.moved.contains(&session) {
                     self.forward(session, Transfer::Direct { session, lines });
                 } else if let Some(&key) = self.sessions.get(&session) {
-                    let client = &mut self.clients[key];
-                    for line in &lines {
-                        client.queue_line(line);
-                    }
-                    self.mark_dirty(key);
+                    self.send_lines(key, &lines);
                 }
             }
             ToWorker::Left { session } => {
@@ -376,6 +373,7 @@ impl Worker {
         }
         client.session = Some(session);
         client.phase = Phase::Live;
+        client.room_from = Some(self.room.len());
         client.bucket = self
             .config
             .chat
@@ -394,41 +392,6 @@ impl Worker {
         }
     }
 
-    fn deliver_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.broadcast(&batch, None);
-        self.batch = batch;
-        self.batch.clear();
-    }
-
-    /// Queues room bytes for every live client but `skip`; cuts off clients that fell too far
-    /// behind, so the room never waits for them.
-    fn broadcast(&mut self, bytes: &[u8], skip: Option<SessionId>) {
-        let max_backlog = self.config.chat.max_backlog_bytes;
-        let mut too_slow = Vec::new();
-        for (key, client) in self.clients.iter_mut() {
-            if !client.in_room() || (skip.is_some() && client.session == skip) {
-                continue;
-            }
-            client.queue(bytes);
-            if client.backlog() > max_backlog {
-                too_slow.push(key);
-            } else if !client.flush_queued {
-                client.flush_queued = true;
-                self.dirty.push(key);
-            }
-        }
-        for key in too_slow {
-            if let Some(client) = self.clients.get_mut(key) {
-                client.discard_output();
-            }
-            self.disconnect(key, "* disconnected: too slow", LeaveReason::TooSlow);
-        }
-    }
-
     fn flush_bus(&mut self) {
         if let Err(e) = self.bus.flush() {
             error!("bus write failed: {e}");
@@ -444,44 +407,12 @@ impl Worker {
 
     // ----- output and connection lifecycle -----------------------------------------------
 
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(client) = self.clients.get_mut(key) {
-            if !client.flush_queued {
-                client.flush_queued = true;
-                self.dirty.push(key);
-            }
-        }
-    }
-
-    fn flush_clients(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            let Some(client) = self.clients.get_mut(key) else { continue };
-            client.flush_queued = false;
-            match client.flush() {
-                Ok(()) => {
-                    if client.shut_write_if_flushed() {
-                        if client.eof {
-                            self.remove(key);
-                        } else {
-                            self.lingering.push(key);
-                        }
-                    }
-                }
-                Err(_) => self.lost(key),
-            }
-        }
-        self.dirty = dirty;
-        self.dirty.clear();
-    }
-
     /// Queues a last line, tells the hub why the client left, and closes after flushing.
     fn disconnect(&mut self, key: usize, line: &str, reason: LeaveReason) {
-        let Some(client) = self.clients.get_mut(key) else { return };
-        if client.is_closing() {
+        if self.clients.get(key).is_none_or(|c| c.is_closing()) {
             return;
         }
-        client.queue_line(line);
+        self.send_lines(key, &[line]);
         self.leave(key, reason);
         self.close(key);
     }
@@ -513,7 +444,9 @@ impl Worker {
 
     /// Starts closing a connection: no more room lines, flush, FIN, then drop.
     fn close(&mut self, key: usize) {
+        self.detach(key);
         let Some(client) = self.clients.get_mut(key) else { return };
+        client.room_from = None;
         client.start_closing(Instant::now() + CLOSE_GRACE);
         if let Some(session) = client.session {
             self.sessions.remove(&session);
@@ -563,7 +496,7 @@ impl Worker {
                 continue;
             }
             client.left = true;
-            client.queue_line(line);
+            self.send_lines(key, &[line]);
             self.close(key);
         }
     }
