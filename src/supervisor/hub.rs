@@ -134,7 +134,7 @@ impl Hub {
                 let mut line = String::with_capacity(text.len() + 32);
                 self.settings.message_format.render_into(
                     &Values {
-                        time: &time,
+                        time,
                         nick: &member.nick,
                         addr: &member.addr_text,
                         text: &text,
