@@ -22,6 +22,8 @@ pub struct SessionState {
     pub decoder: LineDecoder,
     /// Output queued but not yet written to the socket.
     pub output: Vec<u8>,
+    /// The socket last got part of a line: `output` starts with the rest of it.
+    pub mid_line: bool,
     /// The last room event this session was given.
     pub last_seq: u64,
     /// Rate limiter tokens left, if rate limiting is on.

@@ -104,6 +104,9 @@ pub enum ToWorker {
     /// First frame a worker reads: who it is and the config text it must run with (the text the
     /// supervisor validated, not whatever is on disk by then).
     Setup { slot: usize, generation: u64, config: String, config_path: String },
+    /// Answer to Hello: the last room sequence number numbered so far. Everything the worker
+    /// receives after this is newer; it is the worker's position until the next room event.
+    Sync { seq: u64 },
     /// The connection is in the room; `lines` (welcome, then history) go out before anything
     /// else. Room events that follow this frame are the ones the client must see.
     Admitted { conn: ConnId, session: SessionId, lines: Vec<String> },

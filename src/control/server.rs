@@ -98,7 +98,8 @@ fn peer_allowed(stream: &UnixStream) -> bool {
 }
 
 fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
-    let reply = answer(&stream, tx, waker);
+    // A connection closed without a request is someone checking whether we are alive.
+    let Some(reply) = answer(&stream, tx, waker) else { return };
     let mut line = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
     line.push('\n');
     let mut stream = stream;
@@ -107,30 +108,37 @@ fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
     }
 }
 
-fn answer(stream: &UnixStream, tx: &Sender<Request>, waker: &mio::Waker) -> Reply {
+fn answer(stream: &UnixStream, tx: &Sender<Request>, waker: &mio::Waker) -> Option<Reply> {
     if !peer_allowed(stream) {
         warn!("control: refused a client that is neither root nor the service user");
-        return Reply::failed("permission denied");
+        return Some(Reply::failed("permission denied"));
     }
     if stream.set_read_timeout(Some(Duration::from_secs(10))).is_err() {
-        return Reply::failed("internal error");
+        return Some(Reply::failed("internal error"));
     }
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take_limited());
-    if reader.read_line(&mut line).is_err() {
-        return Reply::failed("no request received");
+    match reader.read_line(&mut line) {
+        Ok(0) => return None,
+        Ok(_) => {}
+        Err(e) => {
+            warn!("control: unreadable request: {e}");
+            return Some(Reply::failed(format!("unreadable request: {e}")));
+        }
     }
     let Some(command) = Command::parse(&line) else {
         warn!("control: malformed request {:?}", line.trim());
-        return Reply::failed(format!("unknown request {:?}", line.trim()));
+        return Some(Reply::failed(format!("unknown request {:?}", line.trim())));
     };
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     if tx.send(Request { command, reply: reply_tx }).is_err() || waker.wake().is_err() {
-        return Reply::failed("server is shutting down");
+        return Some(Reply::failed("server is shutting down"));
     }
-    reply_rx
-        .recv_timeout(ANSWER_TIMEOUT)
-        .unwrap_or_else(|_| Reply::failed("no answer from the server"))
+    Some(
+        reply_rx
+            .recv_timeout(ANSWER_TIMEOUT)
+            .unwrap_or_else(|_| Reply::failed("no answer from the server")),
+    )
 }
 
 /// A request is one short line; reading is capped so a client cannot make us buffer more.

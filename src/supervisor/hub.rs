@@ -39,7 +39,8 @@ const REPLAY_EVENTS: usize = 65_536;
 struct Event {
     seq: u64,
     skip: Option<SessionId>,
-    line: String,
+    /// Boxed to drop the formatting slack: thousands of these are kept.
+    line: Box<str>,
 }
 
 /// The parts of the config the hub uses, taken anew on reload.
@@ -110,6 +111,11 @@ impl Hub {
     pub fn reconfigure(&mut self, config: &Config) {
         self.settings = Settings::from(config);
         self.trim_events();
+    }
+
+    /// The last sequence number given out.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Everyone in the room.
@@ -306,7 +312,7 @@ impl Hub {
             .events
             .iter()
             .filter(|e| e.seq > last_seq && e.skip != Some(session))
-            .map(|e| e.line.clone())
+            .map(|e| e.line.to_string())
             .collect();
         out.to_worker(worker, &ToWorker::Resume { session, lines });
     }
@@ -315,7 +321,7 @@ impl Hub {
     fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
         self.seq += 1;
         out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone() });
-        self.events.push_back(Event { seq: self.seq, skip, line });
+        self.events.push_back(Event { seq: self.seq, skip, line: line.into_boxed_str() });
         self.trim_events();
     }
 
@@ -330,7 +336,7 @@ impl Hub {
     fn recent(&self, n: usize) -> Vec<String> {
         let n = n.min(self.settings.history);
         let start = self.events.len().saturating_sub(n);
-        self.events.iter().skip(start).map(|e| e.line.clone()).collect()
+        self.events.iter().skip(start).map(|e| e.line.to_string()).collect()
     }
 
     /// The next free `guest-N`; skips numbers someone took with `/nick`.

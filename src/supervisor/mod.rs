@@ -350,6 +350,7 @@ impl Supervisor {
                 ToHub::Hello { pid, handoff, .. } => {
                     worker.ready = true;
                     worker.handoff_version = handoff;
+                    worker.conn.send(&ToWorker::Sync { seq: self.hub.seq() });
                     info!("slot {}: worker pid {pid} ready", worker.slot);
                     self.check_started();
                 }

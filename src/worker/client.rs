@@ -68,6 +68,8 @@ pub struct Client {
     pub room_from: Option<usize>,
     out: Vec<u8>,
     out_pos: usize,
+    /// The last byte written to the socket was not the end of a line.
+    mid_line: bool,
 }
 
 impl Client {
@@ -89,6 +91,7 @@ impl Client {
             room_from: None,
             out: Vec::new(),
             out_pos: 0,
+            mid_line: false,
         }
     }
 
@@ -121,10 +124,10 @@ impl Client {
     /// starts on a line of its own.
     pub fn discard_output(&mut self) {
         let rest = &self.out[self.out_pos..];
-        let keep = if self.out_pos == 0 || self.out[self.out_pos - 1] == b'\n' {
-            0
-        } else {
+        let keep = if self.mid_line {
             rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1)
+        } else {
+            0
         };
         self.out.truncate(self.out_pos + keep);
     }
@@ -136,12 +139,18 @@ impl Client {
         }
     }
 
-    /// Takes the unsent output (for a hand-off).
-    pub fn take_output(&mut self) -> Vec<u8> {
+    /// Takes the unsent output (for a hand-off), and whether it starts mid-line.
+    pub fn take_output(&mut self) -> (Vec<u8>, bool) {
         let mut out = std::mem::take(&mut self.out);
         out.drain(..self.out_pos);
         self.out_pos = 0;
-        out
+        (out, self.mid_line)
+    }
+
+    /// Output carried over from another worker, possibly starting mid-line.
+    pub fn restore_output(&mut self, output: &[u8], mid_line: bool) {
+        self.out.extend_from_slice(output);
+        self.mid_line = mid_line;
     }
 
     /// Writes this client's queued bytes, then `share` (its part of the shared room buffer),
@@ -161,8 +170,12 @@ impl Client {
             };
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) if n <= own.len() => self.out_pos += n,
+                Ok(n) if n <= own.len() => {
+                    self.mid_line = own[n - 1] != b'\n';
+                    self.out_pos += n;
+                }
                 Ok(n) => {
+                    self.mid_line = rest[n - own.len() - 1] != b'\n';
                     shared += n - own.len();
                     self.out_pos = self.out.len();
                 }

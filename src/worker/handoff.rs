@@ -90,10 +90,12 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut client.stream);
         let Some(session) = client.session else { return };
         self.sessions.remove(&session);
+        let (output, mid_line) = client.take_output();
         let state = SessionState {
             session,
             decoder: client.decoder.clone(),
-            output: client.take_output(),
+            output,
+            mid_line,
             last_seq: self.last_seq,
             tokens: client.bucket.as_mut().map(|b| b.tokens(now)),
             idle_ms: now.saturating_duration_since(client.last_line).as_millis() as u64,
@@ -216,7 +218,7 @@ impl Worker {
         client.phase = Phase::Resuming { leaving: state.leaving };
         client.decoder = state.decoder;
         client.decoder.set_max_line_bytes(self.config.chat.max_line_bytes);
-        client.queue(&state.output);
+        client.restore_output(&state.output, state.mid_line);
         client.bucket = match (&self.config.chat.rate_limit, state.tokens) {
             (Some(limit), Some(tokens)) => Some(TokenBucket::with_tokens(limit, tokens, now)),
             (Some(limit), None) => Some(TokenBucket::new(limit, now)),
@@ -224,7 +226,7 @@ impl Worker {
         };
         client.last_line = now.checked_sub(Duration::from_millis(state.idle_ms)).unwrap_or(now);
         client.eof = state.eof;
-        entry.insert(client);
+        entry.insert(Box::new(client));
         self.sessions.insert(state.session, key);
         self.bus.send(&ToHub::Adopt { session: state.session, last_seq: state.last_seq });
         self.mark_dirty(key);

@@ -64,7 +64,8 @@ pub struct Worker {
     accepting: bool,
     accept_paused_until: Option<Instant>,
     emfile_logged: bool,
-    clients: Slab<Client>,
+    /// Boxed: the slab's spare capacity then costs a pointer per slot, not a whole client.
+    clients: Slab<Box<Client>>,
     joining: HashMap<ConnId, usize>,
     sessions: HashMap<SessionId, usize>,
     next_conn: ConnId,
@@ -72,6 +73,9 @@ pub struct Worker {
     dirty: Vec<usize>,
     /// Clients waiting for the bus to drain before their input is processed.
     stalled: Vec<usize>,
+    /// Room bytes since the last tick, and whether a burst since the last memory trim.
+    room_bytes_since_tick: usize,
+    trim_due: bool,
     /// When the last client flush ran, and when the next one is scheduled.
     last_flush: Instant,
     flush_at: Option<Instant>,
@@ -267,7 +271,7 @@ impl Worker {
         }
         let conn = self.next_conn;
         self.next_conn += 1;
-        entry.insert(Client::new(stream, conn, self.config.chat.max_line_bytes));
+        entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
         self.joining.insert(conn, key);
         self.bus.send(&ToHub::Join { conn, addr });
     }
@@ -313,6 +317,7 @@ impl Worker {
                 self.last_seq = seq;
                 self.room_line(&line, skip);
             }
+            ToWorker::Sync { seq } => self.last_seq = self.last_seq.max(seq),
             ToWorker::Admitted { conn, session, lines } => self.on_admitted(conn, session, lines),
             ToWorker::Refused { conn, line } => {
                 if let Some(key) = self.joining.remove(&conn) {
@@ -526,12 +531,14 @@ impl Worker {
             return;
         }
         self.next_tick = now + TICK;
+        // Heartbeats go on while exiting: flushing the last clients may take a few seconds.
+        self.bus.send(&ToHub::Heartbeat);
         if self.exiting.is_none() {
-            self.bus.send(&ToHub::Heartbeat);
             // Connections migrated from a closed sibling listener may not wake epoll.
             self.accept_all();
         }
         self.check_idle_and_closing(now);
+        self.trim_memory_when_quiet();
     }
 
     /// Drops closing connections whose last bytes the peer has acknowledged. Closing earlier,
@@ -555,6 +562,22 @@ impl Worker {
             }
         }
         self.lingering = still;
+    }
+
+    /// After a burst of traffic, once a tick passes quietly, the freed buffers are handed back
+    /// to the kernel: a room that was busy once should not keep its peak memory for good.
+    fn trim_memory_when_quiet(&mut self) {
+        let quiet = std::mem::take(&mut self.room_bytes_since_tick) == 0;
+        if !quiet {
+            self.trim_due = true;
+        } else if self.trim_due {
+            self.trim_due = false;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only walks and releases the allocator's free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     fn check_idle_and_closing(&mut self, now: Instant) {

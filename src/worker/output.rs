@@ -24,6 +24,7 @@ impl Worker {
         }
         self.room.extend_from_slice(line.as_bytes());
         self.room.extend_from_slice(b"\r\n");
+        self.room_bytes_since_tick += line.len() + 2;
         if let Some(key) = skipped {
             if let Some(client) = self.clients.get_mut(key).filter(|c| c.room_from.is_some()) {
                 client.room_from = Some(self.room.len());

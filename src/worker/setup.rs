@@ -90,6 +90,8 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         dirty: Vec::new(),
         stalled: Vec::new(),
         lingering: Vec::new(),
+        room_bytes_since_tick: 0,
+        trim_due: false,
         last_flush: Instant::now(),
         flush_at: None,
         throttled: BinaryHeap::new(),
