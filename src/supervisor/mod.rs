@@ -10,9 +10,9 @@
 mod hub;
 mod reload;
 mod spawn;
+mod workers;
 
-use crate::bus::frame;
-use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
+use crate::bus::{BusConn, ToWorker};
 use crate::config::Config;
 use crate::control::server::{ControlSocket, Request};
 use crate::control::{Command, Reply, Status, WorkerStatus};
@@ -20,11 +20,9 @@ use crate::listener;
 use crate::signals::Signals;
 use crate::systemd::Notifier;
 use crossbeam_channel::Receiver;
-use hub::{Hub, Outbox, WorkerId};
+use hub::{Hub, WorkerId};
 use log::{error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use socket2::Socket;
 use std::collections::BTreeMap;
 use std::io;
@@ -145,24 +143,6 @@ pub fn run(config_path: &Path) -> ExitCode {
     }
 }
 
-/// The hub's view of the workers: frames go into their bus buffers.
-struct Mailboxes<'a>(&'a mut BTreeMap<WorkerId, Worker>);
-
-impl Outbox for Mailboxes<'_> {
-    fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
-        if let Some(w) = self.0.get_mut(&worker).filter(|w| w.bus_open) {
-            w.conn.send(msg);
-        }
-    }
-
-    fn to_all(&mut self, msg: &ToWorker) {
-        let frame = frame::encode(msg);
-        for w in self.0.values_mut().filter(|w| w.bus_open) {
-            w.conn.send_encoded(&frame);
-        }
-    }
-}
-
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
         let config_text = std::fs::read_to_string(config_path)
@@ -274,167 +254,6 @@ impl Supervisor {
         next.saturating_duration_since(Instant::now())
     }
 
-    /// Forks the worker for `slot` with the current config and generation.
-    fn start_worker(&mut self, slot: usize) -> Result<(), String> {
-        let setup = ToWorker::Setup {
-            slot,
-            generation: self.generation,
-            config: self.config_text.clone(),
-            config_path: self.config_path.display().to_string(),
-        };
-        let spawned = spawn::spawn_worker(
-            &self.exe,
-            slot,
-            self.generation,
-            &self.slots[slot].listeners,
-            &setup,
-        )
-        .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;
-        let id = self.next_worker;
-        self.next_worker += 1;
-        let mut conn = spawned.conn;
-        self.poll
-            .registry()
-            .register(
-                conn.stream(),
-                Token(WORKER_BASE + id),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| format!("cannot watch worker bus: {e}"))?;
-        let pid = spawned.child.id();
-        let now = Instant::now();
-        self.workers.insert(
-            id,
-            Worker {
-                slot,
-                generation: self.generation,
-                pid,
-                child: spawned.child,
-                conn,
-                started: now,
-                ready: false,
-                last_heartbeat: now,
-                bus_open: true,
-                more_input: false,
-                handoff_version: 0,
-                handoff_done: false,
-                retiring: false,
-            },
-        );
-        let slot_state = &mut self.slots[slot];
-        slot_state.worker = Some(id);
-        slot_state.restart_at = None;
-        info!("slot {slot}: started worker pid {pid} (generation {})", self.generation);
-        Ok(())
-    }
-
-    fn read_bus(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get_mut(&id).filter(|w| w.bus_open) else { return };
-        let fill = worker.conn.fill();
-        worker.more_input = matches!(fill, Ok(Fill::More));
-        loop {
-            let Some(worker) = self.workers.get_mut(&id) else { return };
-            let msg = match worker.conn.next_message::<ToHub>() {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(e) => {
-                    error!(
-                        "slot {}: malformed bus frame from pid {}: {e}",
-                        worker.slot, worker.pid
-                    );
-                    self.drop_worker(id);
-                    return;
-                }
-            };
-            match msg {
-                ToHub::Hello { pid, handoff, .. } => {
-                    worker.ready = true;
-                    worker.handoff_version = handoff;
-                    worker.conn.send(&ToWorker::Sync { seq: self.hub.seq() });
-                    info!("slot {}: worker pid {pid} ready", worker.slot);
-                    self.check_started();
-                }
-                ToHub::Heartbeat => worker.last_heartbeat = Instant::now(),
-                ToHub::HandoffDone { sessions } => {
-                    info!(
-                        "slot {}: pid {} handed over {sessions} sessions",
-                        worker.slot, worker.pid
-                    );
-                    worker.handoff_done = true;
-                }
-                msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
-            }
-        }
-        match fill {
-            Ok(Fill::Closed) => self.drop_worker(id),
-            Err(e) => {
-                warn!("worker bus read failed: {e}");
-                self.drop_worker(id);
-            }
-            Ok(_) => {}
-        }
-    }
-
-    /// The worker's bus is unusable (EOF, error, garbage): its clients are gone from the room,
-    /// and the process is killed to be sure; reaping it schedules the restart.
-    fn drop_worker(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get_mut(&id) else { return };
-        if !worker.bus_open {
-            return;
-        }
-        worker.bus_open = false;
-        worker.more_input = false;
-        let _ = self.poll.registry().deregister(worker.conn.stream());
-        if !worker.retiring {
-            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
-        }
-        if !matches!(self.phase, Phase::Stopping { .. }) {
-            self.hub.worker_lost(id, &mut Mailboxes(&mut self.workers));
-        }
-    }
-
-    /// Collects exited workers and schedules their slots' restarts.
-    fn reap(&mut self) {
-        let exited: Vec<WorkerId> = self
-            .workers
-            .iter_mut()
-            .filter_map(|(id, w)| match w.child.try_wait() {
-                Ok(Some(status)) => {
-                    if w.retiring || matches!(self.phase, Phase::Stopping { .. }) {
-                        info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
-                    } else {
-                        warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
-                    }
-                    Some(*id)
-                }
-                _ => None,
-            })
-            .collect();
-        for id in exited {
-            self.drop_worker(id);
-            let Some(worker) = self.workers.remove(&id) else { continue };
-            // Only a slot's current worker is replaced: an old generation's is done.
-            let Some(slot) = self.slots.get_mut(worker.slot) else { continue };
-            if slot.worker != Some(id) || matches!(self.phase, Phase::Stopping { .. }) {
-                continue;
-            }
-            slot.worker = None;
-            if worker.started.elapsed() >= HEALTHY_AFTER {
-                slot.backoff = FIRST_BACKOFF;
-            }
-            self.schedule_restart(worker.slot);
-        }
-    }
-
-    /// Restarts the slot's worker after its backoff, which doubles for next time.
-    fn schedule_restart(&mut self, slot: usize) {
-        let slot_index = slot;
-        let slot = &mut self.slots[slot_index];
-        slot.restart_at = Some(Instant::now() + slot.backoff);
-        info!("slot {slot_index}: restarting in {:?}", slot.backoff);
-        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
-    }
-
     fn on_signals(&mut self) {
         for signal in self.signals.pending() {
             match signal {
@@ -540,62 +359,6 @@ impl Supervisor {
                     self.last_watchdog = now;
                 }
             }
-        }
-    }
-
-    /// A worker that stopped heartbeating (hung, or stopped with SIGSTOP) is killed; the reaper
-    /// replaces it.
-    fn check_heartbeats(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
-            return;
-        }
-        let limit = self.config.server.heartbeat_timeout;
-        let hung: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.bus_open && now - w.last_heartbeat > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in hung {
-            if let Some(w) = self.workers.get(&id) {
-                warn!(
-                    "slot {}: worker pid {} silent for {:?}; killing it",
-                    w.slot,
-                    w.pid,
-                    now - w.last_heartbeat
-                );
-            }
-            self.drop_worker(id);
-        }
-    }
-
-    fn all_workers_healthy(&self, now: Instant) -> bool {
-        let limit = self.config.server.heartbeat_timeout;
-        self.slots.iter().all(|s| {
-            s.worker
-                .and_then(|id| self.workers.get(&id))
-                .is_some_and(|w| w.ready && w.bus_open && now - w.last_heartbeat <= limit)
-        })
-    }
-
-    fn flush_buses(&mut self) {
-        let mut broken = Vec::new();
-        for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.bus_open) {
-            if let Err(e) = w.conn.flush() {
-                warn!("slot {}: bus write to pid {} failed: {e}", w.slot, w.pid);
-                broken.push(*id);
-            } else if w.conn.pending_out() > MAX_BUS_BACKLOG {
-                error!(
-                    "slot {}: worker pid {} is {} MiB behind on the bus; killing it",
-                    w.slot,
-                    w.pid,
-                    w.conn.pending_out() >> 20
-                );
-                broken.push(*id);
-            }
-        }
-        for id in broken {
-            self.drop_worker(id);
         }
     }
 

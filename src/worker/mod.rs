@@ -5,9 +5,11 @@
 //! in the hub's order. It keeps no room state of its own beyond "which session is which
 //! socket", so any worker can serve any client and the processes are simply the parallelism.
 
+mod accept;
 mod client;
 mod handoff;
 mod input;
+mod lifecycle;
 mod output;
 pub mod rate;
 mod setup;
@@ -20,9 +22,9 @@ use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
 use crate::config::Config;
 use crate::signals::Signals;
 use client::{Client, Phase};
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -207,75 +209,6 @@ impl Worker {
         next.saturating_duration_since(Instant::now())
     }
 
-    // ----- accepting ---------------------------------------------------------------------
-
-    /// Accepts everything queued on one listener.
-    fn accept(&mut self, index: usize) {
-        if !self.accepting || self.accept_paused_until.is_some() {
-            return;
-        }
-        loop {
-            let Some(listener) = self.listeners.get(index) else { return };
-            match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if !self.emfile_logged {
-                        warn!("out of file descriptors; pausing accept ({e})");
-                        self.emfile_logged = true;
-                    }
-                    self.accept_paused_until = Some(Instant::now() + EMFILE_PAUSE);
-                    return;
-                }
-                // The connection died in the queue (ECONNABORTED and friends): next one.
-                Err(e) => debug!("accept: {e}"),
-            }
-        }
-    }
-
-    /// Stops accepting for good (reload or exit). A last sweep takes what is already queued
-    /// so it is served (or handed over) rather than left to the kernel.
-    fn stop_accepting(&mut self) {
-        if !self.accepting {
-            return;
-        }
-        self.accept_all();
-        self.accepting = false;
-        for listener in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener);
-        }
-    }
-
-    fn accept_all(&mut self) {
-        for index in 0..self.listeners.len() {
-            self.accept(index);
-        }
-    }
-
-    /// A new connection: register it and ask the hub to let it in.
-    fn admit(&mut self, mut stream: mio::net::TcpStream, addr: std::net::SocketAddr) {
-        if let Err(e) = crate::listener::tune_accepted(&stream, &self.config.socket) {
-            debug!("socket options for {addr}: {e}");
-        }
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
-        let token = Token(CLIENT_BASE + key);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot watch connection from {addr}: {e}");
-            return;
-        }
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
-        self.joining.insert(conn, key);
-        self.bus.send(&ToHub::Join { conn, addr });
-    }
-
     // ----- the bus -------------------------------------------------------------------------
 
     fn read_bus(&mut self) {
@@ -407,102 +340,6 @@ impl Worker {
             for key in std::mem::take(&mut self.stalled) {
                 self.service(key);
             }
-        }
-    }
-
-    // ----- output and connection lifecycle -----------------------------------------------
-
-    /// Queues a last line, tells the hub why the client left, and closes after flushing.
-    fn disconnect(&mut self, key: usize, line: &str, reason: LeaveReason) {
-        if self.clients.get(key).is_none_or(|c| c.is_closing()) {
-            return;
-        }
-        self.send_lines(key, &[line]);
-        self.leave(key, reason);
-        self.close(key);
-    }
-
-    /// The client asked to leave (quit, or EOF): the hub announces it and confirms with `Left`,
-    /// which closes the connection; until then answers to its last requests still arrive.
-    fn depart(&mut self, key: usize, reason: LeaveReason) {
-        let Some(client) = self.clients.get_mut(key) else { return };
-        if client.session.is_some() && !client.left && client.is_live() {
-            client.phase = Phase::Leaving;
-            self.leave(key, reason);
-        } else {
-            self.leave(key, reason);
-            self.close(key);
-        }
-    }
-
-    /// Tells the hub (once) that this client left the room.
-    fn leave(&mut self, key: usize, reason: LeaveReason) {
-        let Some(client) = self.clients.get_mut(key) else { return };
-        if client.left {
-            return;
-        }
-        client.left = true;
-        if let Some(session) = client.session {
-            self.bus.send(&ToHub::Leave { session, reason });
-        }
-    }
-
-    /// Starts closing a connection: no more room lines, flush, FIN, then drop.
-    fn close(&mut self, key: usize) {
-        self.detach(key);
-        let Some(client) = self.clients.get_mut(key) else { return };
-        client.room_from = None;
-        client.start_closing(Instant::now() + CLOSE_GRACE);
-        if let Some(session) = client.session {
-            self.sessions.remove(&session);
-        }
-        self.joining.remove(&client.conn);
-        self.mark_dirty(key);
-    }
-
-    /// The connection broke (reset, write error): leave as `connection lost` and drop it now.
-    fn lost(&mut self, key: usize) {
-        self.leave(key, LeaveReason::Lost);
-        self.remove(key);
-    }
-
-    fn remove(&mut self, key: usize) {
-        if !self.clients.contains(key) {
-            return;
-        }
-        let mut client = self.clients.remove(key);
-        let _ = self.poll.registry().deregister(&mut client.stream);
-        if let Some(session) = client.session {
-            if self.sessions.get(&session) == Some(&key) {
-                self.sessions.remove(&session);
-            }
-        }
-        if self.joining.get(&client.conn) == Some(&key) {
-            self.joining.remove(&client.conn);
-        }
-    }
-
-    /// Says `line` to every client, stops accepting and exits once all is flushed (or the grace
-    /// period is over).
-    fn begin_exit(&mut self, line: &str, code: ExitCode) {
-        if self.exiting.is_some() {
-            return;
-        }
-        let deadline = Instant::now() + CLOSE_GRACE;
-        self.exiting = Some((code, deadline));
-        self.accepting = false;
-        for listener in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener);
-        }
-        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let client = &mut self.clients[key];
-            if client.is_closing() {
-                continue;
-            }
-            client.left = true;
-            self.send_lines(key, &[line]);
-            self.close(key);
         }
     }
 
