@@ -47,8 +47,10 @@ const BUS_HIGH_WATER: usize = 8 * 1024 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Client output is written at most this often while the room is busy: a burst of room lines
 /// then costs one `write` per client instead of one per line. A line after a quiet spell goes
-/// out at once.
-const FLUSH_INTERVAL: Duration = Duration::from_micros(500);
+/// out at once. Each `write` to a TCP socket costs the kernel far more than the bytes in it
+/// (the profile of a saturated room is ~90% `tcp_sendmsg`), so this interval sets the server's
+/// efficiency: 1 ms gave ~5.5 M deliveries per CPU-second, 2 ms ~8.7 M, for ≤ 2 ms of latency.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
 /// How often closing connections are checked for the peer's acknowledgement.
 const LINGER_CHECK: Duration = Duration::from_millis(5);
 /// Pause after the process ran out of file descriptors, before accepting again.
