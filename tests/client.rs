@@ -1,0 +1,137 @@
+//! `chatd client`, the terminal client, driven like a person would: lines typed on its stdin,
+//! the room read from its stdout, Ctrl-D as a closed stdin.
+
+mod common;
+
+use common::{CHATD, LINE_TIMEOUT, START_TIMEOUT, Server, ServerBuilder, parse_chat, wait_until};
+use nix::sys::signal::Signal;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread;
+
+/// A running `chatd client` with its stdout read line by line in the background.
+struct Terminal {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Terminal {
+    fn start(server: &Server) -> Terminal {
+        let mut child = Command::new(CHATD)
+            .args(["client", &server.addr().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn chatd client");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Terminal { child, stdin, lines, seen: Vec::new() }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("type into the client");
+    }
+
+    /// Ctrl-D.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next line the client printed that satisfies `pred`.
+    fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("client never printed {what}; it printed {:?}", self.seen),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        wait_until(START_TIMEOUT, "the client to exit", || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server() -> Server {
+    ServerBuilder::new().workers(2).chat_key("history_on_join = 0").start()
+}
+
+#[test]
+fn client_shows_the_room_while_you_type_and_quits() {
+    let server = server();
+    let (mut observer, observer_nick, _) = server.join("observer");
+    let mut term = Terminal::start(&server);
+    let welcome = term.expect("the welcome line", |l| l.starts_with("* Welcome to chatd."));
+    let nick =
+        welcome.split("You are ").nth(1).and_then(|r| r.split('.').next()).unwrap().to_string();
+    observer.expect_line(&format!("* {nick} joined (2 online)"));
+
+    term.type_line("hello from a terminal");
+    let line = observer.read_line(LINE_TIMEOUT).expect("chat line");
+    let chat = parse_chat(&line).expect("a chat line");
+    assert_eq!((chat.nick.as_str(), chat.text.as_str()), (nick.as_str(), "hello from a terminal"));
+    term.expect("its own echo", |l| l.ends_with(&format!("<{nick}> hello from a terminal")));
+
+    // Lines from the room appear while the user is (not) typing.
+    observer.send_line("hi there");
+    let from_observer = format!("<{observer_nick}> hi there");
+    term.expect("the observer's line", |l| l.ends_with(&from_observer));
+    observer.read_until(LINE_TIMEOUT, |l| l.ends_with(&from_observer)).expect("own echo");
+
+    term.type_line("/quit see you");
+    observer.expect_line(&format!("* {nick} left (quit: see you)"));
+    assert!(term.wait_exit().success());
+}
+
+#[test]
+fn ctrl_d_leaves_the_room() {
+    let server = server();
+    let (mut observer, _, _) = server.join("observer");
+    let mut term = Terminal::start(&server);
+    let welcome = term.expect("the welcome line", |l| l.starts_with("* Welcome to chatd."));
+    let nick =
+        welcome.split("You are ").nth(1).and_then(|r| r.split('.').next()).unwrap().to_string();
+    observer.expect_line(&format!("* {nick} joined (2 online)"));
+    term.close_stdin();
+    observer.expect_line(&format!("* {nick} left (quit)"));
+    assert!(term.wait_exit().success());
+}
+
+#[test]
+fn client_exits_cleanly_when_the_server_goes() {
+    let mut server = server();
+    let mut term = Terminal::start(&server);
+    term.expect("the welcome line", |l| l.starts_with("* Welcome to chatd."));
+    server.signal(Signal::SIGTERM);
+    term.expect("the shutdown notice", |l| l == "* server shutting down");
+    assert!(term.wait_exit().success());
+    assert!(server.wait_exit(START_TIMEOUT).success());
+}
