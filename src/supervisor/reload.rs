@@ -9,6 +9,7 @@
 //! Listeners are never closed while a worker may still accept from them, except those of
 //! removed slots and addresses, which go once the reload is over.
 
+use super::workers::Mailboxes;
 use super::{Phase, Slot, Supervisor, WorkerId};
 use crate::bus::ToWorker;
 use crate::config::Config;
@@ -34,8 +35,8 @@ enum Step {
 enum Progress {
     /// Waiting for the target slot's new worker to accept.
     Starting,
-    /// Sessions are moving from the old worker.
-    HandingOff,
+    /// Sessions are moving from the old worker to `to`.
+    HandingOff { to: WorkerId },
 }
 
 pub(super) struct Reload {
@@ -238,7 +239,7 @@ impl Supervisor {
                         Ok((a, b)) => {
                             self.send_fd(old, ToWorker::HandOff, a.into());
                             self.send_fd(new, ToWorker::Receive, b.into());
-                            *progress = Progress::HandingOff;
+                            *progress = Progress::HandingOff { to: new };
                             return false;
                         }
                         Err(e) => error!("cannot create a hand-off channel: {e}; draining"),
@@ -253,14 +254,21 @@ impl Supervisor {
                 }
                 true
             }
-            Progress::HandingOff => {
+            Progress::HandingOff { to } => {
                 let Some(old) = old else { return true };
+                let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open);
                 let Some(worker) = self.workers.get_mut(&old) else { return true };
-                if !worker.handoff_done || self.hub.online_on(old) > 0 {
+                if receiver_alive && (!worker.handoff_done || self.hub.online_on(old) > 0) {
                     return false;
                 }
                 worker.conn.send(&ToWorker::Exit);
                 worker.retiring = true;
+                if !receiver_alive {
+                    // The new worker died with sessions in transit: their sockets went with it.
+                    // The slot restarts as after any crash; the room sees those clients leave.
+                    error!("the new worker died during the hand-off; its sessions are lost");
+                    self.hub.worker_lost(old, &mut Mailboxes(&mut self.workers));
+                }
                 true
             }
         }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The hub's view of the workers: frames go into their bus buffers.
-struct Mailboxes<'a>(&'a mut BTreeMap<WorkerId, Worker>);
+pub(super) struct Mailboxes<'a>(pub(super) &'a mut BTreeMap<WorkerId, Worker>);
 
 impl Outbox for Mailboxes<'_> {
     fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {

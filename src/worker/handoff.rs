@@ -125,7 +125,11 @@ impl Worker {
     pub(super) fn flush_outgoing(&mut self) {
         if let Some(out) = self.outgoing.as_mut() {
             if let Err(e) = out.conn.flush() {
-                error!("hand-off channel write failed: {e}");
+                // The successor is gone; the supervisor writes off what was in transit.
+                error!("hand-off channel write failed: {e}; giving up the hand-off");
+                if let Some(mut out) = self.outgoing.take() {
+                    let _ = self.poll.registry().deregister(out.conn.stream());
+                }
             }
         }
     }
