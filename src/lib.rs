@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod signals;
 pub mod supervisor;

@@ -15,6 +15,7 @@ use crate::protocol::command::is_valid_nick;
 use crate::protocol::template::{Template, Values};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 /// The supervisor's handle for one worker process (not its slot: during a reload a slot has an
 /// old and a new worker, and sessions move between them).
@@ -32,12 +33,16 @@ pub trait Outbox {
 const DEFAULT_HISTORY_REQUEST: usize = 20;
 
 /// Room events kept for sessions that move between workers on reload, whatever `history` says:
-/// a moving session may have missed a few events and gets them replayed from here.
+/// a moving session may have missed a few events (milliseconds' worth) and gets them replayed
+/// from here. Beyond `history`, events are kept while younger than [`REPLAY_AGE`], and never more
+/// than [`REPLAY_EVENTS`] of them.
 const REPLAY_EVENTS: usize = 65_536;
+const REPLAY_AGE: Duration = Duration::from_secs(10);
 
 /// A numbered room event as kept for history and replay.
 struct Event {
     seq: u64,
+    at: Instant,
     skip: Option<SessionId>,
     /// Boxed to drop the formatting slack: thousands of these are kept.
     line: Box<str>,
@@ -321,7 +326,8 @@ impl Hub {
     fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
         self.seq += 1;
         out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone() });
-        self.events.push_back(Event { seq: self.seq, skip, line: line.into_boxed_str() });
+        let at = Instant::now();
+        self.events.push_back(Event { seq: self.seq, at, skip, line: line.into_boxed_str() });
         self.trim_events();
     }
 
@@ -330,6 +336,22 @@ impl Hub {
         while self.events.len() > keep {
             self.events.pop_front();
         }
+    }
+
+    /// Drops replay-only events that have aged out (called once a second). Returns true when it
+    /// freed a lot, so the caller can hand the memory back to the system.
+    pub fn expire_events(&mut self) -> bool {
+        let before = self.events.len();
+        let now = Instant::now();
+        while self.events.len() > self.settings.history
+            && self.events.front().is_some_and(|e| now.duration_since(e.at) > REPLAY_AGE)
+        {
+            self.events.pop_front();
+        }
+        if self.events.capacity() > 4 * self.events.len().max(1024) {
+            self.events.shrink_to_fit();
+        }
+        before - self.events.len() >= 1024
     }
 
     /// The last `n` room lines (at most `history`).

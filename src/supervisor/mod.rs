@@ -349,6 +349,9 @@ impl Supervisor {
             return;
         }
         self.next_tick = now + TICK;
+        if self.hub.expire_events() {
+            crate::memory::trim();
+        }
         self.check_heartbeats(now);
         if self.phase == Phase::Running {
             let status = self.status_line();

@@ -411,11 +411,7 @@ impl Worker {
             self.trim_due = true;
         } else if self.trim_due {
             self.trim_due = false;
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only walks and releases the allocator's free memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::memory::trim();
         }
     }
 
