@@ -19,7 +19,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// How much one `fill` reads before yielding, so one busy peer cannot starve the rest of the
-/// event loop.
+/// event loop (see [`BusConn::with_fill_budget`]).
 const FILL_BUDGET: usize = 4 * 1024 * 1024;
 /// Initial read buffer; it grows when a frame does not fit.
 const READ_BUFFER: usize = 64 * 1024;
@@ -47,6 +47,7 @@ pub struct BusConn {
     /// Descriptors to attach when the write position reaches the given offset of `wbuf`.
     out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
     in_fds: VecDeque<OwnedFd>,
+    fill_budget: usize,
 }
 
 impl BusConn {
@@ -60,7 +61,16 @@ impl BusConn {
             wpos: 0,
             out_fds: VecDeque::new(),
             in_fds: VecDeque::new(),
+            fill_budget: FILL_BUDGET,
         }
+    }
+
+    /// A connection whose `fill` stops after `budget` bytes. A worker reads the room in small
+    /// bites: everything it reads in one turn goes out to every client before the next read,
+    /// so a burst (a thousand joins at once) reaches clients as a stream, not as one lump
+    /// bigger than their socket buffers.
+    pub fn with_fill_budget(stream: UnixStream, budget: usize) -> BusConn {
+        BusConn { fill_budget: budget, ..BusConn::new(stream) }
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {
@@ -168,7 +178,7 @@ impl BusConn {
             }
             self.rlen += bytes;
             read += bytes;
-            if read >= FILL_BUDGET {
+            if read >= self.fill_budget {
                 return Ok(Fill::More);
             }
         }

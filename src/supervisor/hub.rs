@@ -76,10 +76,11 @@ impl Settings {
 }
 
 struct Member {
-    nick: String,
-    addr: SocketAddr,
-    /// `addr` as `{addr}` shows it, rendered once.
-    addr_text: String,
+    /// Boxed strings, exact-size: a room of 100,000 keeps 100,000 of these.
+    nick: Box<str>,
+    ip: IpAddr,
+    /// `IP:PORT` as `{addr}` shows it, rendered once.
+    addr_text: Box<str>,
     worker: WorkerId,
 }
 
@@ -165,7 +166,7 @@ impl Hub {
             }
             ToHub::Nick { session, nick } => self.rename(worker, session, nick, out),
             ToHub::Who { session } => {
-                let mut nicks: Vec<&str> = self.members.values().map(|m| m.nick.as_str()).collect();
+                let mut nicks: Vec<&str> = self.members.values().map(|m| &*m.nick).collect();
                 nicks.sort_by_key(|n| n.to_ascii_lowercase());
                 let line = format!("* {} online: {}", nicks.len(), nicks.join(", "));
                 direct(out, worker, session, vec![line]);
@@ -211,8 +212,9 @@ impl Hub {
         let nick = self.guest_nick();
         self.nicks.insert(nick.to_ascii_lowercase(), session);
         self.per_ip.insert(ip, from_ip + 1);
-        let addr_text = addr.to_string();
-        self.members.insert(session, Member { nick: nick.clone(), addr, addr_text, worker });
+        let addr_text = addr.to_string().into_boxed_str();
+        let member = Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker };
+        self.members.insert(session, member);
         let online = self.members.len();
         let mut lines = Vec::with_capacity(1 + self.settings.history_on_join);
         lines.push(format!(
@@ -236,18 +238,18 @@ impl Hub {
             let line = format!("! invalid nickname '{nick}'");
             return direct(out, worker, session, vec![line]);
         }
-        if member.nick == nick {
+        if *member.nick == *nick {
             return direct(out, worker, session, vec![format!("* you are already {nick}")]);
         }
         let key = nick.to_ascii_lowercase();
         if self.nicks.get(&key).is_some_and(|owner| *owner != session) {
             return direct(out, worker, session, vec![format!("! nickname '{nick}' is taken")]);
         }
-        let old = member.nick.clone();
+        let old = member.nick.to_string();
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(key, session);
         if let Some(member) = self.members.get_mut(&session) {
-            member.nick = nick.clone();
+            member.nick = nick.clone().into_boxed_str();
         }
         self.publish(None, format!("* {old} is now known as {nick}"), out);
     }
@@ -278,7 +280,7 @@ impl Hub {
     fn leave(&mut self, session: SessionId, reason: &LeaveReason, out: &mut impl Outbox) {
         let Some(member) = self.members.remove(&session) else { return };
         self.nicks.remove(&member.nick.to_ascii_lowercase());
-        let ip = member.addr.ip();
+        let ip = member.ip;
         match self.per_ip.get_mut(&ip) {
             Some(n) if *n > 1 => *n -= 1,
             _ => {

@@ -96,6 +96,10 @@ impl Supervisor {
         let Some(worker) = self.workers.get_mut(&id).filter(|w| w.bus_open) else { return };
         let fill = worker.conn.fill();
         worker.more_input = matches!(fill, Ok(Fill::More));
+        if matches!(fill, Ok(Fill::More | Fill::Drained)) {
+            // Traffic is a sign of life too: a worker busy with a flood is not hung.
+            worker.last_heartbeat = Instant::now();
+        }
         loop {
             let Some(worker) = self.workers.get_mut(&id) else { return };
             let msg = match worker.conn.next_message::<ToHub>() {

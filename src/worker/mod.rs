@@ -55,6 +55,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
 const LINGER_CHECK: Duration = Duration::from_millis(5);
 /// Pause after the process ran out of file descriptors, before accepting again.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// Bus bytes read per loop turn (see `BusConn::with_fill_budget`).
+const BUS_READ_BUDGET: usize = 256 * 1024;
 /// One read from a client takes at most this much.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -101,6 +103,7 @@ pub struct Worker {
     /// Reload without hand-off: when to give up on the remaining clients.
     drain_deadline: Option<Instant>,
     next_tick: Instant,
+    next_heartbeat: Instant,
     /// Set when the worker is going away: the exit code and the deadline for last flushes.
     exiting: Option<(ExitCode, Instant)>,
 }
@@ -366,18 +369,28 @@ impl Worker {
             self.accept_paused_until = None;
             self.accept_all();
         }
+        self.heartbeat_if_due(now);
         if now < self.next_tick {
             return;
         }
         self.next_tick = now + TICK;
-        // Heartbeats go on while exiting: flushing the last clients may take a few seconds.
-        self.bus.send(&ToHub::Heartbeat);
         if self.exiting.is_none() {
             // Connections migrated from a closed sibling listener may not wake epoll.
             self.accept_all();
         }
         self.check_idle_and_closing(now);
         self.trim_memory_when_quiet();
+    }
+
+    /// Tells the supervisor we are alive, once a second. Called from the loop and from inside
+    /// long stretches of work (a flush to thousands of clients during a join storm), so a busy
+    /// worker is never taken for a hung one. Goes on while exiting, too.
+    pub(super) fn heartbeat_if_due(&mut self, now: Instant) {
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + TICK;
+            self.bus.send(&ToHub::Heartbeat);
+            let _ = self.bus.flush();
+        }
     }
 
     /// Drops closing connections whose last bytes the peer has acknowledged. Closing earlier,

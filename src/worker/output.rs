@@ -12,6 +12,7 @@
 //! own queue first.
 
 use super::{FLUSH_INTERVAL, Worker};
+use crate::bus::ToHub;
 use crate::bus::message::{LeaveReason, SessionId};
 use std::time::Instant;
 
@@ -109,9 +110,19 @@ impl Worker {
                 }
             }
         } else {
+            let mut visited = 0usize;
             for (key, client) in self.clients.iter_mut() {
                 if client.flush_queued || client.room_from.is_some() {
                     visit(key, client);
+                    visited += 1;
+                    if visited % 512 == 0 {
+                        let now = Instant::now();
+                        if now >= self.next_heartbeat {
+                            self.next_heartbeat = now + super::TICK;
+                            self.bus.send(&ToHub::Heartbeat);
+                            let _ = self.bus.flush();
+                        }
+                    }
                 }
             }
         }

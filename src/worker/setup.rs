@@ -51,7 +51,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     }
     let mut signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
     let poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
-    let mut bus = BusConn::new(UnixStream::from_std(bus));
+    let mut bus = BusConn::with_fill_budget(UnixStream::from_std(bus), super::BUS_READ_BUDGET);
     let registry = poll.registry();
     registry
         .register(bus.stream(), BUS, Interest::READABLE | Interest::WRITABLE)
@@ -104,6 +104,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         incoming_more: false,
         drain_deadline: None,
         next_tick: Instant::now() + TICK,
+        next_heartbeat: Instant::now() + TICK,
         exiting: None,
     };
     // Connections may have queued on the slot's listeners while no worker served it.
