@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI setup for the packaging tests (tests/systemd_sandbox.rs): installs cargo-deb, pinned, so
+# CI setup for the packaging tests (tests/systemd_sandbox/): installs cargo-deb, pinned, so
 # the end-to-end test installs a real .deb built from Cargo.toml's [package.metadata.deb].
 # Idempotent: does nothing when that version is already installed (about 60 s on 2 cores when
 # it is not). The test itself needs no other package: systemd-sandbox installs what it lacks.

@@ -151,6 +151,7 @@ impl Worker {
                             self.service(key);
                         }
                         if event.is_writable() {
+                            self.flush_backlog(key);
                             self.mark_dirty(key);
                         }
                     }

@@ -63,6 +63,16 @@ impl Worker {
         }
     }
 
+    /// A client's socket has room again: write its own queue at once. (New room lines still
+    /// wait for the coalesced flush; they come after this queue anyway.) A client catching up
+    /// on a backlog is never held back by the flush interval.
+    pub(super) fn flush_backlog(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if client.backlog() > 0 && client.flush_with(&[]).is_err() {
+            self.lost(key);
+        }
+    }
+
     /// Flushes client output now, or schedules it if the last flush was very recent.
     pub(super) fn maybe_flush_clients(&mut self) {
         if self.dirty.is_empty() && self.room.is_empty() {
@@ -93,8 +103,11 @@ impl Worker {
             if client.room_from.is_some() {
                 client.room_from = Some(0);
             }
+            // Too slow means the queue stayed over the limit through a flush: a reader that
+            // keeps up is not cut off because one burst was bigger than its socket buffer.
+            let was_over = client.backlog() > max_backlog;
             match client.flush_with(share) {
-                Ok(()) if client.backlog() > max_backlog => too_slow.push(key),
+                Ok(()) if was_over && client.backlog() > max_backlog => too_slow.push(key),
                 Ok(()) => {
                     if client.shut_write_if_flushed() {
                         shut.push(key);

@@ -1,0 +1,197 @@
+//! Clients that do not keep up: one that never reads is cut off once its backlog is full while
+//! the room goes on, and one that sends nothing is disconnected after `idle_timeout` while an
+//! active one stays.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::raw_client::{RawClient, connect_from};
+use crate::room::room_server;
+
+// ---------------------------------------------------------------------------------------------
+// Slow consumer
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn never_reading_client_is_cut_off_and_the_room_goes_on() {
+    let server = room_server(2)
+        .chat_key("max_backlog_bytes = 65536")
+        .raw("[socket]\nsend_buffer = 4096")
+        .start();
+    let (mut talker, nick_t, _) = server.join("talker");
+    let (mut observer, nick_o, _) = server.join("observer");
+    talker.expect_line(&format!("* {nick_o} joined (2 online)"));
+    // The slow client: tiny receive buffer, reads its welcome and then nothing.
+    let mut slow = RawClient::new(connect_from(server.addr(), None, Some(4096)));
+    let welcome = slow.next_line();
+    let (nick_s, n) = parse_welcome(&welcome).unwrap_or_else(|| panic!("welcome: {welcome:?}"));
+    assert_eq!(n, 3);
+    for c in [&mut talker, &mut observer] {
+        c.expect_line(&format!("* {nick_s} joined (3 online)"));
+    }
+
+    const LINES: usize = 1000;
+    const BATCH: usize = 20;
+    let pad = "x".repeat(400);
+    let texts: Vec<String> = (1..=LINES).map(|i| format!("{i:04} {pad}")).collect();
+    let left = format!("* {nick_s} left (too slow)");
+    // The observer reads everything in its own thread; the talker sends in batches of 20 lines
+    // (~8.6 KB of output) and waits until both readers have read the batch before the next, so
+    // no reader's queue comes near max_backlog_bytes — only the slow client's does.
+    let observed = Arc::new(AtomicUsize::new(0));
+    let observer = {
+        let (texts, nick_t, left) = (texts.clone(), nick_t.clone(), left.clone());
+        let observed = observed.clone();
+        thread::spawn(move || {
+            let mut c = observer;
+            let (mut chats, mut lefts) = (0, 0);
+            while chats < texts.len() || lefts == 0 {
+                let l = c.next_line();
+                if l == left {
+                    lefts += 1;
+                    continue;
+                }
+                match parse_chat(&l) {
+                    Some(p) if p.nick == nick_t && p.text == texts[chats] => {
+                        chats += 1;
+                        observed.store(chats, Ordering::SeqCst);
+                    }
+                    _ => panic!("observer: expected chat {:?}…, got {l:?}", &texts[chats][..4]),
+                }
+            }
+            (c, lefts)
+        })
+    };
+    let start = Instant::now();
+    let (mut chats, mut t_lefts) = (0, 0);
+    for batch in texts.chunks(BATCH) {
+        let mut bytes = String::new();
+        for t in batch {
+            bytes += t;
+            bytes.push('\n');
+        }
+        talker.send_raw(bytes.as_bytes()).expect("talker write");
+        let end = chats + batch.len();
+        while chats < end {
+            let l = talker.next_line();
+            if l == left {
+                t_lefts += 1;
+                continue;
+            }
+            match parse_chat(&l) {
+                Some(p) if p.nick == nick_t && p.text == texts[chats] => chats += 1,
+                _ => panic!("talker: expected chat {:?}…, got {l:?}", &texts[chats][..4]),
+            }
+        }
+        wait_until(LINE_TIMEOUT, "the observer to read the batch", || {
+            (observed.load(Ordering::SeqCst) >= end || observer.is_finished()).then_some(())
+        });
+    }
+    if t_lefts == 0 {
+        talker.expect_line(&left);
+        t_lefts = 1;
+    }
+    let (mut observer, o_lefts) = observer.join().expect("observer's view");
+    eprintln!("{LINES} lines of ~400 bytes reached both readers in {:?}", start.elapsed());
+    assert_eq!((t_lefts, o_lefts), (1, 1), "the slow client's leave notice, once each");
+
+    // The slow client's connection ends (maybe after some lines and `* disconnected: too
+    // slow`, best effort).
+    let mut lines = Vec::new();
+    let end = loop {
+        match slow.read_line(LINE_TIMEOUT) {
+            Ok(l) => lines.push(l),
+            Err(e) => break e,
+        }
+    };
+    eprintln!("slow client read {} lines before {end}", lines.len());
+    assert!(
+        matches!(end, ReadError::Eof | ReadError::Reset(_)),
+        "slow client: expected the connection to end, got {end}"
+    );
+    // Whatever it got before the end must be whole lines (SPEC §2: one event per line): the
+    // talker's chat lines as sent, in order, and at most a last `* disconnected: too slow`.
+    for (i, l) in lines.iter().enumerate() {
+        let whole_chat = parse_chat(l).is_some_and(|p| p.nick == nick_t && p.text == texts[i]);
+        let notice = i + 1 == lines.len() && l == "* disconnected: too slow";
+        assert!(
+            whole_chat || notice,
+            "slow client: line {} is neither chat line {:?}… nor the final notice: {:?}",
+            i + 1,
+            &texts[i][..4],
+            format!("{}…{}", &l[..l.len().min(30)], &l[l.len().saturating_sub(40)..])
+        );
+    }
+    // The room goes on without it.
+    talker.send_line("/who");
+    let mut both = [nick_t.clone(), nick_o.clone()];
+    both.sort_by_key(|n| n.to_ascii_lowercase());
+    talker.expect_line(&format!("* 2 online: {}", both.join(", ")));
+    talker.send_line("bye");
+    observer.expect_chat(&nick_t, "bye");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle timeout
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn idle_client_is_disconnected_active_one_stays() {
+    let server = room_server(2).chat_key(r#"idle_timeout = "1s""#).start();
+    let (mut keeper, nick_k, _) = server.join("keeper");
+    let (mut idle, nick_i, _) = server.join("idle");
+    let idle_joined = Instant::now();
+    keeper.expect_line(&format!("* {nick_i} joined (2 online)"));
+
+    // The keeper sends a line (chat or any command) every 300 ms and waits for its answer.
+    let left = format!("* {nick_i} left (idle)");
+    let mut left_after = None;
+    let mut kept_after_left = None;
+    let commands = ["/who", "/nope", "//ping", "/help x", "/me stretches"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    loop {
+        assert!(Instant::now() < deadline, "idle client not disconnected within 20 s");
+        let cmd = commands[i % commands.len()];
+        i += 1;
+        keeper.send_line(cmd);
+        // The answer, possibly preceded by the idle client's leave notice.
+        loop {
+            let l = keeper.next_line();
+            if l == left {
+                assert!(left_after.is_none(), "leave notice twice");
+                left_after = Some(idle_joined.elapsed());
+                kept_after_left = Some(Instant::now());
+                continue;
+            }
+            let answered = match cmd {
+                "/who" => l.contains(" online: "),
+                "/nope" => l == "! unknown command '/nope' (try /help)",
+                "//ping" => parse_chat(&l).is_some_and(|c| c.nick == nick_k && c.text == "/ping"),
+                "/help x" => l == "! usage: /help",
+                _ => l.ends_with(&format!(" * {nick_k} stretches")),
+            };
+            assert!(answered, "keeper: unexpected answer {l:?} to {cmd}");
+            break;
+        }
+        // Stay for 2.5 s (two idle checks and more) after the idle client was cut off.
+        if kept_after_left.is_some_and(|t| t.elapsed() > Duration::from_millis(2500)) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(300)); // pacing, not synchronisation
+    }
+    let left_after = left_after.unwrap();
+    assert!(left_after >= Duration::from_millis(900), "cut off too early: {left_after:?}");
+    eprintln!("idle client cut off {left_after:?} after joining");
+
+    // The idle client: whatever room lines it got, then `* disconnected: idle`, then EOF.
+    let (lines, end) = idle.read_to_close(LINE_TIMEOUT);
+    assert_eq!(lines.last().map(String::as_str), Some("* disconnected: idle"), "{lines:?}");
+    assert!(matches!(end, ReadError::Eof), "idle client: expected EOF, got {end}");
+    // The keeper is still there.
+    keeper.send_line("/who");
+    keeper.expect_line(&format!("* 1 online: {nick_k}"));
+}

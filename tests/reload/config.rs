@@ -1,0 +1,166 @@
+//! Reloads decided by the config file: a broken config fails with the error's position and
+//! changes nothing, and `reload.handoff = false` drains the old workers instead of handing
+//! their sessions over.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::control::*;
+use crate::room::Room;
+use crate::{CONTROL_TIMEOUT, room_server};
+
+// ---------------------------------------------------------------------------------------------
+// Broken config
+// ---------------------------------------------------------------------------------------------
+
+/// A reload with a broken config fails with the error's file:line:column and changes nothing:
+/// same worker pids, same generation, the room goes on; a fixed config then reloads.
+#[test]
+fn broken_config_reload_changes_nothing() {
+    let builder = room_server(4);
+    let server = builder.clone().start();
+    let control = server.control_socket();
+    let st = wait_settled(&control, server.pid(), 4, 1, &[]);
+    let mut room = Room::default();
+    room.join(&server, 6, "c");
+    room.chat(0, "before");
+
+    let path = server.config_path().display().to_string();
+    let good = builder.render(&control);
+    // (config text, the offending line, its column if the contract pins it, the message).
+    let cases = [
+        (
+            builder.clone().server_key("bogus = 1").render(&control),
+            "bogus = 1",
+            Some(1),
+            "unknown key 'bogus'",
+        ),
+        (
+            builder.clone().workers(0).render(&control),
+            "workers = 0",
+            Some(11),
+            "server.workers: expected an integer from 1 to 1024",
+        ),
+        (format!("{good}\n[chat\n"), "[chat", None, "invalid TOML"),
+    ];
+    for (n, (text, bad_line, column, message)) in cases.iter().enumerate() {
+        let line = text.lines().position(|l| l == *bad_line).expect("bad line in config") + 1;
+        fs::write(server.config_path(), text).expect("write config");
+        let out = server.run(&["reload"], CONTROL_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "reload of a broken config succeeded: {}",
+            output_text(&out)
+        );
+        assert!(out.stdout.is_empty(), "stdout of a failed reload: {}", output_text(&out));
+        let prefix = format!("{path}:{line}:");
+        let at = stderr
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("case {n}: stderr does not name {prefix}COL: {stderr:?}"));
+        let after = &stderr[at + prefix.len()..];
+        let (col, rest) = after.split_once(": ").expect("file:line:col: message");
+        let col: u32 = col.parse().unwrap_or_else(|_| panic!("case {n}: column in {stderr:?}"));
+        assert!(col >= 1 && column.is_none_or(|c| c == col), "case {n}: column in {stderr:?}");
+        assert!(rest.starts_with(message), "case {n}: message {rest:?}, expected {message:?}");
+        server.wait_for_log_count("reload failed, keeping the running config", n + 1, LINE_TIMEOUT);
+
+        let now = status(&server);
+        assert_eq!(now.generation, 1, "generation changed by a failed reload: {now:?}");
+        assert_eq!(now.pids(), st.pids(), "workers changed by a failed reload");
+        assert_eq!(worker_children(server.pid()), st.pids(), "/proc workers changed");
+        assert_eq!(now.clients, room.clients.len() as u64);
+        room.chat(n % room.clients.len(), &format!("still here {n}"));
+    }
+    // Someone new can still join, and the room still talks.
+    room.join(&server, 1, "late");
+    room.chat(6, "after the failed reloads");
+    assert!(!server.log_contains("reload to generation"), "a failed reload rolled workers");
+
+    // Fixed: the next reload works.
+    fs::write(server.config_path(), good).expect("write config");
+    let out = server.run(&["reload"], CONTROL_TIMEOUT);
+    expect_reload_ok(&out, 2, 4);
+    wait_settled(&control, server.pid(), 4, 2, &st.pids());
+    room.chat(3, "after the good reload");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drain when hand-off is off
+// ---------------------------------------------------------------------------------------------
+
+/// With `reload.handoff = false` the old workers drain: `chatd reload` returns once the new
+/// generation serves; the old clients keep chatting with everyone (a newcomer on a new worker
+/// included) until `drain_timeout`, then read `* server restarting, please reconnect` and EOF,
+/// and the room sees them leave `(server restarting)`.
+#[test]
+fn handoff_off_drains() {
+    // Long enough that the chat below surely happens before it ends, even on a busy machine.
+    const DRAIN: Duration = Duration::from_secs(3);
+    let server = room_server(4).raw("[reload]\nhandoff = false\ndrain_timeout = \"3s\"").start();
+    let control = server.control_socket();
+    let st = wait_settled(&control, server.pid(), 4, 1, &[]);
+    let mut room = Room::default();
+    room.join(&server, 3, "old");
+    let old_owners = room.owners(server.port(), &st.pids());
+
+    let t0 = Instant::now();
+    let out = server.run(&["reload"], CONTROL_TIMEOUT);
+    let returned = t0.elapsed();
+    expect_reload_ok(&out, 2, 4);
+    assert!(returned < DRAIN, "`chatd reload` waited for the drain ({returned:?})");
+    let now = status(&server);
+    assert_eq!(now.generation, 2);
+    let new_pids: Vec<i32> =
+        now.workers.iter().filter(|w| w.2 == 2).map(|w| w.1).collect::<Vec<_>>();
+    assert_eq!(new_pids.len(), 4, "new generation in status: {now:?}");
+    assert!(new_pids.iter().all(|p| !st.pids().contains(p)), "{now:?}");
+
+    // A newcomer lands on a new worker; the old clients are still on their old ones.
+    let c = room.join_at(server.addr(), "new");
+    let owner = room.owners(server.port(), &[st.pids(), new_pids.clone()].concat());
+    assert!(new_pids.contains(&owner[c]), "newcomer served by {} not a new worker", owner[c]);
+    assert_eq!(&owner[..3], &old_owners[..], "old clients moved although hand-off is off");
+    room.chat(0, "old client speaking while draining");
+    room.chat(c, "newcomer speaking");
+    let drained_by = t0.elapsed();
+    assert!(drained_by < DRAIN, "too slow to chat within the drain window ({drained_by:?})");
+
+    let nicks = room.nicks.clone();
+    let left: Vec<String> =
+        (0..3).map(|i| format!("* {} left (server restarting)", nicks[i])).collect();
+    for i in 0..3 {
+        // Old workers drain one after the other: a client may first see other old clients
+        // leave (never itself), then its own notice, then EOF.
+        let notice = "* server restarting, please reconnect";
+        let others: Vec<&String> =
+            left.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| l).collect();
+        let client = &mut room.clients[i];
+        match client.read_until(LINE_TIMEOUT, |l| !others.iter().any(|o| *o == l)) {
+            Ok(l) if l == notice => {}
+            other => panic!(
+                "old client {i}: expected {notice:?} (after others' leaves), got {other:?}; \
+                 transcript {:?}",
+                client.transcript()
+            ),
+        }
+        let at = t0.elapsed();
+        assert!(
+            at >= DRAIN - Duration::from_millis(50),
+            "old client {i} told to reconnect {at:?} after the reload began (drain {DRAIN:?})"
+        );
+        client.expect_eof();
+    }
+    let newcomer = &mut room.clients[c];
+    let mut got: Vec<String> = (0..3).map(|_| newcomer.next_line()).collect();
+    got.sort();
+    let mut left = left;
+    left.sort();
+    assert_eq!(got, left, "what the newcomer saw of the drain");
+    // The old workers are gone; the new ones keep serving.
+    wait_settled(&control, server.pid(), 4, 2, &st.pids());
+    newcomer.send_line("alone now");
+    newcomer.expect_chat(&nicks[c], "alone now");
+    assert_eq!(status(&server).clients, 1);
+}

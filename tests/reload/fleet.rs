@@ -1,0 +1,363 @@
+//! Load for the reload tests: a [`Fleet`] of a thousand or more clients, read by a few poll(2)
+//! threads that classify every line as it arrives ([`Tally`]) instead of keeping it, so a
+//! 2-core machine can follow them all; [`connect_welcomed`] for loops that keep connecting
+//! while reloads run; [`StopOnDrop`] to end such background loops even when a test panics.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// Reader threads (each client belongs to one, `index % READERS`).
+const READERS: usize = 4;
+
+/// What one fleet client has seen, classified as it arrives (nothing else is kept, so a
+/// thousand clients reading thousands of lines stay cheap).
+#[derive(Default)]
+pub struct Tally {
+    /// `u<i>` for the original clients, which rename themselves; `None` for late joiners.
+    pub want_nick: Option<String>,
+    /// From the welcome line.
+    pub nick: Option<String>,
+    /// Read `* guest-N is now known as u<i>` for itself.
+    pub renamed: bool,
+    /// Read `* you are already u<i>` (its nick survived the reloads).
+    pub already: bool,
+    /// The load chat lines, in arrival order, as `sender << 20 | counter`.
+    pub chats: Vec<u32>,
+    /// `final` marker lines read.
+    pub finals: usize,
+    /// How the connection ended, if it did.
+    pub closed: Option<String>,
+    /// Lines that have no business arriving (kept up to a few).
+    pub unexpected: Vec<String>,
+    pub unexpected_count: usize,
+}
+
+impl Tally {
+    fn odd(&mut self, why: &str, line: &str) {
+        self.unexpected_count += 1;
+        if self.unexpected.len() < 5 {
+            self.unexpected.push(format!("{why}: {line:?}"));
+        }
+    }
+
+    /// Classifies one line; see the rules in the doc comment of
+    /// `handoff::reload_under_load_loses_nothing`.
+    fn line(&mut self, line: &str) {
+        let Some(nick) = self.nick.clone() else {
+            match parse_welcome(line) {
+                Some((n, _)) => self.nick = Some(n),
+                None => self.odd("first line is not a welcome", line),
+            }
+            return;
+        };
+        if let Some(c) = parse_chat(line) {
+            if let Some(rest) = c.text.strip_prefix("m ") {
+                let parsed = rest
+                    .split_once(' ')
+                    .and_then(|(s, n)| Some((s.parse::<u32>().ok()?, n.parse::<u32>().ok()?)));
+                match parsed {
+                    Some((s, n)) if c.nick == format!("u{s}") && s < 1024 && n < (1 << 20) => {
+                        self.chats.push(s << 20 | n)
+                    }
+                    _ => self.odd("bad load line", line),
+                }
+            } else if let Some(j) = c.text.strip_prefix("final ") {
+                if c.nick == format!("u{j}") {
+                    self.finals += 1;
+                } else {
+                    self.odd("final marker under the wrong nick", line);
+                }
+            } else {
+                self.odd("unknown chat line", line);
+            }
+            return;
+        }
+        if let Some(want) = &self.want_nick {
+            if line == format!("* {nick} is now known as {want}") {
+                self.renamed = true;
+                return;
+            }
+            if line == format!("* you are already {want}") {
+                self.already = true;
+                return;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("* ") {
+            // Other clients' renames (guest-N → uI) and joins of guests are room noise.
+            if let Some((from, to)) = rest.split_once(" is now known as ") {
+                if from.starts_with("guest-") && to.starts_with('u') {
+                    return;
+                }
+            }
+            if let Some((who, _)) = rest.split_once(" joined (") {
+                if who.starts_with("guest-") && rest.ends_with(" online)") {
+                    return;
+                }
+            }
+        }
+        // Leaves, notices about restarts, errors, anything else: nobody leaves in this test.
+        self.odd("unexpected line", line);
+    }
+}
+
+/// One reader thread's clients' tallies: client `i` is entry `i / READERS` of shard
+/// `i % READERS`, so a reader never contends with the other readers, only with the main thread.
+type Shard = Arc<Mutex<Vec<Tally>>>;
+
+type Inbox = Arc<Mutex<Vec<(usize, TcpStream, Vec<u8>)>>>;
+
+pub struct Fleet {
+    shards: Vec<Shard>,
+    inboxes: Vec<Inbox>,
+    /// Write handles by client index; its lock also serialises `add`.
+    writers: Mutex<Vec<TcpStream>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut shards, mut inboxes, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..READERS {
+            let shard: Shard = Arc::new(Mutex::new(Vec::new()));
+            let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
+            shards.push(Arc::clone(&shard));
+            inboxes.push(Arc::clone(&inbox));
+            let stop = Arc::clone(&stop);
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("fleet-reader-{r}"))
+                    .spawn(move || fleet_reader(shard, inbox, stop))
+                    .expect("spawn reader"),
+            );
+        }
+        Fleet { shards, inboxes, writers: Mutex::new(Vec::new()), stop, threads }
+    }
+
+    /// Adds a connected client; `leftover` is what was already read past its welcome line
+    /// (`nick` set) or nothing (welcome still to come). Returns its index.
+    pub fn add(
+        &self,
+        stream: TcpStream,
+        want_nick: Option<String>,
+        nick: Option<String>,
+        leftover: Vec<u8>,
+    ) -> usize {
+        // Reads only happen after poll says readable; the timeout is a safety net.
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        stream.set_write_timeout(Some(LINE_TIMEOUT)).expect("write timeout");
+        let writer = stream.try_clone().expect("clone");
+        let mut writers = self.writers.lock().unwrap();
+        let index = writers.len();
+        writers.push(writer);
+        let mut shard = self.shards[index % READERS].lock().unwrap();
+        assert_eq!(shard.len(), index / READERS);
+        shard.push(Tally { want_nick, nick, ..Tally::default() });
+        drop(shard);
+        self.inboxes[index % READERS].lock().unwrap().push((index, stream, leftover));
+        index
+    }
+
+    pub fn send(&self, index: usize, line: &str) -> io::Result<()> {
+        let mut w = self.writers.lock().unwrap()[index].try_clone()?;
+        w.write_all(format!("{line}\n").as_bytes())
+    }
+
+    pub fn writer(&self, index: usize) -> TcpStream {
+        self.writers.lock().unwrap()[index].try_clone().expect("clone")
+    }
+
+    /// Runs `f` on every client's tally, in index order (all shards locked meanwhile).
+    pub fn with<T>(&self, f: impl FnOnce(&[&Tally]) -> T) -> T {
+        let guards: Vec<_> = self.shards.iter().map(|s| s.lock().unwrap()).collect();
+        let n: usize = guards.iter().map(|g| g.len()).sum();
+        let all: Vec<&Tally> = (0..n).map(|i| &guards[i % READERS][i / READERS]).collect();
+        f(&all)
+    }
+
+    /// Polls until `pred` holds on the tallies; panics with `what` and a summary on timeout.
+    pub fn wait(&self, timeout: Duration, what: &str, mut pred: impl FnMut(&[&Tally]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.with(&mut pred) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let (closed, odd) = self.with(|t| {
+                    let closed: Vec<String> = t
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, x)| x.closed.as_ref().map(|c| format!("#{i}: {c}")))
+                        .take(10)
+                        .collect();
+                    let odd: Vec<String> = t
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| !x.unexpected.is_empty())
+                        .map(|(i, x)| format!("#{i}: {:?}", x.unexpected))
+                        .take(10)
+                        .collect();
+                    (closed, odd)
+                });
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; closed: {closed:?}; \
+                     unexpected lines: {odd:?}"
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Seen {
+    Line(String),
+    Bad(String),
+    Closed(String),
+}
+
+fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
+    let mut conns: Vec<(usize, TcpStream, Vec<u8>)> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut seen: Vec<(usize, Seen)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut fresh = std::mem::take(&mut *inbox.lock().unwrap());
+        // Bytes read together with a welcome line (by the connect loop) come first.
+        for (index, _, buf) in &mut fresh {
+            split_lines(*index, buf, &mut seen);
+        }
+        conns.append(&mut fresh);
+        let mut fds: Vec<libc::pollfd> = conns
+            .iter()
+            .map(|(_, s, _)| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+        let mut dead = Vec::new();
+        if n > 0 {
+            for (k, fd) in fds.iter().enumerate() {
+                if fd.revents == 0 {
+                    continue;
+                }
+                let (index, stream, buf) = &mut conns[k];
+                match stream.read(&mut chunk) {
+                    Ok(0) => {
+                        let how = if buf.is_empty() {
+                            "EOF".to_string()
+                        } else {
+                            format!("EOF after {:?}", String::from_utf8_lossy(buf))
+                        };
+                        seen.push((*index, Seen::Closed(how)));
+                        dead.push(k);
+                    }
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        split_lines(*index, buf, &mut seen);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        seen.push((*index, Seen::Closed(format!("error: {e}"))));
+                        dead.push(k);
+                    }
+                }
+            }
+        }
+        for k in dead.into_iter().rev() {
+            conns.swap_remove(k);
+        }
+        if !seen.is_empty() {
+            let mut t = shard.lock().unwrap();
+            for (index, s) in seen.drain(..) {
+                let tally = &mut t[index / READERS];
+                match s {
+                    Seen::Line(l) => tally.line(&l),
+                    Seen::Bad(l) => tally.odd("line without CRLF or not UTF-8", &l),
+                    Seen::Closed(how) => tally.closed = Some(how),
+                }
+            }
+        }
+    }
+}
+
+fn split_lines(index: usize, buf: &mut Vec<u8>, seen: &mut Vec<(usize, Seen)>) {
+    let mut start = 0;
+    while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+        let raw = &buf[start..start + pos];
+        start += pos + 1;
+        seen.push((
+            index,
+            match raw.strip_suffix(b"\r").map(std::str::from_utf8) {
+                Some(Ok(l)) => Seen::Line(l.to_string()),
+                _ => Seen::Bad(String::from_utf8_lossy(raw).into_owned()),
+            },
+        ));
+    }
+    buf.drain(..start);
+}
+
+/// Connects and reads the welcome line within the deadlines; returns the stream, the nick and
+/// any bytes read past the welcome.
+pub fn connect_welcomed(addr: SocketAddr) -> Result<(TcpStream, String, Vec<u8>), String> {
+    let stream =
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let mut s = &stream;
+    loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            let rest = buf[pos + 1..].to_vec();
+            let line =
+                line.strip_suffix('\r').ok_or_else(|| format!("no CRLF on {line:?}"))?.to_string();
+            let (nick, _) =
+                parse_welcome(&line).ok_or_else(|| format!("not a welcome: {line:?}"))?;
+            return Ok((stream, nick, rest));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!("no welcome within {LINE_TIMEOUT:?} (read {buf:?})"));
+        }
+        stream.set_read_timeout(Some(deadline - now)).map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(format!("EOF before the welcome (read {buf:?})")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read before the welcome: {e}")),
+        }
+    }
+}
+
+/// Sets the flags when dropped (also while unwinding).
+pub struct StopOnDrop<'a>(pub &'a [&'a AtomicBool]);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        for f in self.0 {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+}

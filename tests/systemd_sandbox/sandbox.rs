@@ -1,0 +1,224 @@
+//! Commands with deadlines ([`run`]) and the throw-away systemd: [`Sandbox`] boots
+//! `systemd-sandbox`, runs commands inside it, reads unit properties, and tears it down on drop
+//! (printing chatd's journal when a test panics). [`sandbox_or_skip`] decides whether a test
+//! can run here at all.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::{CMD_TIMEOUT, MANIFEST_DIR};
+
+/// Runs `cmd` to completion with a deadline (killed, then a panic, after `timeout`).
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    }
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// A message that `cargo test` shows even for a passing test (not captured).
+pub fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "systemd_sandbox: {msg}");
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn sandbox_tool() -> Option<PathBuf> {
+    match std::env::var_os("CHATD_SYSTEMD_SANDBOX") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(Path::new(MANIFEST_DIR).join("../shared/tools/systemd-sandbox")),
+    }
+    .filter(|p| p.is_file())
+}
+
+/// Skips (returns `None` after printing why) where the sandbox cannot run, unless
+/// `CHATD_REQUIRE_SANDBOX=1`.
+pub fn sandbox_or_skip(test: &str) -> Option<Sandbox> {
+    let require = std::env::var("CHATD_REQUIRE_SANDBOX").is_ok_and(|v| v == "1");
+    let skip = |why: String| {
+        if require {
+            panic!("{test}: {why} (and CHATD_REQUIRE_SANDBOX=1)");
+        }
+        note(&format!("SKIPPED {test}: {why}"));
+        None
+    };
+    if !is_root() {
+        return skip("needs root to boot systemd-sandbox".into());
+    }
+    let Some(tool) = sandbox_tool() else {
+        return skip(format!(
+            "no sandbox tool (set CHATD_SYSTEMD_SANDBOX, or put shared/tools/systemd-sandbox \
+             beside the repository: looked at {MANIFEST_DIR}/../shared/tools/systemd-sandbox)"
+        ));
+    };
+    match Sandbox::up(&tool) {
+        Ok(s) => Some(s),
+        Err(e) => skip(format!("`systemd-sandbox up` failed: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox
+// ---------------------------------------------------------------------------------------------
+
+/// A running systemd-sandbox; `down` on drop (after printing chatd's journal on a panic).
+pub struct Sandbox {
+    pub tool: PathBuf,
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn up(tool: &Path) -> Result<Sandbox, String> {
+        // The tool owns DIR (and removes it on `down`); no ',', ':' or blanks in it.
+        let dir = tempfile::Builder::new()
+            .prefix("chatd-sandbox-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let out = run(Command::new(tool).arg("up").arg(&dir), None, CMD_TIMEOUT);
+        let sandbox = Sandbox { tool: tool.to_path_buf(), dir };
+        if !out.status.success() {
+            return Err(output_text(&out));
+        }
+        Ok(sandbox)
+    }
+
+    /// Runs `args` inside the sandbox.
+    pub fn exec_in(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run(Command::new(&self.tool).arg("exec").arg(&self.dir).args(args), stdin, CMD_TIMEOUT)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.exec_in(args, None)
+    }
+
+    /// Runs `args` inside; must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(out.status.success(), "`{}` failed: {}", args.join(" "), output_text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `data` to `path` inside (mode `mode`).
+    pub fn write(&self, path: &str, data: &[u8], mode: &str) {
+        let script = "mkdir -p \"$(dirname \"$1\")\" && cat >\"$1.tmp\" && chmod \"$2\" \"$1.tmp\" \
+                      && mv -f \"$1.tmp\" \"$1\"";
+        let out = self.exec_in(&["sh", "-c", script, "sh", path, mode], Some(data));
+        assert!(out.status.success(), "writing {path}: {}", output_text(&out));
+    }
+
+    pub fn read(&self, path: &str) -> String {
+        self.ok(&["cat", path])
+    }
+
+    pub fn cp(&self, src: &Path, dst: &str) {
+        let out = run(
+            Command::new(&self.tool).arg("cp").arg(&self.dir).arg(src).arg(dst),
+            None,
+            CMD_TIMEOUT,
+        );
+        assert!(out.status.success(), "cp {} {dst}: {}", src.display(), output_text(&out));
+    }
+
+    /// `systemctl show -P PROP chatd`.
+    pub fn prop(&self, prop: &str) -> String {
+        self.ok(&["systemctl", "show", "-P", prop, "chatd.service"]).trim_end().to_string()
+    }
+
+    pub fn wait_prop(&self, prop: &str, expected: &str) {
+        let mut last = String::new();
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        while Instant::now() < deadline {
+            last = self.prop(prop);
+            if last == expected {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{prop} of chatd.service is {last:?}, expected {expected:?}");
+    }
+
+    /// `chatd status --json` inside (as root, through the control socket).
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.ok(&["chatd", "status", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("chatd status --json: {e}: {out}"))
+    }
+
+    /// (slot, pid, generation) of every worker, sorted by slot (pids of the sandbox's pid
+    /// namespace).
+    pub fn workers(&self) -> Vec<(u64, u64, u64)> {
+        let status = self.status_json();
+        let mut w: Vec<(u64, u64, u64)> = status["workers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no workers in {status}"))
+            .iter()
+            .map(|w| {
+                let n = |k: &str| w[k].as_u64().unwrap_or_else(|| panic!("{k} in {w}"));
+                (n("slot"), n("pid"), n("generation"))
+            })
+            .collect();
+        w.sort();
+        w
+    }
+
+    /// The `Key:` lines of `/proc/PID/status` of a process in the sandbox.
+    pub fn proc_status(&self, pid: u64) -> Vec<(String, String)> {
+        self.ok(&["cat", &format!("/proc/{pid}/status")])
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let out =
+                self.exec(&["journalctl", "-u", "chatd", "--no-pager", "-o", "short-precise"]);
+            eprintln!("----- journalctl -u chatd -----\n{}", output_text(&out));
+        }
+        let out = run(Command::new(&self.tool).arg("down").arg(&self.dir), None, CMD_TIMEOUT);
+        if !out.status.success() {
+            eprintln!("systemd-sandbox down {}: {}", self.dir.display(), output_text(&out));
+        }
+    }
+}
