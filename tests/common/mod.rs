@@ -33,6 +33,7 @@
 
 mod client;
 mod procfs;
+pub mod room;
 mod server;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.

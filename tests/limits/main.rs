@@ -3,7 +3,7 @@
 //! clients, `max_clients`, `max_clients_per_ip`, running out of file descriptors, and malformed
 //! control requests. Real binary, real loopback sockets, every wait bounded.
 //!
-//! Helpers: `room.rs` (a room of clients spread over workers), `raw_client.rs` (a client bound
+//! Helpers: `common/room.rs` (a room of clients spread over workers), `raw_client.rs` (a client bound
 //! to a chosen source address or with a small receive buffer) and `proc_usage.rs` (a worker's
 //! memory, CPU time and descriptors). The tests, by the limit they exercise: `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
@@ -16,7 +16,7 @@ mod common;
 
 mod proc_usage;
 mod raw_client;
-mod room;
+use common::room;
 
 mod capacity;
 mod control;

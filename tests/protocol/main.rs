@@ -2,7 +2,7 @@
 //! configurable chat line, history, joining, and input sanitising — against the real binary,
 //! with clients spread over several worker processes wherever the room is involved.
 //!
-//! `room.rs` holds the fixture: a room of clients spread over at least two workers, and
+//! `common/room.rs` holds the fixture: a room of clients spread over at least two workers, and
 //! expectations on the lines they read. The tests, by subject: `chat_lines.rs` (chat across
 //! workers, echo, the configurable chat line, history on join), `commands.rs` (every command
 //! and its errors) and `input.rs` (line endings, telnet, invalid UTF-8, escape sequences).
@@ -11,7 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod room;
+use common::room;
 
 mod chat_lines;
 mod commands;

@@ -1,10 +1,11 @@
-//! The fixture of the protocol tests: a room server, a [`Room`] of clients (spread over at
-//! least two workers where a test needs it) whose every read line is checked, and expectations
-//! on single lines (`HH:MM:SS ` prefixes, lines up to a marker).
+//! A room of clients for end-to-end tests: a server without history on join or rate limit,
+//! and a [`Room`] of clients (spread over at least two workers where a test needs it) whose
+//! every read line is checked, plus expectations on single lines (`HH:MM:SS ` prefixes, lines
+//! up to a marker). Shared by the protocol and limits tests.
 
 use std::collections::HashSet;
 
-use crate::common::*;
+use super::*;
 
 /// A room server: no history on join (a client's first line is its welcome, unless a test
 /// asks for history), no rate limit (tests send bursts of commands).
@@ -55,6 +56,18 @@ impl Room {
             room.join_one(server);
         }
         panic!("30 reconnections never put {n} clients on two different workers");
+    }
+
+    /// Client `i` quits: the others read its leave notice, it reads EOF.
+    pub fn quit(&mut self, i: usize) {
+        let mut c = self.clients.remove(i);
+        let nick = self.nicks.remove(i);
+        c.send_line("/quit");
+        let notice = format!("* {nick} left (quit)");
+        for o in &mut self.clients {
+            o.expect_line(&notice);
+        }
+        c.expect_eof();
     }
 
     /// The last client quits; everyone else must read its leave notice; it must read EOF.
