@@ -7,6 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{Signal, kill};
@@ -90,7 +91,6 @@ fn spread_and_total_order() {
     const CLIENTS: usize = 40;
     const SENDERS: usize = 10;
     const PER_SENDER: usize = 20;
-    const TOTAL: usize = SENDERS * PER_SENDER;
 
     let server = room_server(4).start();
     let workers = server.wait_for_workers(4, START_TIMEOUT);
@@ -110,67 +110,27 @@ fn spread_and_total_order() {
 
     // 10 senders spread over the join order, all writing at once.
     let senders: Vec<usize> = (0..SENDERS).map(|s| s * CLIENTS / SENDERS).collect();
-    let barrier = Arc::new(Barrier::new(SENDERS));
-    let threads: Vec<_> = senders
-        .iter()
-        .enumerate()
-        .map(|(s, &ci)| {
-            let mut w = room.clients[ci].writer();
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                use std::io::Write;
-                barrier.wait();
-                for j in 0..PER_SENDER {
-                    w.write_all(format!("m-{s}-{j}\n").as_bytes()).expect("send");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("sender thread");
-    }
-
-    let read_messages =
-        |c: &mut Client| -> Vec<String> { (0..TOTAL).map(|_| c.next_line()).collect() };
-    let reference = read_messages(&mut room.clients[0]);
-
-    // The reference sequence: 200 chat lines, each message once, each sender in send order,
-    // under the sender's nick.
-    let mut next_of_sender = vec![0usize; SENDERS];
-    for line in &reference {
-        let chat = parse_chat(line).unwrap_or_else(|| panic!("not a chat line: {line:?}"));
-        let (s, j) = chat
-            .text
-            .strip_prefix("m-")
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(s, j)| Some((s.parse::<usize>().ok()?, j.parse::<usize>().ok()?)))
-            .unwrap_or_else(|| panic!("unexpected chat text: {line:?}"));
-        assert!(s < SENDERS && j < PER_SENDER, "unexpected message {line:?}");
-        assert_eq!(chat.nick, room.nicks[senders[s]], "wrong nick on {line:?}");
-        assert_eq!(
-            j, next_of_sender[s],
-            "sender {s}: got message {j}, expected {}",
-            next_of_sender[s]
-        );
-        next_of_sender[s] += 1;
-    }
-    assert!(next_of_sender.iter().all(|&n| n == PER_SENDER), "{next_of_sender:?}");
-
-    for (i, c) in room.clients.iter_mut().enumerate().skip(1) {
-        let got = read_messages(c);
-        if got != reference {
-            let at = got.iter().zip(&reference).position(|(a, b)| a != b).unwrap();
-            panic!(
-                "client {i} ({}) sees another order: first difference at #{at}: {:?} vs {:?} on client 0",
-                room.nicks[i], got[at], reference[at]
-            );
-        }
-    }
+    burst_in_one_order(&mut room, &senders, PER_SENDER, Duration::ZERO);
 
     // Numbered after all 200 (client 0 has read them all): everyone's next line, so nobody had
     // a duplicate or a stray line after the 200.
     room.chat(0, "end-of-test");
     assert_eq!(server.worker_pids(), workers, "a worker was replaced during the test");
+}
+
+/// One worker writes to a room of 600 in passes spread over several turns of its event loop,
+/// while room lines keep arriving: lines that come in mid-pass must reach everyone exactly once
+/// and in the room's order, whether a client was written to before or after they arrived.
+#[test]
+fn a_big_room_gets_every_line_once_and_in_order() {
+    let server = room_server(1).start();
+    server.wait_for_workers(1, START_TIMEOUT);
+    let mut room = Room::default();
+    room.join(&server, 600, "c");
+    let senders = [0, 199, 399, 599];
+    // Paced, so that lines keep arriving while passes are under way.
+    burst_in_one_order(&mut room, &senders, 50, Duration::from_micros(300));
+    room.chat(300, "end-of-test");
 }
 
 #[test]
@@ -558,4 +518,68 @@ fn quit_and_leave_reasons() {
     let a = observer.expect_chat(&observer_nick, "still talking");
     let b = last.expect_chat(&observer_nick, "still talking");
     assert_eq!(a, b);
+}
+
+/// The clients at `senders` each send `per_sender` numbered lines, all at once; every client
+/// must read all of them, each sender's in send order, in one and the same order. Each sender
+/// waits `pace` after each line.
+fn burst_in_one_order(room: &mut Room, senders: &[usize], per_sender: usize, pace: Duration) {
+    let total = senders.len() * per_sender;
+    let barrier = Arc::new(Barrier::new(senders.len()));
+    let threads: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(s, &ci)| {
+            let mut w = room.clients[ci].writer();
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                use std::io::Write;
+                barrier.wait();
+                for j in 0..per_sender {
+                    w.write_all(format!("m-{s}-{j}\n").as_bytes()).expect("send");
+                    thread::sleep(pace);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+
+    let read_messages =
+        |c: &mut Client| -> Vec<String> { (0..total).map(|_| c.next_line()).collect() };
+    let reference = read_messages(&mut room.clients[0]);
+
+    // The reference sequence: every chat line, each message once, each sender in send order,
+    // under the sender's nick.
+    let mut next_of_sender = vec![0usize; senders.len()];
+    for line in &reference {
+        let chat = parse_chat(line).unwrap_or_else(|| panic!("not a chat line: {line:?}"));
+        let (s, j) = chat
+            .text
+            .strip_prefix("m-")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(s, j)| Some((s.parse::<usize>().ok()?, j.parse::<usize>().ok()?)))
+            .unwrap_or_else(|| panic!("unexpected chat text: {line:?}"));
+        assert!(s < senders.len() && j < per_sender, "unexpected message {line:?}");
+        assert_eq!(chat.nick, room.nicks[senders[s]], "wrong nick on {line:?}");
+        assert_eq!(
+            j, next_of_sender[s],
+            "sender {s}: got message {j}, expected {}",
+            next_of_sender[s]
+        );
+        next_of_sender[s] += 1;
+    }
+    assert!(next_of_sender.iter().all(|&n| n == per_sender), "{next_of_sender:?}");
+
+    for (i, c) in room.clients.iter_mut().enumerate().skip(1) {
+        let got = read_messages(c);
+        if got != reference {
+            let at = got.iter().zip(&reference).position(|(a, b)| a != b).unwrap();
+            panic!(
+                "client {i} ({}) sees another order: first difference at #{at}: {:?} vs {:?} on client 0",
+                room.nicks[i], got[at], reference[at]
+            );
+        }
+    }
 }

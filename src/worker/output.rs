@@ -1,8 +1,10 @@
 //! What a worker writes to its clients, and when.
 //!
 //! Room lines are the bulk of the traffic and the same for everyone, so they are appended once to
-//! a shared buffer, not copied per client. At flush time each client gets one `writev` of its
-//! own queued bytes (if any) followed by its part of the shared buffer, straight from there. Only
+//! a shared buffer, not copied per client. A flush is a pass over the room in which each client
+//! gets one `writev` of its own queued bytes (if any) followed by the part of the shared buffer it
+//! has not had, straight from there; a long pass is spread over several turns of the event loop,
+//! and the buffer is trimmed to what someone is still owed when it ends. Only
 //! what a socket does not take is copied into that client's queue, so a client that keeps up
 //! never holds an output buffer at all, and a client that falls `max_backlog_bytes` behind is
 //! cut off without the room waiting for it.
@@ -11,8 +13,7 @@
 //! private line, a skipped room event): its pending share of the shared buffer moves into its
 //! own queue first.
 
-use super::{FLUSH_INTERVAL, Worker};
-use crate::bus::ToHub;
+use super::{FLUSH_DUTY, FLUSH_INTERVAL, MAX_FLUSH_CYCLE, PASS_SLICE, PASS_SLICE_CLIENTS, Worker};
 use crate::bus::message::{LeaveReason, SessionId};
 use std::time::Instant;
 
@@ -73,84 +74,134 @@ impl Worker {
         }
     }
 
-    /// Flushes client output now, or schedules it if the last flush was very recent.
+    /// Flushes client output now, or schedules it: a pass over the room in progress goes on;
+    /// a new one starts once the pause after the last one is over.
     pub(super) fn maybe_flush_clients(&mut self) {
+        if self.pass.is_some() {
+            self.continue_pass();
+            return;
+        }
         if self.dirty.is_empty() && self.room.is_empty() {
             return;
         }
         let now = Instant::now();
-        let due = self.last_flush + FLUSH_INTERVAL;
-        if now >= due || self.exiting.is_some() {
-            self.flush_at = None;
-            self.last_flush = now;
-            self.flush_clients();
-        } else {
+        let due = self.last_flush + self.flush_cycle;
+        if now < due && self.exiting.is_none() {
             self.flush_at = Some(due);
+            return;
+        }
+        self.flush_at = None;
+        if self.room.is_empty() {
+            let mut settle = Settle::default();
+            self.visit_dirty(&mut settle);
+            self.settle(settle);
+            self.last_flush = now;
+            self.flush_cycle = FLUSH_INTERVAL;
+        } else {
+            self.pass = Some(Pass { next: 0, started: now });
+            self.continue_pass();
         }
     }
 
-    /// Writes every client's pending output: everyone in the room when room lines are pending,
-    /// else just the clients with something of their own.
-    fn flush_clients(&mut self) {
-        let max_backlog = self.config.chat.max_backlog_bytes;
-        let mut lost = Vec::new();
-        let mut too_slow = Vec::new();
-        let mut shut = Vec::new();
-        let room = &self.room;
-        let mut visit = |key: usize, client: &mut super::client::Client| {
-            client.flush_queued = false;
-            let share = client.room_from.map_or(&[][..], |from| &room[from..]);
-            if client.room_from.is_some() {
-                client.room_from = Some(0);
+    /// Writes to the clients of the pass in progress for about one `PASS_SLICE` (at most
+    /// `PASS_SLICE_CLIENTS` of them), then returns
+    /// to the event loop. Room lines that arrive meanwhile reach the clients not yet visited in
+    /// this same pass; the others get them in the next one.
+    fn continue_pass(&mut self) {
+        let Some(mut pass) = self.pass.take() else { return };
+        let slice_end = Instant::now() + PASS_SLICE;
+        let mut settle = Settle::default();
+        self.visit_dirty(&mut settle);
+        let mut visited = 0usize;
+        while pass.next < self.clients.capacity() {
+            let key = pass.next;
+            pass.next += 1;
+            let room_len = self.room.len();
+            let due = self
+                .clients
+                .get(key)
+                .is_some_and(|c| c.flush_queued || c.room_from.is_some_and(|from| from < room_len));
+            if !due {
+                continue;
             }
-            // Too slow means the queue stayed over the limit through a flush: a reader that
-            // keeps up is not cut off because one burst was bigger than its socket buffer.
-            let was_over = client.backlog() > max_backlog;
-            match client.flush_with(share) {
-                Ok(()) if was_over && client.backlog() > max_backlog => too_slow.push(key),
-                Ok(()) => {
-                    if client.shut_write_if_flushed() {
-                        shut.push(key);
-                    }
-                }
-                Err(_) => lost.push(key),
-            }
-        };
-        if self.room.is_empty() {
-            for &key in &self.dirty {
-                if let Some(client) = self.clients.get_mut(key) {
-                    visit(key, client);
-                }
-            }
-        } else {
-            let mut visited = 0usize;
-            for (key, client) in self.clients.iter_mut() {
-                if client.flush_queued || client.room_from.is_some() {
-                    visit(key, client);
-                    visited += 1;
-                    if visited % 512 == 0 {
-                        let now = Instant::now();
-                        if now >= self.next_heartbeat {
-                            self.next_heartbeat = now + super::TICK;
-                            self.bus.send(&ToHub::Heartbeat);
-                            let _ = self.bus.flush();
-                        }
-                    }
-                }
+            self.visit(key, &mut settle);
+            visited += 1;
+            if visited == PASS_SLICE_CLIENTS || (visited % 32 == 0 && Instant::now() >= slice_end) {
+                break;
             }
         }
-        self.dirty.clear();
-        self.room.clear();
-        for key in lost {
+        self.settle(settle);
+        if pass.next < self.clients.capacity() {
+            self.pass = Some(pass);
+            return;
+        }
+        self.compact_room();
+        // The next pass may start FLUSH_DUTY times this one's duration after this one started.
+        let took = pass.started.elapsed();
+        self.flush_cycle = (took * FLUSH_DUTY).clamp(FLUSH_INTERVAL, MAX_FLUSH_CYCLE);
+        self.last_flush = pass.started;
+    }
+
+    fn visit_dirty(&mut self, settle: &mut Settle) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            self.visit(key, settle);
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Writes one client's own queue and the room lines it has not had yet.
+    fn visit(&mut self, key: usize, settle: &mut Settle) {
+        let max_backlog = self.config.chat.max_backlog_bytes;
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.flush_queued = false;
+        let share = client.room_from.map_or(&[][..], |from| &self.room[from..]);
+        if client.room_from.is_some() {
+            client.room_from = Some(self.room.len());
+        }
+        // Too slow means the queue stayed over the limit through a flush: a reader that keeps up
+        // is not cut off because one burst was bigger than its socket buffer.
+        let was_over = client.backlog() > max_backlog;
+        match client.flush_with(share) {
+            Ok(()) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),
+            Ok(()) => {
+                if client.shut_write_if_flushed() {
+                    settle.shut.push(key);
+                }
+            }
+            Err(_) => settle.lost.push(key),
+        }
+    }
+
+    /// Drops the room bytes every client has had, so the shared buffer holds only what is
+    /// still owed to someone.
+    fn compact_room(&mut self) {
+        let done = self.clients.iter().filter_map(|(_, c)| c.room_from).min();
+        let done = done.unwrap_or(self.room.len());
+        if done == 0 {
+            return;
+        }
+        self.room.drain(..done);
+        for (_, client) in self.clients.iter_mut() {
+            if let Some(from) = client.room_from.as_mut() {
+                *from -= done;
+            }
+        }
+    }
+
+    /// What a flush found out about its clients, acted on once the writing is over.
+    fn settle(&mut self, settle: Settle) {
+        for key in settle.lost {
             self.lost(key);
         }
-        for key in too_slow {
+        for key in settle.too_slow {
             if let Some(client) = self.clients.get_mut(key) {
                 client.discard_output();
             }
             self.disconnect(key, "* disconnected: too slow", LeaveReason::TooSlow);
         }
-        for key in shut {
+        for key in settle.shut {
             match self.clients.get(key) {
                 Some(client) if client.eof => self.remove(key),
                 Some(_) => self.lingering.push(key),
@@ -158,4 +209,18 @@ impl Worker {
             }
         }
     }
+}
+
+/// A pass over every client in the room, spread over several turns of the event loop.
+pub(super) struct Pass {
+    /// The next client key to visit.
+    next: usize,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Settle {
+    lost: Vec<usize>,
+    too_slow: Vec<usize>,
+    shut: Vec<usize>,
 }

@@ -93,6 +93,8 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         room_bytes_since_tick: 0,
         trim_due: false,
         last_flush: Instant::now(),
+        flush_cycle: super::FLUSH_INTERVAL,
+        pass: None,
         flush_at: None,
         throttled: BinaryHeap::new(),
         room: Vec::new(),
