@@ -6,13 +6,14 @@ One chatload process holds at most ~19,990 connections here (the per-process des
 second: together one message a second, delivered to all 50,000. chatd runs with enough workers
 that each stays well under the limit. Prints each harness's latency percentiles and the total.
 
-    python3 benches/room50k.py [--clients 50000] [--duration 30] [--workers 4]
+    python3 benches/room50k.py [--clients 50000] [--duration 30] [--workers 4] [--keep DIR]
 """
 
 import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,9 @@ def main():
     ap.add_argument("--harnesses", type=int, default=3)
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--connect-rate", type=int, default=1000,
+                    help="connections per second per load generator")
+    ap.add_argument("--keep", metavar="DIR", help="copy the server log and the reports here")
     args = ap.parse_args()
     build()
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +64,7 @@ def main():
                         "--clients", str(per), "--senders", "1", "--rate", f"{rate:.4f}",
                         "--duration", str(args.duration), "--warmup", "5",
                         "--connect-timeout", "600", "--probe-timeout", "300",
-                        "--connect-rate", "2000", "--src-count", "16",
+                        "--connect-rate", str(args.connect_rate), "--src-count", "16",
                         "--json-out", os.path.join(tmp, f"h{h}.json")]
                 harnesses.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
             reports = []
@@ -70,13 +74,20 @@ def main():
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                for name in os.listdir(tmp):
+                    if name.endswith((".log", ".json")):
+                        shutil.copy(os.path.join(tmp, name), args.keep)
     worst = 0.0
     for i, r in enumerate(reports):
         lat, load, conn = r["latency_us"], r["load"], r["connect"]
         worst = max(worst, lat["p99"])
         print(f"harness {i}: {conn['ready']} ready, {load['received_unique']} deliveries, "
               f"loss {load['loss']}, p50 {lat['p50'] / 1000:.1f} ms, p99 {lat['p99'] / 1000:.1f} ms, "
-              f"max {lat['max'] / 1000:.1f} ms, server cores {r['cpu_window']['server_cores']:.2f}")
+              f"max {lat['max'] / 1000:.1f} ms, server cores {r['cpu_window']['server_cores']:.2f}, "
+              f"harness cores {r['cpu_window']['harness_cores']:.2f}, "
+              f"machine busy {r['cpu_window']['machine_busy_cores']:.2f} of 2")
     members = reports[0]["load"]["members"]
     print(f"\n{sum(r['connect']['ready'] for r in reports)} clients ({members} room members seen by"
           f" one harness's probe), worst harness p99 {worst / 1000:.1f} ms")
