@@ -9,78 +9,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use common::room::{Room, room_server};
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// A server for room tests: no history on join (so a client's first line is its welcome), no
-/// rate limit (so fast senders are not slowed down).
-fn room_server(workers: usize) -> ServerBuilder {
-    ServerBuilder::new()
-        .workers(workers)
-        .chat_key("history_on_join = 0")
-        .chat_key("rate_limit = { messages = 0 }")
-}
-
-/// The room's clients, in join order, with their nicks.
-#[derive(Default)]
-struct Room {
-    clients: Vec<Client>,
-    nicks: Vec<String>,
-}
-
-impl Room {
-    /// Connects `n` clients one after the other. Each must get a welcome with the exact online
-    /// count and a nick unique in the room, and every client already in the room must read its
-    /// join notice as its very next line.
-    fn join(&mut self, server: &Server, n: usize, label: &str) {
-        for _ in 0..n {
-            let i = self.clients.len();
-            let (c, nick, count) = server.join(&format!("{label}{i}"));
-            assert_eq!(count, i + 1, "{nick}: online count in the welcome line");
-            assert!(!self.nicks.contains(&nick), "nick {nick} given twice: {:?}", self.nicks);
-            let notice = format!("* {nick} joined ({} online)", i + 1);
-            for other in &mut self.clients {
-                other.expect_line(&notice);
-            }
-            self.clients.push(c);
-            self.nicks.push(nick);
-        }
-    }
-
-    fn ports(&self) -> Vec<u16> {
-        self.clients.iter().map(Client::local_port).collect()
-    }
-
-    /// Which worker serves each client; every client must be served by exactly one of `workers`
-    /// and never by the supervisor.
-    fn owners(&self, server: &Server, workers: &[i32]) -> Vec<i32> {
-        let mut candidates = workers.to_vec();
-        candidates.push(server.pid());
-        let owners = workers_of(&self.ports(), server.port(), &candidates);
-        owners
-            .iter()
-            .zip(&self.nicks)
-            .map(|(o, nick)| {
-                let pid = o.unwrap_or_else(|| {
-                    panic!("no worker among {workers:?} holds {nick}'s connection")
-                });
-                assert_ne!(pid, server.pid(), "the supervisor holds client {nick}'s socket");
-                pid
-            })
-            .collect()
-    }
-
-    /// `from` sends `text`; every client must read it as its next line. Returns the line.
-    fn chat(&mut self, from: usize, text: &str) -> String {
-        self.clients[from].send_line(text);
-        let nick = self.nicks[from].clone();
-        let lines: Vec<String> =
-            self.clients.iter_mut().map(|c| c.expect_chat(&nick, text)).collect();
-        assert!(lines.iter().all(|l| *l == lines[0]), "same event, different lines: {lines:?}");
-        lines[0].clone()
-    }
-}
 
 fn distinct(pids: &[i32]) -> HashSet<i32> {
     pids.iter().copied().collect()
@@ -95,9 +27,9 @@ fn spread_and_total_order() {
     let server = room_server(4).start();
     let workers = server.wait_for_workers(4, START_TIMEOUT);
     let mut room = Room::default();
-    room.join(&server, CLIENTS, "c");
+    room.join(&server, CLIENTS);
 
-    let owners = room.owners(&server, &workers);
+    let owners = room.owners(&server);
     let used = distinct(&owners);
     assert!(used.len() >= 2, "all {CLIENTS} clients are served by one worker: {owners:?}");
     eprintln!(
@@ -126,7 +58,7 @@ fn a_big_room_gets_every_line_once_and_in_order() {
     let server = room_server(1).start();
     server.wait_for_workers(1, START_TIMEOUT);
     let mut room = Room::default();
-    room.join(&server, 600, "c");
+    room.join(&server, 600);
     let senders = [0, 199, 399, 599];
     // Paced, so that lines keep arriving while passes are under way.
     burst_in_one_order(&mut room, &senders, 50, Duration::from_micros(300));
@@ -138,8 +70,8 @@ fn worker_kill_only_drops_its_clients() {
     let server = room_server(4).start();
     let workers = server.wait_for_workers(4, START_TIMEOUT);
     let mut room = Room::default();
-    room.join(&server, 24, "c");
-    let owners = room.owners(&server, &workers);
+    room.join(&server, 24);
+    let owners = room.owners(&server);
 
     // Victim: the worker with the most clients (it has at least one; others must remain).
     let mut per_worker: HashMap<i32, usize> = HashMap::new();
@@ -198,7 +130,7 @@ fn worker_kill_only_drops_its_clients() {
     // New clients join until one is served by the replacement (each lands there with p = 1/4).
     let mut served_by_fresh = false;
     for _ in 0..64 {
-        survivors.join(&server, 1, "new");
+        survivors.join(&server, 1);
         let last = survivors.clients.len() - 1;
         let owner = worker_of(survivors.clients[last].local_port(), server.port(), &now);
         assert!(
@@ -312,8 +244,8 @@ fn sigterm_tells_everyone_and_exits_zero() {
     let mut server = room_server(4).start();
     let workers = server.wait_for_workers(4, START_TIMEOUT);
     let mut room = Room::default();
-    room.join(&server, 12, "c");
-    let owners = room.owners(&server, &workers);
+    room.join(&server, 12);
+    let owners = room.owners(&server);
     assert!(distinct(&owners).len() >= 2, "all 12 clients on one worker: {owners:?}");
 
     server.signal(Signal::SIGTERM);

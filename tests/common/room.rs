@@ -40,6 +40,13 @@ impl Room {
         i
     }
 
+    /// Connects `n` clients one after the other (see `join_one`).
+    pub fn join(&mut self, server: &Server, n: usize) {
+        for _ in 0..n {
+            self.join_one(server);
+        }
+    }
+
     /// `n` clients served by at least two different workers: the last one is replaced (it
     /// quits, the others see it leave) until the room spans two workers.
     pub fn spread(server: &Server, n: usize) -> Room {
@@ -81,14 +88,20 @@ impl Room {
         assert!(matches!(end, ReadError::Eof), "{nick} after /quit: expected EOF, got {end}");
     }
 
-    /// Which worker serves each client.
+    /// Which worker serves each client; every client must be served by exactly one of the
+    /// server's workers and never by the supervisor.
     pub fn owners(&self, server: &Server) -> Vec<i32> {
-        let workers = server.worker_pids();
+        let mut candidates = server.worker_pids();
+        candidates.push(server.pid());
         let ports: Vec<u16> = self.clients.iter().map(Client::local_port).collect();
-        workers_of(&ports, server.port(), &workers)
+        workers_of(&ports, server.port(), &candidates)
             .into_iter()
             .zip(&self.nicks)
-            .map(|(o, nick)| o.unwrap_or_else(|| panic!("no worker holds {nick}'s connection")))
+            .map(|(o, nick)| {
+                let pid = o.unwrap_or_else(|| panic!("no worker holds {nick}'s connection"));
+                assert_ne!(pid, server.pid(), "the supervisor holds {nick}'s socket");
+                pid
+            })
             .collect()
     }
 
