@@ -104,9 +104,9 @@ impl Worker {
     }
 
     /// Writes to the clients of the pass in progress for about one `PASS_SLICE` (at most
-    /// `PASS_SLICE_CLIENTS` of them), then returns
-    /// to the event loop. Room lines that arrive meanwhile reach the clients not yet visited in
-    /// this same pass; the others get them in the next one.
+    /// `PASS_SLICE_CLIENTS` of them), then returns to the event loop. Room lines that arrive
+    /// meanwhile reach the clients not yet visited in this same pass; the others get them in the
+    /// next one.
     fn continue_pass(&mut self) {
         let Some(mut pass) = self.pass.take() else { return };
         let slice_end = Instant::now() + PASS_SLICE;
