@@ -52,9 +52,7 @@ impl Room {
     pub fn spread(server: &Server, n: usize) -> Room {
         assert!(n >= 2);
         let mut room = Room::default();
-        for _ in 0..n {
-            room.join_one(server);
-        }
+        room.join(server, n);
         for _ in 0..30 {
             if room.owners(server).iter().collect::<HashSet<_>>().len() >= 2 {
                 return room;
