@@ -77,15 +77,22 @@ impl BusConn {
         &mut self.stream
     }
 
-    /// Queues one message.
+    /// Queues one message. One that would be over the frame limit is not sent but logged:
+    /// every sender splits what can be long, so this is a bug, and dropping one message is
+    /// better than a peer that drops the whole connection.
     pub fn send<T: Serialize>(&mut self, msg: &T) {
-        frame::encode_into(msg, &mut self.wbuf);
+        if let Err(e) = frame::encode_into(msg, &mut self.wbuf) {
+            log::error!("bus: {e}");
+        }
     }
 
     /// Queues one message that carries descriptors (they are closed here once sent).
     pub fn send_with_fds<T: Serialize>(&mut self, msg: &T, fds: Vec<OwnedFd>) {
-        self.out_fds.push_back((self.wbuf.len(), fds));
-        frame::encode_into(msg, &mut self.wbuf);
+        let at = self.wbuf.len();
+        match frame::encode_into(msg, &mut self.wbuf) {
+            Ok(()) => self.out_fds.push_back((at, fds)),
+            Err(e) => log::error!("bus: {e}"),
+        }
     }
 
     /// Queues an already encoded frame (a broadcast is encoded once for all peers).

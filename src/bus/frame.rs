@@ -10,13 +10,15 @@ use std::fmt;
 
 /// Version of the frame layout and of the messages in [`super::message`]. Bump it whenever
 /// either changes shape.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Bytes before the body: length (4) + version (1).
 pub const HEADER_LEN: usize = 5;
 
-/// Upper bound of one frame; anything larger is a corrupted or hostile stream. Generous because
-/// a worker's setup frame carries the whole config file.
+/// Upper bound of one frame, checked by the writer as well as the reader: anything larger is a
+/// corrupted or hostile stream, and a writer never makes one (long answers are split, see
+/// [`super::message::split_lines`]). Generous because a worker's setup frame carries the whole
+/// config file.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// Why a byte stream could not be turned into a message.
@@ -28,6 +30,8 @@ pub enum FrameError {
     Version(u8),
     /// The body is not a valid message.
     Body(String),
+    /// A message to send would make a frame over [`MAX_FRAME_LEN`]; it is not sent.
+    TooLarge(usize),
 }
 
 impl fmt::Display for FrameError {
@@ -36,14 +40,18 @@ impl fmt::Display for FrameError {
             FrameError::BadLength(n) => write!(f, "bad frame length {n}"),
             FrameError::Version(v) => write!(f, "frame version {v}, expected {VERSION}"),
             FrameError::Body(e) => write!(f, "malformed frame body: {e}"),
+            FrameError::TooLarge(n) => {
+                write!(f, "a frame of {n} bytes is over the limit of {MAX_FRAME_LEN}; not sent")
+            }
         }
     }
 }
 
 impl std::error::Error for FrameError {}
 
-/// Appends one encoded frame to `out`.
-pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+/// Appends one encoded frame to `out`, or nothing if it would be over [`MAX_FRAME_LEN`]: the
+/// peer would take such a frame for a corrupted stream and drop the connection.
+pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, VERSION]);
     // Serializing our own message types into a Vec cannot fail: there is no I/O and every type
@@ -52,15 +60,20 @@ pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
         Ok(buf) => *out = buf,
         Err(_) => unreachable!("bus messages always serialize"),
     }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(FrameError::TooLarge(len));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
 }
 
 /// Encodes one frame into a fresh buffer (used when the same frame goes to many peers).
-pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(64);
-    encode_into(msg, &mut out);
-    out
+    encode_into(msg, &mut out)?;
+    Ok(out)
 }
 
 /// Tries to decode one frame from the front of `buf`.
@@ -101,7 +114,7 @@ mod tests {
         ];
         let mut bytes = Vec::new();
         for m in &msgs {
-            encode_into(m, &mut bytes);
+            encode_into(m, &mut bytes).unwrap();
         }
         // Every prefix that cuts a frame asks for more bytes instead of failing.
         for cut in 0..bytes.len() {
@@ -124,10 +137,22 @@ mod tests {
         assert_eq!(decode::<ToHub>(&[0, 0, 0, 0, 1]), Err(FrameError::BadLength(0)));
         let huge = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
         assert!(matches!(decode::<ToHub>(&huge), Err(FrameError::BadLength(_))));
-        let mut frame = encode(&ToWorker::Shutdown);
+        let mut frame = encode(&ToWorker::Shutdown).unwrap();
         frame[4] = VERSION + 1;
         assert_eq!(decode::<ToWorker>(&frame), Err(FrameError::Version(VERSION + 1)));
         let garbage = [2, 0, 0, 0, VERSION, 250];
         assert!(matches!(decode::<ToWorker>(&garbage), Err(FrameError::Body(_))));
+    }
+
+    #[test]
+    fn refuses_to_write_a_frame_over_the_limit() {
+        let mut out = vec![1, 2, 3];
+        let big = ToWorker::Direct { session: 1, lines: vec!["x".repeat(MAX_FRAME_LEN)] };
+        assert!(matches!(encode_into(&big, &mut out), Err(FrameError::TooLarge(_))));
+        // Nothing half-written is left behind.
+        assert_eq!(out, vec![1, 2, 3]);
+        let fits = ToWorker::Direct { session: 1, lines: vec!["x".repeat(MAX_FRAME_LEN - 64)] };
+        encode_into(&fits, &mut out).unwrap();
+        assert!(decode::<ToWorker>(&out[3..]).unwrap().is_some());
     }
 }

@@ -1,8 +1,11 @@
 //! The messages of the bus.
 //!
 //! The hub is the single authority on the room: it numbers events, owns the nick registry and
-//! presence, and renders every line a client will read. Workers only move bytes between sockets
-//! and the bus, so a line's text is decided once and is identical on every worker.
+//! presence, and renders every line a client will read, so a line's text is decided once and is
+//! identical on every worker. Every room event also says what it did to the room
+//! ([`RoomEvent`]), so each worker keeps its own copy of presence and history and answers
+//! `/who` and `/history` itself: an answer is then the asker's output alone, counted against
+//! its own backlog, and no client request can make the hub build large frames.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -40,6 +43,23 @@ impl fmt::Display for LeaveReason {
     }
 }
 
+/// What a numbered room line did to the room, for the workers' copies of presence and history.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Chat,
+    Me,
+    Join { session: SessionId, nick: String },
+    Leave { session: SessionId },
+    Nick { session: SessionId, nick: String },
+}
+
+impl RoomEvent {
+    /// Chat and `/me` lines: what history keeps by default.
+    pub fn is_talk(&self) -> bool {
+        matches!(self, RoomEvent::Chat | RoomEvent::Me)
+    }
+}
+
 /// Worker → hub.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToHub {
@@ -70,17 +90,10 @@ pub enum ToHub {
         session: SessionId,
         nick: String,
     },
-    Who {
-        session: SessionId,
-    },
     Msg {
         session: SessionId,
         to: String,
         text: String,
-    },
-    History {
-        session: SessionId,
-        count: Option<usize>,
     },
     Leave {
         session: SessionId,
@@ -106,15 +119,20 @@ pub enum ToWorker {
     Setup { slot: usize, generation: u64, config: String, config_path: String },
     /// Answer to Hello: the last room sequence number numbered so far. Everything the worker
     /// receives after this is newer; it is the worker's position until the next room event.
+    /// It starts the room's state as of `seq`: the [`ToWorker::Snapshot`] frames that follow
+    /// replace whatever the worker had.
     Sync { seq: u64 },
-    /// The connection is in the room; `lines` (welcome, then history) go out before anything
-    /// else. Room events that follow this frame are the ones the client must see.
-    Admitted { conn: ConnId, session: SessionId, lines: Vec<String> },
+    /// Part of the room's state at the last `Sync`: who is in the room and the history, oldest
+    /// first. Split over several frames so that none comes near the frame limit.
+    Snapshot { members: Vec<(SessionId, String)>, history: Vec<String> },
+    /// The connection is in the room; `welcome`, then the worker's own history, go out before
+    /// anything else. Room events that follow this frame are the ones the client must see.
+    Admitted { conn: ConnId, session: SessionId, welcome: String },
     /// The connection may not enter; the line is its last.
     Refused { conn: ConnId, line: String },
     /// A numbered room line for every client except `skip`.
-    Room { seq: u64, skip: Option<SessionId>, line: String },
-    /// Lines for one client only (errors, `/who`, private messages, history).
+    Room { seq: u64, skip: Option<SessionId>, line: String, event: RoomEvent },
+    /// Lines for one client only (errors, private messages); long ones come in several frames.
     Direct { session: SessionId, lines: Vec<String> },
     /// The hub processed the session's Leave: nothing more will come for it, so the worker can
     /// flush and close. (Waiting for this lets the answers to a client's last requests, say
@@ -128,11 +146,66 @@ pub enum ToWorker {
     /// Reload, new worker: sessions will arrive on the hand-off channel attached to this frame.
     Receive,
     /// After `Adopt`: the room events the session missed while moving (those after its
-    /// `last_seq`), after which it is back in the room.
+    /// `last_seq`), after which it is back in the room. When they do not fit one frame, the
+    /// first ones come in `Replay` frames before it.
     Resume { session: SessionId, lines: Vec<String> },
+    /// The first part of a long `Resume`.
+    Replay { session: SessionId, lines: Vec<String> },
     /// Reload without hand-off, old worker: stop accepting, keep serving the clients for at
     /// most `timeout_ms`, then ask them to reconnect.
     Drain { timeout_ms: u64 },
     /// Hand-off finished and the hub routes everything to the successor: exit.
     Exit,
+}
+
+/// Line bytes per frame when a list of lines is split over several frames: far below
+/// [`super::frame::MAX_FRAME_LEN`] even with one maximal line (1 MiB) over it.
+pub const LINES_PER_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Splits `lines` into runs of at most [`LINES_PER_FRAME_BYTES`] (and at least one line each),
+/// in order. An empty list gives one empty run, so an answer is always sent.
+pub fn split_lines(lines: Vec<String>) -> Vec<Vec<String>> {
+    split_by_size(lines, LINES_PER_FRAME_BYTES, |line| line.len())
+}
+
+/// Splits `items` into runs whose `size` adds up to at most `budget` (a run has at least one
+/// item, whatever its size), keeping their order; an empty list gives one empty run.
+pub fn split_by_size<T>(items: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs = vec![Vec::new()];
+    let mut used = 0;
+    for item in items {
+        // Per item, postcard adds a length prefix of a few bytes.
+        let n = size(&item) + 8;
+        let current = runs.last().map_or(0, Vec::len);
+        if current > 0 && used + n > budget {
+            runs.push(Vec::new());
+            used = 0;
+        }
+        used += n;
+        if let Some(run) = runs.last_mut() {
+            run.push(item);
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_order_and_bounds_each_run() {
+        let lines: Vec<String> = (0..100).map(|i| format!("{i:0>20000}")).collect();
+        let runs = split_by_size(lines.clone(), 100_000, String::len);
+        assert!(runs.len() > 1);
+        for run in &runs {
+            assert!(!run.is_empty());
+            assert!(run.iter().map(|l| l.len() + 8).sum::<usize>() <= 100_000);
+        }
+        assert_eq!(runs.concat(), lines);
+        assert_eq!(split_lines(Vec::new()), vec![Vec::<String>::new()]);
+        // One item over the budget still travels, alone.
+        let big = vec!["x".repeat(10), "y".repeat(200), "z".into()];
+        assert_eq!(split_by_size(big.clone(), 50, String::len).len(), 3);
+    }
 }

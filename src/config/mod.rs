@@ -95,6 +95,17 @@ pub struct Chat {
     pub max_backlog_bytes: usize,
     /// Disconnect a client after this long without a complete line; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Which room lines `/history` and `history_on_join` keep.
+    pub history_events: HistoryEvents,
+}
+
+/// `chat.history_events`: by default history keeps what people said (chat and `/me`), so
+/// port probes and reconnects do not push the conversation out; `"all"` keeps every room line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HistoryEvents {
+    #[default]
+    Chat,
+    All,
 }
 
 /// A token bucket: `messages` lines per `per` sustained, bursts of up to `burst` lines.
@@ -154,6 +165,7 @@ impl Default for Chat {
             rate_limit: Some(RateLimit::default()),
             max_backlog_bytes: 1024 * 1024,
             idle_timeout: None,
+            history_events: HistoryEvents::Chat,
         }
     }
 }
@@ -366,6 +378,7 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
             "rate_limit",
             "max_backlog_bytes",
             "idle_timeout",
+            "history_events",
         ],
     )?;
     let d = Chat::default();
@@ -384,6 +397,11 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
         )?,
         idle_timeout: s.parsed("idle_timeout", d.idle_timeout, |v| {
             Ok(Some(duration::parse(v)?).filter(|idle| !idle.is_zero()))
+        })?,
+        history_events: s.parsed("history_events", d.history_events, |v| match v {
+            "chat" => Ok(HistoryEvents::Chat),
+            "all" => Ok(HistoryEvents::All),
+            _ => Err(format!(r#"expected "chat" or "all", found "{v}""#)),
         })?,
     };
     // Cross-key checks point at whichever of the two keys the file sets.

@@ -92,7 +92,7 @@ fn shipped_config_documents_every_key() {
     };
     assert_eq!(keys("server").len(), 8);
     assert_eq!(keys("socket").len(), 4);
-    assert_eq!(keys("chat").len(), 9);
+    assert_eq!(keys("chat").len(), 10);
     assert_eq!(keys("reload").len(), 2);
 }
 
@@ -126,6 +126,7 @@ time_format = "%Y-%m-%d %H:%M"
 rate_limit = { messages = 5, per = "10s", burst = 7 }
 max_backlog_bytes = 4096
 idle_timeout = "1m30s"
+history_events = "all"
 
 [reload]
 handoff = false
@@ -158,6 +159,7 @@ drain_timeout = "500ms"
     assert_eq!(chat.rate_limit, Some(RateLimit { messages: 5, per: secs(10), burst: 7 }));
     assert_eq!(chat.max_backlog_bytes, 4096);
     assert_eq!(chat.idle_timeout, Some(secs(90)));
+    assert_eq!(chat.history_events, HistoryEvents::All);
     assert_eq!(c.reload, Reload { handoff: false, drain_timeout: Duration::from_millis(500) });
 }
 

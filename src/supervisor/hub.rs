@@ -6,15 +6,24 @@
 //! sees the same total order. Nicknames, presence and room-wide limits live here too, so they
 //! hold across workers.
 //!
+//! What the hub sends is bounded by what the room does, never by what a client asks: `/who` and
+//! `/history` are answered by the workers from their own copies of presence and history (kept
+//! from the room events, seeded by [`Hub::sync`]), and every list of lines is split into frames
+//! far below the frame limit. So a busy client costs its own worker, not the hub.
+//!
 //! The hub does no I/O: it writes what must be sent into an [`Outbox`], which keeps it easy to
 //! test and lets the supervisor decide how frames reach the workers.
 
-use crate::bus::message::{ConnId, LeaveReason, SessionId, ToHub, ToWorker};
-use crate::config::Config;
+use crate::bus::message::{
+    ConnId, LINES_PER_FRAME_BYTES, LeaveReason, RoomEvent, SessionId, ToHub, ToWorker,
+    split_by_size, split_lines,
+};
+use crate::config::{Config, HistoryEvents};
 use crate::protocol::command::is_valid_nick;
 use crate::protocol::template::{Template, Values};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The supervisor's handle for one worker process (not its slot: during a reload a slot has an
@@ -29,9 +38,6 @@ pub trait Outbox {
     fn to_all(&mut self, msg: &ToWorker);
 }
 
-/// `/history` without a count.
-const DEFAULT_HISTORY_REQUEST: usize = 20;
-
 /// Room events kept for sessions that move between workers on reload, whatever `history` says:
 /// a moving session may have missed a few events (milliseconds' worth) and gets them replayed
 /// from here. Beyond `history`, events are kept while younger than [`REPLAY_AGE`], and never more
@@ -44,8 +50,8 @@ struct Event {
     seq: u64,
     at: Instant,
     skip: Option<SessionId>,
-    /// Boxed to drop the formatting slack: thousands of these are kept.
-    line: Box<str>,
+    /// Shared with the history, and exact-size: thousands of these are kept.
+    line: Rc<str>,
 }
 
 /// The parts of the config the hub uses, taken anew on reload.
@@ -53,7 +59,7 @@ struct Settings {
     name: String,
     echo: bool,
     history: usize,
-    history_on_join: usize,
+    history_events: HistoryEvents,
     message_format: Template,
     time_format: String,
     max_clients: usize,
@@ -66,7 +72,7 @@ impl Settings {
             name: config.server.name.clone(),
             echo: config.chat.echo,
             history: config.chat.history,
-            history_on_join: config.chat.history_on_join,
+            history_events: config.chat.history_events,
             message_format: config.chat.message_format.clone(),
             time_format: config.chat.time_format.clone(),
             max_clients: config.server.max_clients,
@@ -94,8 +100,12 @@ pub struct Hub {
     nicks: HashMap<String, SessionId>,
     per_ip: HashMap<IpAddr, usize>,
     clock: Clock,
-    /// Recent room events, oldest first: at least `history` and [`REPLAY_EVENTS`] of them.
+    /// Recent room events, oldest first, for sessions that move between workers: the last
+    /// [`REPLAY_EVENTS`] of them, or those younger than [`REPLAY_AGE`].
     events: VecDeque<Event>,
+    /// The room lines `/history` shows (`chat.history_events`), oldest first; the workers keep
+    /// the same list, and a new worker is given this one.
+    history: VecDeque<Rc<str>>,
 }
 
 impl Hub {
@@ -109,6 +119,7 @@ impl Hub {
             nicks: HashMap::new(),
             per_ip: HashMap::new(),
             events: VecDeque::new(),
+            history: VecDeque::new(),
             clock: Clock::default(),
         }
     }
@@ -117,11 +128,24 @@ impl Hub {
     pub fn reconfigure(&mut self, config: &Config) {
         self.settings = Settings::from(config);
         self.trim_events();
+        self.trim_history();
     }
 
-    /// The last sequence number given out.
-    pub fn seq(&self) -> u64 {
-        self.seq
+    /// Brings a worker that just said Hello up to date: the sequence number, then who is in the
+    /// room and the history, in frames of bounded size. Room events sent after these are newer.
+    pub fn sync(&self, worker: WorkerId, out: &mut impl Outbox) {
+        out.to_worker(worker, &ToWorker::Sync { seq: self.seq });
+        let mut members: Vec<(SessionId, String)> =
+            self.members.iter().map(|(s, m)| (*s, m.nick.to_string())).collect();
+        members.sort_unstable_by_key(|(s, _)| *s);
+        let history: Vec<String> = self.history.iter().map(|l| l.to_string()).collect();
+        let member_runs = split_by_size(members, LINES_PER_FRAME_BYTES, |(_, n)| n.len() + 8);
+        for members in member_runs.into_iter().filter(|run| !run.is_empty()) {
+            out.to_worker(worker, &ToWorker::Snapshot { members, history: Vec::new() });
+        }
+        for history in split_lines(history).into_iter().filter(|run| !run.is_empty()) {
+            out.to_worker(worker, &ToWorker::Snapshot { members: Vec::new(), history });
+        }
     }
 
     /// Everyone in the room.
@@ -155,30 +179,17 @@ impl Hub {
                     &mut line,
                 );
                 let skip = (!self.settings.echo).then_some(session);
-                self.publish(skip, line, out);
+                self.publish(skip, line, RoomEvent::Chat, out);
             }
             ToHub::Me { session, text } => {
                 let time = self.now();
                 let Some(member) = self.members.get(&session) else { return };
                 let line = format!("{time} * {} {}", member.nick, text);
                 let skip = (!self.settings.echo).then_some(session);
-                self.publish(skip, line, out);
+                self.publish(skip, line, RoomEvent::Me, out);
             }
             ToHub::Nick { session, nick } => self.rename(worker, session, nick, out),
-            ToHub::Who { session } => {
-                let mut nicks: Vec<&str> = self.members.values().map(|m| &*m.nick).collect();
-                nicks.sort_by_key(|n| n.to_ascii_lowercase());
-                let line = format!("* {} online: {}", nicks.len(), nicks.join(", "));
-                direct(out, worker, session, vec![line]);
-            }
             ToHub::Msg { session, to, text } => self.private(worker, session, &to, &text, out),
-            ToHub::History { session, count } => {
-                let wanted = count.unwrap_or(DEFAULT_HISTORY_REQUEST).min(self.settings.history);
-                let lines = self.recent(wanted);
-                let lines =
-                    if lines.is_empty() { vec!["* no history yet".to_string()] } else { lines };
-                direct(out, worker, session, lines);
-            }
             ToHub::Leave { session, reason } => self.leave(session, &reason, out),
             ToHub::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
             ToHub::HandoffDone { .. } => {}
@@ -216,14 +227,13 @@ impl Hub {
         let member = Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker };
         self.members.insert(session, member);
         let online = self.members.len();
-        let mut lines = Vec::with_capacity(1 + self.settings.history_on_join);
-        lines.push(format!(
+        let welcome = format!(
             "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
             self.settings.name
-        ));
-        lines.extend(self.recent(self.settings.history_on_join));
-        out.to_worker(worker, &ToWorker::Admitted { conn, session, lines });
-        self.publish(Some(session), format!("* {nick} joined ({online} online)"), out);
+        );
+        out.to_worker(worker, &ToWorker::Admitted { conn, session, welcome });
+        let line = format!("* {nick} joined ({online} online)");
+        self.publish(Some(session), line, RoomEvent::Join { session, nick }, out);
     }
 
     fn rename(
@@ -251,7 +261,8 @@ impl Hub {
         if let Some(member) = self.members.get_mut(&session) {
             member.nick = nick.clone().into_boxed_str();
         }
-        self.publish(None, format!("* {old} is now known as {nick}"), out);
+        let line = format!("* {old} is now known as {nick}");
+        self.publish(None, line, RoomEvent::Nick { session, nick }, out);
     }
 
     fn private(
@@ -287,7 +298,8 @@ impl Hub {
                 self.per_ip.remove(&ip);
             }
         }
-        self.publish(Some(session), format!("* {} left ({reason})", member.nick), out);
+        let line = format!("* {} left ({reason})", member.nick);
+        self.publish(Some(session), line, RoomEvent::Leave { session }, out);
         out.to_worker(member.worker, &ToWorker::Left { session });
     }
 
@@ -321,22 +333,47 @@ impl Hub {
             .filter(|e| e.seq > last_seq && e.skip != Some(session))
             .map(|e| e.line.to_string())
             .collect();
-        out.to_worker(worker, &ToWorker::Resume { session, lines });
+        let mut runs = split_lines(lines);
+        let last = runs.pop().unwrap_or_default();
+        for lines in runs {
+            out.to_worker(worker, &ToWorker::Replay { session, lines });
+        }
+        out.to_worker(worker, &ToWorker::Resume { session, lines: last });
     }
 
     /// Numbers a room line, keeps it for history and replay, and sends it to every worker.
-    fn publish(&mut self, skip: Option<SessionId>, line: String, out: &mut impl Outbox) {
+    fn publish(
+        &mut self,
+        skip: Option<SessionId>,
+        line: String,
+        event: RoomEvent,
+        out: &mut impl Outbox,
+    ) {
         self.seq += 1;
-        out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone() });
+        let keep = match self.settings.history_events {
+            HistoryEvents::Chat => event.is_talk(),
+            HistoryEvents::All => true,
+        };
+        out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone(), event });
+        let line: Rc<str> = line.into();
+        if keep && self.settings.history > 0 {
+            self.history.push_back(line.clone());
+            self.trim_history();
+        }
         let at = Instant::now();
-        self.events.push_back(Event { seq: self.seq, at, skip, line: line.into_boxed_str() });
+        self.events.push_back(Event { seq: self.seq, at, skip, line });
         self.trim_events();
     }
 
     fn trim_events(&mut self) {
-        let keep = self.settings.history.max(REPLAY_EVENTS);
-        while self.events.len() > keep {
+        while self.events.len() > REPLAY_EVENTS {
             self.events.pop_front();
+        }
+    }
+
+    fn trim_history(&mut self) {
+        while self.history.len() > self.settings.history {
+            self.history.pop_front();
         }
     }
 
@@ -345,22 +382,13 @@ impl Hub {
     pub fn expire_events(&mut self) -> bool {
         let before = self.events.len();
         let now = Instant::now();
-        while self.events.len() > self.settings.history
-            && self.events.front().is_some_and(|e| now.duration_since(e.at) > REPLAY_AGE)
-        {
+        while self.events.front().is_some_and(|e| now.duration_since(e.at) > REPLAY_AGE) {
             self.events.pop_front();
         }
         if self.events.capacity() > 4 * self.events.len().max(1024) {
             self.events.shrink_to_fit();
         }
         before - self.events.len() >= 1024
-    }
-
-    /// The last `n` room lines (at most `history`).
-    fn recent(&self, n: usize) -> Vec<String> {
-        let n = n.min(self.settings.history);
-        let start = self.events.len().saturating_sub(n);
-        self.events.iter().skip(start).map(|e| e.line.to_string()).collect()
     }
 
     /// The next free `guest-N`; skips numbers someone took with `/nick`.
@@ -405,8 +433,11 @@ impl Clock {
     }
 }
 
+/// Lines for one client, in as many frames as they need.
 fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Vec<String>) {
-    out.to_worker(worker, &ToWorker::Direct { session, lines });
+    for lines in split_lines(lines) {
+        out.to_worker(worker, &ToWorker::Direct { session, lines });
+    }
 }
 
 #[cfg(test)]
@@ -465,13 +496,10 @@ mod tests {
         let (second, out) = admit(&mut hub, 1, 1001);
         assert_ne!(first, second);
         match &out.sent[0] {
-            (Some(1), ToWorker::Admitted { lines, .. }) => {
-                assert_eq!(
-                    lines[0],
-                    "* Welcome to chatd. You are guest-2. 2 online. Type /help for commands."
-                );
-                assert_eq!(lines[1], "* guest-1 joined (1 online)");
-            }
+            (Some(1), ToWorker::Admitted { welcome, .. }) => assert_eq!(
+                welcome,
+                "* Welcome to chatd. You are guest-2. 2 online. Type /help for commands."
+            ),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(
@@ -479,7 +507,8 @@ mod tests {
             ToWorker::Room {
                 seq: 2,
                 skip: Some(second),
-                line: "* guest-2 joined (2 online)".into()
+                line: "* guest-2 joined (2 online)".into(),
+                event: RoomEvent::Join { session: second, nick: "guest-2".into() },
             }
         );
     }
@@ -569,18 +598,6 @@ mod tests {
             vec![(3, "T <guest-1> hello".into()), (4, "T * guest-1 waves".into())]
         );
         let mut out = Recorder::default();
-        hub.handle(1, ToHub::History { session: b, count: Some(2) }, &mut out);
-        assert_eq!(
-            out.sent,
-            vec![(
-                Some(1),
-                ToWorker::Direct {
-                    session: b,
-                    lines: vec!["T <guest-1> hello".into(), "T * guest-1 waves".into()]
-                }
-            )]
-        );
-        let mut out = Recorder::default();
         hub.handle(
             1,
             ToHub::Msg { session: b, to: "GUEST-1".into(), text: "psst".into() },
@@ -599,5 +616,103 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    fn snapshot(hub: &Hub) -> (u64, Vec<(SessionId, String)>, Vec<String>, usize) {
+        let mut out = Recorder::default();
+        hub.sync(3, &mut out);
+        let (mut seq, mut members, mut history) = (0, Vec::new(), Vec::new());
+        for (_, msg) in &out.sent {
+            match msg {
+                ToWorker::Sync { seq: s } => seq = *s,
+                ToWorker::Snapshot { members: m, history: h } => {
+                    members.extend(m.iter().cloned());
+                    history.extend(h.iter().cloned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (seq, members, history, out.sent.len())
+    }
+
+    #[test]
+    fn history_keeps_talk_unless_all_events_are_asked_for() {
+        for (events, expected) in [
+            (HistoryEvents::Chat, vec!["T <guest-1> hi", "T * guest-1 waves"]),
+            (
+                HistoryEvents::All,
+                vec![
+                    "* guest-1 joined (1 online)",
+                    "T <guest-1> hi",
+                    "* guest-2 joined (2 online)",
+                    "* guest-2 left (connection closed)",
+                    "T * guest-1 waves",
+                ],
+            ),
+        ] {
+            let mut hub = hub(|c| {
+                c.chat.time_format = "T".into();
+                c.chat.history_events = events;
+            });
+            let (a, _) = admit(&mut hub, 0, 1);
+            let mut out = Recorder::default();
+            hub.handle(0, ToHub::Say { session: a, text: "hi".into() }, &mut out);
+            let (b, _) = admit(&mut hub, 0, 2);
+            hub.handle(0, ToHub::Leave { session: b, reason: LeaveReason::Closed }, &mut out);
+            hub.handle(0, ToHub::Me { session: a, text: "waves".into() }, &mut out);
+            let (seq, members, history, _) = snapshot(&hub);
+            assert_eq!(seq, 5);
+            assert_eq!(members, vec![(a, "guest-1".to_string())]);
+            assert_eq!(history, expected);
+        }
+    }
+
+    #[test]
+    fn a_new_worker_gets_a_large_room_in_bounded_frames() {
+        let mut hub = hub(|c| c.chat.history = 100_000);
+        let (a, _) = admit(&mut hub, 0, 1);
+        let mut out = Recorder::default();
+        let text = "x".repeat(1000);
+        for _ in 0..20_000 {
+            hub.handle(0, ToHub::Say { session: a, text: text.clone() }, &mut out);
+        }
+        let mut out = Recorder::default();
+        hub.sync(1, &mut out);
+        let mut total = 0;
+        for (_, msg) in &out.sent {
+            let frame = crate::bus::frame::encode(msg).expect("every frame fits");
+            assert!(frame.len() <= 2 * LINES_PER_FRAME_BYTES);
+            if let ToWorker::Snapshot { history, .. } = msg {
+                total += history.len();
+            }
+        }
+        assert_eq!(total, 20_000);
+        assert!(out.sent.len() > 10);
+    }
+
+    #[test]
+    fn a_long_replay_is_split_and_ends_with_resume() {
+        let mut hub = hub(|_| {});
+        let (a, _) = admit(&mut hub, 0, 1);
+        let (b, _) = admit(&mut hub, 0, 2);
+        let mut out = Recorder::default();
+        let text = "y".repeat(1000);
+        for _ in 0..5_000 {
+            hub.handle(0, ToHub::Say { session: a, text: text.clone() }, &mut out);
+        }
+        let mut out = Recorder::default();
+        hub.handle(1, ToHub::Adopt { session: b, last_seq: 2 }, &mut out);
+        let mut lines = 0;
+        for (i, (_, msg)) in out.sent.iter().enumerate() {
+            let last = i + 1 == out.sent.len();
+            match msg {
+                ToWorker::Replay { lines: l, .. } if !last => lines += l.len(),
+                ToWorker::Resume { lines: l, .. } if last => lines += l.len(),
+                other => panic!("unexpected {other:?} at {i}"),
+            }
+            assert!(crate::bus::frame::encode(msg).is_ok());
+        }
+        assert!(out.sent.len() > 1);
+        assert_eq!(lines, 5_000);
     }
 }

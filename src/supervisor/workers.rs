@@ -30,7 +30,10 @@ impl Outbox for Mailboxes<'_> {
     }
 
     fn to_all(&mut self, msg: &ToWorker) {
-        let frame = frame::encode(msg);
+        let frame = match frame::encode(msg) {
+            Ok(frame) => frame,
+            Err(e) => return error!("bus: {e}"),
+        };
         for w in self.0.values_mut().filter(|w| w.bus_open) {
             w.conn.send_encoded(&frame);
         }
@@ -118,8 +121,8 @@ impl Supervisor {
                 ToHub::Hello { pid, handoff, .. } => {
                     worker.ready = true;
                     worker.handoff_version = handoff;
-                    worker.conn.send(&ToWorker::Sync { seq: self.hub.seq() });
                     info!("slot {}: worker pid {pid} ready", worker.slot);
+                    self.hub.sync(id, &mut Mailboxes(&mut self.workers));
                     self.check_started();
                 }
                 ToHub::Heartbeat => worker.last_heartbeat = Instant::now(),

@@ -250,6 +250,19 @@ impl Worker {
         self.service(key);
     }
 
+    /// The first part of a long replay: queued like the rest, the session still resuming.
+    pub(super) fn replay(&mut self, session: SessionId, lines: Vec<String>) {
+        let Some(&key) = self.sessions.get(&session) else { return };
+        let client = &mut self.clients[key];
+        if !matches!(client.phase, Phase::Resuming { .. }) {
+            return;
+        }
+        for line in &lines {
+            client.queue_line(line);
+        }
+        self.mark_dirty(key);
+    }
+
     /// Reload without hand-off: stop accepting, serve the clients we have until they leave or
     /// the drain timeout passes.
     pub(super) fn start_drain(&mut self, timeout: Duration) {

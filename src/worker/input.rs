@@ -2,10 +2,12 @@
 //!
 //! Input is processed line by line under two brakes: the client's rate limit (when its bucket is
 //! empty the worker stops reading it, so TCP pushes back on the sender and nothing is dropped)
-//! and the bus (when too much is waiting for the hub, input waits too). Commands that need the
-//! room go to the hub; the rest (`/help`, usage errors) are answered here.
+//! and the bus (when too much is waiting for the hub, input waits too). Commands that change the
+//! room go to the hub; the rest (`/who`, `/history` from the worker's copy of the room, `/help`,
+//! usage errors) are answered here, as the asker's own output.
 
 use super::Worker;
+use super::room_state::DEFAULT_HISTORY_REQUEST;
 use crate::bus::ToHub;
 use crate::bus::message::LeaveReason;
 use crate::protocol::command::{self, Command};
@@ -86,9 +88,17 @@ impl Worker {
             Ok(Command::Say(text)) => ToHub::Say { session, text },
             Ok(Command::Me(text)) => ToHub::Me { session, text },
             Ok(Command::Nick(nick)) => ToHub::Nick { session, nick },
-            Ok(Command::Who) => ToHub::Who { session },
+            Ok(Command::Who) => {
+                let budget = self.config.chat.max_backlog_bytes / 2;
+                let line = self.room_state.who(budget).to_owned();
+                self.send_lines(key, &[line]);
+                return;
+            }
             Ok(Command::Msg { to, text }) => ToHub::Msg { session, to, text },
-            Ok(Command::History(count)) => ToHub::History { session, count },
+            Ok(Command::History(count)) => {
+                self.answer_history(key, count);
+                return;
+            }
             Ok(Command::Help) => {
                 let help: Vec<String> = command::HELP.iter().map(|h| format!("* {h}")).collect();
                 self.send_lines(key, &help);
@@ -104,5 +114,26 @@ impl Worker {
             }
         };
         self.bus.send(&request);
+    }
+
+    /// `/history [N]`: at most the configured history, and at most what the asker's backlog can
+    /// take at once (half of `max_backlog_bytes`, so an answer alone never cuts it off).
+    fn answer_history(&mut self, key: usize, count: Option<usize>) {
+        let wanted = count.unwrap_or(DEFAULT_HISTORY_REQUEST).min(self.config.chat.history);
+        let budget = self.config.chat.max_backlog_bytes / 2;
+        let lines = self.room_state.recent(wanted, budget);
+        if lines.is_empty() {
+            return self.send_lines(key, &["* no history yet"]);
+        }
+        let available = wanted.min(self.room_state.history_len());
+        let mut answer: Vec<String> = Vec::with_capacity(lines.len() + 1);
+        if lines.len() < available {
+            answer.push(format!(
+                "* only the last {} of {available} lines fit in one answer",
+                lines.len()
+            ));
+        }
+        answer.extend(lines.into_iter().map(str::to_owned));
+        self.send_lines(key, &answer);
     }
 }

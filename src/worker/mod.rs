@@ -2,8 +2,9 @@
 //!
 //! The worker accepts on its slot's listeners (inherited from the supervisor), decodes what
 //! clients type, and forwards it to the hub over the bus; it writes back whatever the hub sends,
-//! in the hub's order. It keeps no room state of its own beyond "which session is which
-//! socket", so any worker can serve any client and the processes are simply the parallelism.
+//! in the hub's order. Besides "which session is which socket" it keeps only a copy of the
+//! room's presence and history, rebuilt from the hub's events (`room_state`), so any worker can
+//! serve any client and the processes are simply the parallelism.
 
 mod accept;
 mod client;
@@ -12,6 +13,7 @@ mod input;
 mod lifecycle;
 mod output;
 pub mod rate;
+mod room_state;
 mod setup;
 
 pub use setup::Args;
@@ -25,6 +27,7 @@ use client::{Client, Phase};
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
+use room_state::RoomState;
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -108,6 +111,8 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// The last room event delivered (every client in the room has had all up to here).
     last_seq: u64,
+    /// Presence and history, for `/who`, `/history` and joiners.
+    room_state: RoomState,
     /// Reload: the channel sessions go out on, and the sessions already sent.
     outgoing: Option<handoff::Outgoing>,
     moved: HashSet<SessionId>,
@@ -266,12 +271,19 @@ impl Worker {
 
     fn on_bus(&mut self, msg: ToWorker) {
         match msg {
-            ToWorker::Room { skip, line, seq } => {
+            ToWorker::Room { skip, line, seq, event } => {
                 self.last_seq = seq;
                 self.room_line(&line, skip);
+                self.room_state.apply(event, line);
             }
-            ToWorker::Sync { seq } => self.last_seq = self.last_seq.max(seq),
-            ToWorker::Admitted { conn, session, lines } => self.on_admitted(conn, session, lines),
+            ToWorker::Sync { seq } => {
+                self.last_seq = self.last_seq.max(seq);
+                self.room_state.reset();
+            }
+            ToWorker::Snapshot { members, history } => self.room_state.load(members, history),
+            ToWorker::Admitted { conn, session, welcome } => {
+                self.on_admitted(conn, session, welcome)
+            }
             ToWorker::Refused { conn, line } => {
                 if let Some(key) = self.joining.remove(&conn) {
                     let client = &mut self.clients[key];
@@ -305,6 +317,7 @@ impl Worker {
                 self.start_receiving(fd);
             }
             ToWorker::Resume { session, lines } => self.resume(session, lines),
+            ToWorker::Replay { session, lines } => self.replay(session, lines),
             ToWorker::Drain { timeout_ms } => self.start_drain(Duration::from_millis(timeout_ms)),
             ToWorker::Exit => {
                 info!("hand-off complete; exiting");
@@ -318,7 +331,7 @@ impl Worker {
         }
     }
 
-    fn on_admitted(&mut self, conn: ConnId, session: SessionId, lines: Vec<String>) {
+    fn on_admitted(&mut self, conn: ConnId, session: SessionId, welcome: String) {
         let Some(key) = self.joining.remove(&conn) else {
             // The client went away while the hub was admitting it.
             self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Closed });
@@ -338,7 +351,9 @@ impl Worker {
             .rate_limit
             .as_ref()
             .map(|limit| rate::TokenBucket::new(limit, Instant::now()));
-        for line in &lines {
+        client.queue_line(&welcome);
+        let budget = self.config.chat.max_backlog_bytes / 2;
+        for line in self.room_state.recent(self.config.chat.history_on_join, budget) {
             client.queue_line(line);
         }
         self.sessions.insert(session, key);

@@ -73,6 +73,8 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         handoff: crate::bus::handoff::VERSION,
     });
     log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
+    let room_state =
+        super::room_state::RoomState::new(config.chat.history, config.chat.history_events);
     let mut worker = Worker {
         poll,
         config,
@@ -100,6 +102,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         room: Vec::new(),
         scratch: vec![0; super::READ_CHUNK],
         last_seq: 0,
+        room_state,
         outgoing: None,
         moved: Default::default(),
         incoming: Slab::new(),

@@ -5,7 +5,8 @@
 //!
 //! Helpers: `common/room.rs` (a room of clients spread over workers), `raw_client.rs` (a client bound
 //! to a chosen source address or with a small receive buffer) and `proc_usage.rs` (a worker's
-//! memory, CPU time and descriptors). The tests, by the limit they exercise: `input.rs`
+//! memory, CPU time and descriptors). The tests, by the limit they exercise: `big_answers.rs`
+//! (answers bigger than a bus frame, `/who` floods), `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
 //! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors) and
 //! `control.rs` (malformed control requests).
@@ -18,6 +19,7 @@ mod proc_usage;
 mod raw_client;
 use common::room;
 
+mod big_answers;
 mod capacity;
 mod control;
 mod input;

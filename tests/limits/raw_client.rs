@@ -99,6 +99,10 @@ impl RawClient {
         }
     }
 
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     pub fn next_line(&mut self) -> String {
         self.read_line(LINE_TIMEOUT).unwrap_or_else(|e| panic!("raw client: expected a line: {e}"))
     }

@@ -163,31 +163,52 @@ fn msg_command() {
 
 #[test]
 fn history_command() {
-    let server = room_server(2).start();
+    history_case(false);
+}
+
+/// The same with `history_events = "all"`: every room line is history.
+#[test]
+fn history_command_with_all_events() {
+    history_case(true);
+}
+
+/// `/history` shows chat and `/me` lines (with `all`, every room line), oldest first, exactly as
+/// they were shown.
+fn history_case(all: bool) {
+    let builder = room_server(2);
+    let builder = if all { builder.chat_key(r#"history_events = "all""#) } else { builder };
+    let server = builder.start();
     let mut room = Room::spread(&server, 2);
-    // Room lines as they were shown, oldest first: client 0's view so far (join and leave
-    // notices of the others), preceded by its own join notice, shown to nobody but a room line
-    // all the same.
-    let first = format!("* {} joined (1 online)", room.nicks[0]);
-    let mut history = vec![first];
-    history.extend(room.clients[0].transcript().iter().skip(1).cloned());
+    let mut history = Vec::new();
+    if all {
+        // Client 0's view so far (join and leave notices of the others), preceded by its own
+        // join notice, shown to nobody but a room line all the same.
+        history.push(format!("* {} joined (1 online)", room.nicks[0]));
+        history.extend(room.clients[0].transcript().iter().skip(1).cloned());
+    }
+    let notice = |history: &mut Vec<String>, line: String| {
+        if all {
+            history.push(line);
+        }
+    };
 
     history.push(room.chat(0, "one"));
     room.clients[1].send_line("/me two");
     let nick1 = room.nicks[1].clone();
     history.push(room.expect_timed_all(&format!("* {nick1} two")));
+    history.push(room.chat(1, "three"));
     let old0 = room.nicks[0].clone();
     room.clients[0].send_line("/nick alice");
     let line = format!("* {old0} is now known as alice");
     room.expect_all(&line);
-    history.push(line);
+    notice(&mut history, line);
     room.nicks[0] = "alice".into();
     // Join and leave of a third client.
     let k = room.join_one(&server);
-    history.push(format!("* {} joined (3 online)", room.nicks[k]));
+    notice(&mut history, format!("* {} joined (3 online)", room.nicks[k]));
     let left = room.nicks[k].clone();
     room.replace_last();
-    history.push(format!("* {left} left (quit)"));
+    notice(&mut history, format!("* {left} left (quit)"));
     // Private messages and errors are not room lines.
     room.clients[0].send_line(&format!("/msg {nick1} secret"));
     expect_timed(&mut room.clients[1], "[pm from alice] secret");
