@@ -242,6 +242,13 @@ impl Client {
         }
     }
 
+    /// Gives a closing connection until `deadline` (if that is later) to flush.
+    pub fn extend_closing(&mut self, deadline: Instant) {
+        if let Phase::Closing { deadline: current, write_shut } = self.phase {
+            self.phase = Phase::Closing { deadline: current.max(deadline), write_shut };
+        }
+    }
+
     /// Bytes the peer has not acknowledged yet (our send queue).
     pub fn unacked(&self) -> usize {
         let mut n: libc::c_int = 0;

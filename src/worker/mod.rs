@@ -48,6 +48,9 @@ const TICK: Duration = Duration::from_secs(1);
 const BUS_HIGH_WATER: usize = 8 * 1024 * 1024;
 /// How long a closing connection may take to flush its last lines.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The same for a client cut as too slow: by definition it reads slowly, and it should still get
+/// the rest of its last line, the notice and what the kernel already holds for it.
+const SLOW_READER_GRACE: Duration = Duration::from_secs(10);
 /// Client output is written in passes over the room: a burst of room lines then costs one
 /// `write` per client instead of one per line, and a line after a quiet spell goes out at once.
 /// Each `write` to a TCP socket costs the kernel far more than the bytes in it (~6 µs here, ~90%

@@ -13,7 +13,10 @@
 //! private line, a skipped room event): its pending share of the shared buffer moves into its
 //! own queue first.
 
-use super::{FLUSH_DUTY, FLUSH_INTERVAL, MAX_FLUSH_CYCLE, PASS_SLICE, PASS_SLICE_CLIENTS, Worker};
+use super::{
+    FLUSH_DUTY, FLUSH_INTERVAL, MAX_FLUSH_CYCLE, PASS_SLICE, PASS_SLICE_CLIENTS, SLOW_READER_GRACE,
+    Worker,
+};
 use crate::bus::message::{LeaveReason, SessionId};
 use std::time::Instant;
 
@@ -136,6 +139,7 @@ impl Worker {
             return;
         }
         self.compact_room();
+        self.bound_total_backlog();
         // The next pass may start FLUSH_DUTY times this one's duration after this one started.
         let took = pass.started.elapsed();
         self.flush_cycle = (took * FLUSH_DUTY).clamp(FLUSH_INTERVAL, MAX_FLUSH_CYCLE);
@@ -190,6 +194,42 @@ impl Worker {
         }
     }
 
+    /// Keeps the output queued for all of this worker's clients together under
+    /// [`total_backlog_limit`]: when a room full of clients that never read would pass it, the
+    /// largest backlogs are cut as too slow first, so memory stays bounded whatever the number of
+    /// clients, while each of them is still allowed its own `max_backlog_bytes`.
+    fn bound_total_backlog(&mut self) {
+        let limit = total_backlog_limit(self.config.chat.max_backlog_bytes);
+        let total: usize = self.clients.iter().map(|(_, c)| c.backlog()).sum();
+        if total <= limit {
+            return;
+        }
+        let mut largest: Vec<(usize, usize)> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.is_closing() && c.backlog() > 0)
+            .map(|(key, c)| (c.backlog(), key))
+            .collect();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        let mut over = total - limit;
+        let mut settle = Settle::default();
+        for (backlog, key) in largest {
+            settle.too_slow.push(key);
+            over = over.saturating_sub(backlog);
+            if over == 0 {
+                break;
+            }
+        }
+        log::warn!(
+            "clients' output queues reached {} MiB together (limit {} MiB); cutting the {} \
+             largest as too slow",
+            total >> 20,
+            limit >> 20,
+            settle.too_slow.len()
+        );
+        self.settle(settle);
+    }
+
     /// What a flush found out about its clients, acted on once the writing is over.
     fn settle(&mut self, settle: Settle) {
         for key in settle.lost {
@@ -200,6 +240,9 @@ impl Worker {
                 client.discard_output();
             }
             self.disconnect(key, "* disconnected: too slow", LeaveReason::TooSlow);
+            if let Some(client) = self.clients.get_mut(key) {
+                client.extend_closing(Instant::now() + SLOW_READER_GRACE);
+            }
         }
         for key in settle.shut {
             match self.clients.get(key) {
@@ -223,4 +266,11 @@ struct Settle {
     lost: Vec<usize>,
     too_slow: Vec<usize>,
     shut: Vec<usize>,
+}
+
+/// The output a worker queues for all its clients together: 64 clients' worth of
+/// `max_backlog_bytes` (64 MiB with the default of 1 MiB), and never less than 16 MiB, so a few
+/// clients catching up on a burst are never affected.
+pub(super) fn total_backlog_limit(max_backlog_bytes: usize) -> usize {
+    max_backlog_bytes.saturating_mul(64).max(16 << 20)
 }
