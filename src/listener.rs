@@ -5,6 +5,11 @@
 //! them open for the slot's whole life; workers get them across exec. A worker dying therefore
 //! never closes a listener, and connections queued on it wait for the replacement instead of
 //! being reset (closing one socket of a reuseport group aborts what is queued on it).
+//!
+//! `SO_REUSEPORT` would also let a stranger's socket (a second `chatd serve`, any server of the
+//! same user that sets it) share a port with ours and take half of the connections. So a new
+//! group first claims its address with a plain socket, which the kernel refuses while anyone
+//! listens there; only then do the slots' sockets bind (see [`bind_group`]).
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::io;
@@ -26,19 +31,47 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Binds `slots` listeners on `addr`. With port 0 the first bind picks a free port and the
-/// others join it, so every slot shares one port.
+/// Binds `slots` listeners on `addr`, a new group: fails with
+/// `address already in use by another process` if some other socket listens on `addr`.
+/// With port 0 the claim picks a free port and every slot binds that one.
+///
+/// Only for addresses this process does not listen on yet; a slot added to an existing group
+/// joins it with [`bind`].
 pub fn bind_group(addr: SocketAddr, slots: usize, backlog: u32) -> io::Result<Vec<Socket>> {
+    let claim = claim(addr)?;
+    let addr = local_addr(&claim)?;
     let mut sockets = Vec::with_capacity(slots);
-    let mut addr = addr;
     for _ in 0..slots {
-        let socket = bind(addr, backlog)?;
-        if addr.port() == 0 {
-            addr = local_addr(&socket)?;
-        }
-        sockets.push(socket);
+        // In use now: someone started listening between the claim and this bind.
+        sockets.push(bind(addr, backlog).map_err(in_use_by_another)?);
     }
+    // The claim is held until the group listens, so nobody can take the port in between
+    // without listening on it; it was never listening, so closing it resets nothing.
+    drop(claim);
     Ok(sockets)
+}
+
+/// Binds, without `SO_REUSEPORT` and without listening, a socket on `addr`. The kernel refuses
+/// while any socket listens there, with or without `SO_REUSEPORT`, whoever owns it.
+/// `SO_REUSEADDR` keeps connections in TIME_WAIT from a previous run from counting, and a
+/// socket that is bound but not listening lets our slots' sockets bind beside it.
+fn claim(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into()).map_err(in_use_by_another)?;
+    Ok(socket)
+}
+
+/// `EADDRINUSE` said the way `chatd serve` reports it (the address is added by the caller).
+fn in_use_by_another(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        io::Error::new(io::ErrorKind::AddrInUse, "address already in use by another process")
+    } else {
+        e
+    }
 }
 
 /// The address a socket is bound to.
@@ -78,5 +111,43 @@ mod tests {
         let ports: Vec<u16> = group.iter().map(|s| local_addr(s).unwrap().port()).collect();
         assert_ne!(ports[0], 0);
         assert!(ports.iter().all(|p| *p == ports[0]));
+    }
+
+    fn assert_refused(addr: SocketAddr) {
+        let e = bind_group(addr, 2, 16).expect_err("a second group on a port in use");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(e.to_string(), "address already in use by another process");
+    }
+
+    #[test]
+    fn a_second_group_on_the_same_port_is_refused() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let addr = local_addr(&first[0]).unwrap();
+        assert_refused(addr);
+        // Slots added to our own group still join it.
+        bind(addr, 16).unwrap();
+    }
+
+    #[test]
+    fn a_plain_listener_or_a_stranger_with_reuseport_is_refused() {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_refused(plain.local_addr().unwrap());
+        // Same user, SO_REUSEPORT set, listening: the kernel would let it share the port.
+        let stranger = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        assert_refused(local_addr(&stranger).unwrap());
+    }
+
+    #[test]
+    fn connections_in_time_wait_do_not_block_a_new_group() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let addr = local_addr(&first[0]).unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        first[0].set_nonblocking(false).unwrap();
+        let (accepted, _) = first[0].accept().unwrap();
+        // The server side closes first, so its end of the connection goes to TIME_WAIT.
+        drop(accepted);
+        drop(client);
+        drop(first);
+        bind_group(addr, 2, 16).expect("a new group beside TIME_WAIT connections");
     }
 }
