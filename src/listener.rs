@@ -82,6 +82,35 @@ pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket"))
 }
 
+/// Where Linux says whether a closed reuseport listener's queue moves to a sibling.
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Logs a warning when `net.ipv4.tcp_migrate_req` is 0 (docs/operations.md, "The sysctl"):
+/// then a reload that removes worker slots or listen addresses resets the connections still
+/// queued on their listeners. Said at start, since the package's sysctl.d file may not have
+/// applied (a container's `/proc/sys` is often read-only). A kernel without the setting (before
+/// 5.14) has nothing to warn about that could be fixed.
+pub fn check_migrate_req() {
+    match std::fs::read_to_string(MIGRATE_REQ) {
+        Ok(value) => {
+            if let Some(warning) = migrate_req_warning(&value) {
+                log::warn!("{warning}");
+            }
+        }
+        Err(e) => log::debug!("cannot read {MIGRATE_REQ}: {e}"),
+    }
+}
+
+/// The warning for the sysctl's value as read, if it needs one.
+fn migrate_req_warning(value: &str) -> Option<&'static str> {
+    (value.trim() == "0").then_some(
+        "net.ipv4.tcp_migrate_req is 0: a reload that removes workers or listen addresses may \
+         reset connections still queued on their listeners; set it to 1 (sysctl -w \
+         net.ipv4.tcp_migrate_req=1; in a container, in its network namespace, e.g. \
+         --sysctl net.ipv4.tcp_migrate_req=1; see \"The sysctl\" in operations.md)",
+    )
+}
+
 /// Applies `[socket]` options to an accepted client connection.
 pub fn tune_accepted(
     stream: &impl std::os::fd::AsFd,
@@ -104,6 +133,15 @@ pub fn tune_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrate_req_warns_only_when_off() {
+        let warning = migrate_req_warning("0\n").expect("a warning for 0");
+        assert!(warning.starts_with("net.ipv4.tcp_migrate_req is 0: "), "{warning}");
+        assert!(warning.contains("sysctl -w net.ipv4.tcp_migrate_req=1"), "{warning}");
+        assert_eq!(migrate_req_warning("1\n"), None);
+        assert_eq!(migrate_req_warning(""), None);
+    }
 
     #[test]
     fn port_zero_group_shares_one_port() {

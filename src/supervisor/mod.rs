@@ -165,6 +165,7 @@ impl Supervisor {
                 format!("control socket {}: {e}", config.server.control_socket.display())
             })?;
 
+        listener::check_migrate_req();
         let (slots, listen) = bind_slots(&config)?;
         let hub = Hub::new(&config);
         let now = Instant::now();
