@@ -33,13 +33,35 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
 
 /// Binds `slots` listeners on `addr`, a new group: fails with
 /// `address already in use by another process` if some other socket listens on `addr`.
-/// With port 0 the claim picks a free port and every slot binds that one.
+/// With port 0 the claim picks a free port and every slot binds that one. `own` are the
+/// addresses this process already listens on (resolved ports).
 ///
 /// Only for addresses this process does not listen on yet; a slot added to an existing group
 /// joins it with [`bind`].
-pub fn bind_group(addr: SocketAddr, slots: usize, backlog: u32) -> io::Result<Vec<Socket>> {
-    let claim = claim(addr)?;
-    let addr = local_addr(&claim)?;
+pub fn bind_group(
+    addr: SocketAddr,
+    slots: usize,
+    backlog: u32,
+    own: &[SocketAddr],
+) -> io::Result<Vec<Socket>> {
+    let claim = match claim(addr) {
+        Ok(claim) => Some(claim),
+        // Our own listener on the same port (`127.0.0.1:P` while `0.0.0.0:P` is added, say)
+        // refuses the claim too, so the claim cannot tell a stranger here. A stranger could
+        // only be there by binding with SO_REUSEPORT after we did, which it could do to any of
+        // our groups anyway.
+        Err(e)
+            if e.kind() == io::ErrorKind::AddrInUse && own.iter().any(|o| overlaps(*o, addr)) =>
+        {
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    // Port 0 is resolved by the claim (without one, the port overlapped ours, so it is not 0).
+    let addr = match &claim {
+        Some(claim) => local_addr(claim)?,
+        None => addr,
+    };
     let mut sockets = Vec::with_capacity(slots);
     for _ in 0..slots {
         // In use now: someone started listening between the claim and this bind.
@@ -49,6 +71,14 @@ pub fn bind_group(addr: SocketAddr, slots: usize, backlog: u32) -> io::Result<Ve
     // without listening on it; it was never listening, so closing it resets nothing.
     drop(claim);
     Ok(sockets)
+}
+
+/// Whether listeners on `a` and `b` compete for the same connections: same port and family,
+/// and the same IP or a wildcard on either side (our IPv6 sockets are v6-only).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Binds, without `SO_REUSEPORT` and without listening, a socket on `addr`. The kernel refuses
@@ -145,21 +175,21 @@ mod tests {
 
     #[test]
     fn port_zero_group_shares_one_port() {
-        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 16, &[]).unwrap();
         let ports: Vec<u16> = group.iter().map(|s| local_addr(s).unwrap().port()).collect();
         assert_ne!(ports[0], 0);
         assert!(ports.iter().all(|p| *p == ports[0]));
     }
 
     fn assert_refused(addr: SocketAddr) {
-        let e = bind_group(addr, 2, 16).expect_err("a second group on a port in use");
+        let e = bind_group(addr, 2, 16, &[]).expect_err("a second group on a port in use");
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         assert_eq!(e.to_string(), "address already in use by another process");
     }
 
     #[test]
     fn a_second_group_on_the_same_port_is_refused() {
-        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16, &[]).unwrap();
         let addr = local_addr(&first[0]).unwrap();
         assert_refused(addr);
         // Slots added to our own group still join it.
@@ -176,8 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn an_address_overlapping_our_own_listener_is_allowed() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16, &[]).unwrap();
+        let own = local_addr(&first[0]).unwrap();
+        // The same address again (configured as port 0 first, then by its number).
+        assert_refused(own);
+        let group = bind_group(own, 2, 16, &[own]).expect("beside our own listener");
+        assert_eq!(local_addr(&group[1]).unwrap(), own);
+        // A stranger's listener on another port is no excuse.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = bind_group(plain.local_addr().unwrap(), 1, 16, &[own]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("127.0.0.1:5"), a("0.0.0.0:5")));
+        assert!(overlaps(a("0.0.0.0:5"), a("127.0.0.1:5")));
+        assert!(overlaps(a("[::]:5"), a("[::1]:5")));
+        assert!(overlaps(a("127.0.0.1:5"), a("127.0.0.1:5")));
+        assert!(!overlaps(a("127.0.0.1:5"), a("127.0.0.2:5")));
+        assert!(!overlaps(a("127.0.0.1:5"), a("0.0.0.0:6")));
+        assert!(!overlaps(a("0.0.0.0:5"), a("[::]:5")));
+    }
+
+    #[test]
     fn connections_in_time_wait_do_not_block_a_new_group() {
-        let first = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16, &[]).unwrap();
         let addr = local_addr(&first[0]).unwrap();
         let client = std::net::TcpStream::connect(addr).unwrap();
         first[0].set_nonblocking(false).unwrap();
@@ -186,6 +242,6 @@ mod tests {
         drop(accepted);
         drop(client);
         drop(first);
-        bind_group(addr, 2, 16).expect("a new group beside TIME_WAIT connections");
+        bind_group(addr, 2, 16, &[]).expect("a new group beside TIME_WAIT connections");
     }
 }

@@ -2,7 +2,7 @@
 //! (`cannot listen on IP:PORT: address already in use by another process`, exit 1) instead of
 //! joining a stranger's `SO_REUSEPORT` group and splitting the room; a reload that would add
 //! such an address fails the same way. Its own slots' sockets are no strangers: a reload that
-//! adds slots on a port chatd already listens on still works.
+//! adds slots on a port chatd already listens on, or names that port anew, still works.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -76,8 +76,18 @@ fn reload_adds_slots_to_its_own_port_but_refuses_a_strangers() {
     assert!(out.status.success(), "reload to 3 workers: {}", output_text(&out));
     assert_eq!(listening_sockets(addr), 3);
 
+    // The same address, now by its number: the port is held by chatd itself, no stranger.
+    let own = addr.to_string();
+    fs::write(server.config_path(), builder.clone().workers(3).listen(&[&own]).render(&control))
+        .unwrap();
+    let out = server.run(&["reload"], START_TIMEOUT);
+    assert!(out.status.success(), "reload onto its own port: {}", output_text(&out));
+    wait_until(START_TIMEOUT, "the old listeners to close", || {
+        (listening_sockets(addr) == 3).then_some(())
+    });
+
     let (_stranger, taken) = reuseport_listener();
-    let listen = ["127.0.0.1:0".to_string(), taken.to_string()];
+    let listen = [own, taken.to_string()];
     let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
     fs::write(server.config_path(), builder.workers(3).listen(&listen).render(&control)).unwrap();
     let out = server.run(&["reload"], START_TIMEOUT);
