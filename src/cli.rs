@@ -40,7 +40,7 @@ pub enum Cmd {
     Stop(ControlArgs),
     /// Chat from a terminal: prints what the room says while you type; /quit or Ctrl-D leaves.
     Client {
-        /// Server address, e.g. 127.0.0.1:9999.
+        /// Server address: HOST[:PORT], e.g. 127.0.0.1, [::1]:9999 (port 9999 if none).
         #[arg(default_value = "127.0.0.1:9999")]
         address: String,
     },

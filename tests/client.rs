@@ -42,8 +42,13 @@ impl Terminal {
     }
 
     fn type_line(&mut self, line: &str) {
+        self.type_raw(format!("{line}\n").as_bytes());
+    }
+
+    /// Bytes into the client's stdin, as a pipe would carry them.
+    fn type_raw(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("type into the client");
+        stdin.write_all(bytes).expect("type into the client");
     }
 
     /// Ctrl-D.
@@ -66,6 +71,14 @@ impl Terminal {
                 Err(_) => panic!("client never printed {what}; it printed {:?}", self.seen),
             }
         }
+    }
+
+    /// Everything the client printed after the welcome line, once its stdout has closed.
+    fn rest(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(LINE_TIMEOUT) {
+            self.seen.push(line);
+        }
+        self.seen.iter().skip(1).cloned().collect()
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
@@ -134,4 +147,62 @@ fn client_exits_cleanly_when_the_server_goes() {
     term.expect("the shutdown notice", |l| l == "* server shutting down");
     assert!(term.wait_exit().success());
     assert!(server.wait_exit(START_TIMEOUT).success());
+}
+
+/// The nick from the client's welcome line.
+fn welcome_nick(term: &mut Terminal) -> String {
+    let welcome = term.expect("the welcome line", |l| l.starts_with("* Welcome to chatd."));
+    welcome.split("You are ").nth(1).and_then(|r| r.split('.').next()).unwrap().to_string()
+}
+
+#[test]
+fn piped_invalid_utf8_is_sent_replaced_and_never_quits() {
+    let server = server();
+    let (mut observer, observer_nick, _) = server.join("observer");
+    let mut term = Terminal::start(&server);
+    let nick = welcome_nick(&mut term);
+    observer.expect_line(&format!("* {nick} joined (2 online)"));
+
+    term.type_raw(b"caf\xe9 au lait\n\xff\xfe\r\nstill here\n");
+    observer.expect_chat(&nick, "caf\u{FFFD} au lait");
+    observer.expect_chat(&nick, "\u{FFFD}\u{FFFD}");
+    observer.expect_chat(&nick, "still here");
+    term.expect("its own echo", |l| l.ends_with(&format!("<{nick}> still here")));
+    // Still in the room: the observer's /who counts it.
+    observer.send_line("/who");
+    observer.expect_line(&format!("* 2 online: {}", sorted_nicks(&[&observer_nick, &nick])));
+}
+
+#[test]
+fn piped_input_ends_after_the_servers_answers() {
+    let server = server();
+    let (mut observer, observer_nick, _) = server.join("observer");
+    let mut term = Terminal::start(&server);
+    let nick = welcome_nick(&mut term);
+    observer.expect_line(&format!("* {nick} joined (2 online)"));
+    // Everything at once, then end of input: the answers still come before the client exits.
+    term.type_raw(b"/who\n/nick bad\xe9\nlast words\n");
+    term.close_stdin();
+    observer.expect_chat(&nick, "last words");
+    observer.expect_line(&format!("* {nick} left (quit)"));
+    assert!(term.wait_exit().success());
+    // Usage errors are answered at once, so they may come before the /who answer.
+    let printed = term.rest();
+    let who = format!("* 2 online: {}", sorted_nicks(&[&observer_nick, &nick]));
+    assert!(printed.contains(&who), "no /who answer in {printed:?}");
+    assert!(
+        printed.iter().any(|l| l.starts_with("! invalid nickname 'bad\u{FFFD}'")),
+        "no /nick error in {printed:?}"
+    );
+    assert!(
+        printed.iter().any(|l| l.ends_with(&format!("<{nick}> last words"))),
+        "no echo of the last line in {printed:?}"
+    );
+}
+
+/// `* N online: a, b` lists nicks sorted case-insensitively.
+fn sorted_nicks(nicks: &[&str]) -> String {
+    let mut nicks: Vec<&str> = nicks.to_vec();
+    nicks.sort_by_key(|n| n.to_lowercase());
+    nicks.join(", ")
 }

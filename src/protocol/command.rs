@@ -25,7 +25,8 @@ pub enum Command {
     History(Option<usize>),
     /// `/help`.
     Help,
-    /// `/quit [REASON]` or the bare line `quit`.
+    /// `/quit [REASON]`, or the line `quit` on its own: any letter case, spaces or tabs around
+    /// it allowed (docs/architecture.md).
     Quit(Option<String>),
 }
 
@@ -45,7 +46,7 @@ impl fmt::Display for CommandError {
         match self {
             CommandError::Usage(synopsis) => write!(f, "usage: {synopsis}"),
             CommandError::InvalidNick(nick) => {
-                write!(f, "invalid nickname '{nick}' (1-32 letters, digits, _ or -)")
+                write!(f, "invalid nickname '{nick}' (1-32 ASCII letters, digits, _ or -)")
             }
             CommandError::Unknown(name) => write!(f, "unknown command '{name}' (try /help)"),
         }
@@ -56,7 +57,7 @@ impl std::error::Error for CommandError {}
 
 /// What `/help` prints, one line per command.
 pub const HELP: &[&str] = &[
-    "/nick NAME — change your nickname (1-32 letters, digits, _ or -)",
+    "/nick NAME — change your nickname (1-32 ASCII letters, digits, _ or -)",
     "/who — list everyone in the room",
     "/me ACTION — tell the room what you are doing",
     "/msg NICK TEXT — send a private message",
@@ -69,7 +70,8 @@ pub const HELP: &[&str] = &[
 const NICK: &str = "/nick NAME";
 const ME: &str = "/me ACTION";
 const MSG: &str = "/msg NICK TEXT";
-const HISTORY: &str = "/history [N]";
+/// `/history 0` asks for nothing: a usage error that says what N may be, rather than silence.
+const HISTORY_USAGE: &str = "/history [N] (N ≥ 1)";
 const WHO: &str = "/who";
 const HELP_USAGE: &str = "/help";
 
@@ -80,7 +82,7 @@ const SEPARATORS: [char; 2] = [' ', '\t'];
 /// command arguments are trimmed of spaces and tabs at both ends.
 pub fn parse(line: &str) -> Result<Command, CommandError> {
     let Some(body) = line.strip_prefix('/') else {
-        return Ok(if line.trim().eq_ignore_ascii_case("quit") {
+        return Ok(if is_bare_quit(line) {
             Command::Quit(None)
         } else {
             Command::Say(line.to_owned())
@@ -108,13 +110,13 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         },
         "history" if args.is_empty() => Ok(Command::History(None)),
         "history" => match single_word(args).map(str::parse::<usize>) {
-            Some(Ok(0)) | None => Err(CommandError::Usage(HISTORY)),
+            Some(Ok(0)) | None => Err(CommandError::Usage(HISTORY_USAGE)),
             Some(Ok(n)) => Ok(Command::History(Some(n))),
             // More lines than anyone keeps: the worker caps it at the history size anyway.
             Some(Err(e)) if *e.kind() == IntErrorKind::PosOverflow => {
                 Ok(Command::History(Some(usize::MAX)))
             }
-            Some(Err(_)) => Err(CommandError::Usage(HISTORY)),
+            Some(Err(_)) => Err(CommandError::Usage(HISTORY_USAGE)),
         },
         "who" if args.is_empty() => Ok(Command::Who),
         "who" => Err(CommandError::Usage(WHO)),
@@ -124,6 +126,12 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "quit" => Ok(Command::Quit(Some(args.to_owned()))),
         _ => Err(CommandError::Unknown(format!("/{name}"))),
     }
+}
+
+/// True for the line `quit` on its own: a person typing `Quit` or ` quit ` into telnet means to
+/// leave; `quit now` or `quits` is chat.
+fn is_bare_quit(line: &str) -> bool {
+    line.trim_matches(SEPARATORS).eq_ignore_ascii_case("quit")
 }
 
 /// True for a nickname of 1–32 ASCII letters, digits, `_` or `-`.
@@ -171,9 +179,14 @@ mod tests {
 
     #[test]
     fn bare_quit() {
-        assert_eq!(ok("quit"), Command::Quit(None));
-        assert_eq!(ok(" QUIT\t"), Command::Quit(None));
-        assert_eq!(ok("Quit"), Command::Quit(None));
+        for line in ["quit", "QUIT", "Quit", " quit", "quit ", "\t qUiT \t"] {
+            assert_eq!(ok(line), Command::Quit(None), "{line:?}");
+        }
+        for line in
+            ["quit now", "quits", "quit.", "q uit", "quit\u{a0}", "\u{3000}quit", "quitquit"]
+        {
+            assert_ne!(ok(line), Command::Quit(None), "{line:?}");
+        }
     }
 
     #[test]
@@ -190,11 +203,13 @@ mod tests {
         assert_eq!(err("/nick"), "usage: /nick NAME");
         assert_eq!(err("/nick   "), "usage: /nick NAME");
         assert_eq!(err("/nick a b"), "usage: /nick NAME");
-        assert_eq!(err("/nick b@d"), "invalid nickname 'b@d' (1-32 letters, digits, _ or -)");
-        assert_eq!(
-            err(&format!("/nick {}", "x".repeat(33))),
-            format!("invalid nickname '{}' (1-32 letters, digits, _ or -)", "x".repeat(33))
-        );
+        let invalid =
+            |nick: &str| format!("invalid nickname '{nick}' (1-32 ASCII letters, digits, _ or -)");
+        assert_eq!(err("/nick b@d"), invalid("b@d"));
+        assert_eq!(err("/nick 张三"), invalid("张三"));
+        assert_eq!(err("/nick café"), invalid("café"));
+        let long = "x".repeat(33);
+        assert_eq!(err(&format!("/nick {long}")), invalid(&long));
         assert_eq!(ok(&format!("/nick {}", "x".repeat(32))), Command::Nick("x".repeat(32)));
     }
 
@@ -234,7 +249,7 @@ mod tests {
         assert_eq!(ok("/history  50 "), Command::History(Some(50)));
         assert_eq!(ok("/history 99999999999999999999999"), Command::History(Some(usize::MAX)));
         for bad in ["/history 0", "/history -1", "/history x", "/history 1 2", "/history 1.5"] {
-            assert_eq!(err(bad), "usage: /history [N]", "{bad}");
+            assert_eq!(err(bad), "usage: /history [N] (N ≥ 1)", "{bad}");
         }
     }
 
@@ -264,7 +279,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_command_with_its_usage() {
-        for synopsis in [NICK, ME, MSG, HISTORY, WHO, HELP_USAGE, "/quit [REASON]"] {
+        for synopsis in [NICK, ME, MSG, "/history [N]", WHO, HELP_USAGE, "/quit [REASON]"] {
             let prefix = format!("{synopsis} — ");
             assert!(HELP.iter().any(|l| l.starts_with(&prefix)), "{synopsis}");
         }
@@ -296,7 +311,7 @@ mod tests {
 
         #[test]
         fn lines_without_a_slash_are_said(line in "[^/][^\n]{0,20}") {
-            let expected = if line.trim().eq_ignore_ascii_case("quit") {
+            let expected = if line.trim_matches(SEPARATORS).eq_ignore_ascii_case("quit") {
                 Command::Quit(None)
             } else {
                 say(&line)

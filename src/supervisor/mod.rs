@@ -165,6 +165,7 @@ impl Supervisor {
                 format!("control socket {}: {e}", config.server.control_socket.display())
             })?;
 
+        listener::check_migrate_req();
         let (slots, listen) = bind_slots(&config)?;
         let hub = Hub::new(&config);
         let now = Instant::now();
@@ -408,7 +409,7 @@ fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
     let mut slots: Vec<Slot> = (0..count).map(|_| Slot::new(Vec::new())).collect();
     let mut listen = Vec::new();
     for addr in &config.server.listen {
-        let group = listener::bind_group(*addr, count, config.server.backlog)
+        let group = listener::bind_group(*addr, count, config.server.backlog, &listen)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener::local_addr(&group[0]).map_err(|e| format!("{addr}: {e}"))?;
         listen.push(bound);

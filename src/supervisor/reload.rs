@@ -138,8 +138,9 @@ impl Supervisor {
                     (bound, (0..old_count).map(|_| None).collect::<Vec<Option<Socket>>>())
                 }
                 None => {
-                    let group = listener::bind_group(wanted, count, config.server.backlog)
-                        .map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
+                    let group =
+                        listener::bind_group(wanted, count, config.server.backlog, &self.listen)
+                            .map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
                     let bound = listener::local_addr(&group[0]).map_err(|e| e.to_string())?;
                     (bound, group.into_iter().map(Some).collect())
                 }

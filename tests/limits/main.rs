@@ -1,14 +1,16 @@
 //! End-to-end tests of SPEC §4 (limits and bad input — always a clear reaction, never a crash):
 //! overlong lines (and a 10 MB one), rate limiting by back-pressure, slow consumers, idle
-//! clients, `max_clients`, `max_clients_per_ip`, running out of file descriptors, and malformed
-//! control requests. Real binary, real loopback sockets, every wait bounded.
+//! clients, `max_clients`, `max_clients_per_ip`, running out of file descriptors, a listen address
+//! another process holds, and malformed control requests. Real binary, real loopback sockets,
+//! every wait bounded.
 //!
 //! Helpers: `common/room.rs` (a room of clients spread over workers), `raw_client.rs` (a client bound
 //! to a chosen source address or with a small receive buffer) and `proc_usage.rs` (a worker's
 //! memory, CPU time and descriptors). The tests, by the limit they exercise: `big_answers.rs`
 //! (answers bigger than a bus frame, `/who` floods), `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
-//! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors) and
+//! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors),
+//! `address_in_use.rs` (a listen address another process holds) and
 //! `control.rs` (malformed control requests).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
@@ -19,6 +21,7 @@ mod proc_usage;
 mod raw_client;
 use common::room;
 
+mod address_in_use;
 mod big_answers;
 mod capacity;
 mod control;

@@ -28,13 +28,12 @@ fn nick_command() {
     let ca = &mut room.clients[a];
     ca.send_line("/nick alice");
     ca.expect_line("* you are already alice");
-    ca.send_line("/nick b@d");
-    ca.expect_line("! invalid nickname 'b@d' (1-32 letters, digits, _ or -)");
+    // Letters, but not ASCII ones: the error says which letters count.
     let long = "x".repeat(33);
-    ca.send_line(&format!("/nick {long}"));
-    ca.expect_line(&format!("! invalid nickname '{long}' (1-32 letters, digits, _ or -)"));
-    ca.send_line("/nick élan");
-    ca.expect_line("! invalid nickname 'élan' (1-32 letters, digits, _ or -)");
+    for bad in ["b@d", long.as_str(), "élan", "张三"] {
+        ca.send_line(&format!("/nick {bad}"));
+        ca.expect_line(&format!("! invalid nickname '{bad}' (1-32 ASCII letters, digits, _ or -)"));
+    }
     ca.send_line("/nick");
     ca.expect_line("! usage: /nick NAME");
     ca.send_line("/nick a b");
@@ -229,7 +228,7 @@ fn history_case(all: bool) {
     assert_eq!(ask(&mut room, 0, "/history 1"), history[history.len() - 1..], "/history 1");
     for bad in ["/history x", "/history 0", "/history -1", "/history 1 2", "/history 2.5"] {
         room.clients[0].send_line(bad);
-        room.clients[0].expect_line("! usage: /history [N]");
+        room.clients[0].expect_line("! usage: /history [N] (N ≥ 1)");
     }
     // The errors and replies went to the asker only.
     history.push(room.chat(0, "only alice saw her history"));
@@ -321,7 +320,15 @@ fn quit_command() {
     let server = room_server(3).start();
     let mut room = Room::spread(&server, 2);
     let (a, b) = room.cross_pair(&server);
-    let cases = [("/quit", "quit"), ("quit", "quit"), ("/quit gone fishing", "quit: gone fishing")];
+    // `quit` on its own leaves in any letter case, with spaces or tabs around it.
+    let cases = [
+        ("/quit", "quit"),
+        ("quit", "quit"),
+        ("QUIT", "quit"),
+        (" Quit\t", "quit"),
+        ("quit ", "quit"),
+        ("/quit gone fishing", "quit: gone fishing"),
+    ];
     for (line, reason) in cases {
         // A fresh client (on any worker) for each case; a and b (different workers) watch.
         let k = room.join_one(&server);
@@ -333,6 +340,10 @@ fn quit_command() {
         let (lines, end) = c.read_to_close(LINE_TIMEOUT);
         assert!(lines.is_empty(), "{line:?}: the quitter read {lines:?} before EOF");
         assert!(matches!(end, ReadError::Eof), "{line:?}: expected EOF, got {end}");
+    }
+    // Anything more than `quit` (a non-ASCII space included) is chat.
+    for line in ["quits", "quit.", "quit\u{a0}", "\u{3000}quit"] {
+        room.chat(a, line);
     }
     // The original cross-worker pair quits too, one after the other.
     let nick_b = room.nicks[b].clone();

@@ -117,3 +117,71 @@ fn escape_injection_never_reaches_others() {
         assert_terminal_safe(c.label(), c.transcript());
     }
 }
+
+/// Hostile bytes, one line each, and the exact text the room then sees (`None`: nothing, the
+/// line is empty once sanitised). A telnet client's negotiation, terminal escapes in their 7- and
+/// 8-bit forms, bidi tricks, every kind of invalid UTF-8, and raw control bytes.
+const HOSTILE: &[(&[u8], Option<&str>)] = &[
+    // Telnet: WILL/DO, a subnegotiation (NAWS) with NUL inside, IAC IAC, a bare command.
+    (b"\xff\xfb\x18hi", Some("hi")),
+    (b"\xff\xfd\x01\xff\xfb\x03x", Some("x")),
+    (b"\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0naws", Some("naws")),
+    (b"a\xff\xffb", Some("a\u{FFFD}b")),
+    (b"\xff\xf4int", Some("int")),
+    // ANSI: SGR, private modes, truecolour, screen clearing alone (nothing left), charsets.
+    (b"\x1b[31mred\x1b[0m", Some("red")),
+    (b"\x1b[?25lhidden\x1b[?1049h", Some("hidden")),
+    (b"\x1b[38;2;255;0;0mtruecolor", Some("truecolor")),
+    (b"\x1b[2J\x1b[H", None),
+    (b"\x1b(0lqk\x1b(B", Some("lqk")),
+    // OSC (title, clipboard), DCS (sixel), each with BEL or ST.
+    (b"\x1b]0;title\x07x", Some("x")),
+    (b"\x1b]52;c;ZXZpbA==\x1b\\clip", Some("clip")),
+    (b"\x1bPq#0;2;0;0;0\x1b\\sixel", Some("sixel")),
+    // C1 controls as UTF-8: 8-bit CSI, OSC ... ST, NEL, RI.
+    (b"\xc2\x9b2Jc1csi", Some("c1csi")),
+    (b"\xc2\x9d8;;x\xc2\x9clink", Some("link")),
+    (b"\xc2\x85nel\xc2\x8dri", Some("nelri")),
+    // Bidi overrides and isolates go; the marks right-to-left writers need stay.
+    (b"bidi \xe2\x80\xaeevil\xe2\x80\xac", Some("bidi evil")),
+    (b"\xe2\x81\xa6iso\xe2\x81\xa9late", Some("isolate")),
+    (b"\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xadLRE", Some("LRE")),
+    (b"rlm \xe2\x80\x8f kept", Some("rlm \u{200f} kept")),
+    // Invalid UTF-8: a Latin-1 byte, an overlong `/`, a surrogate, 5-byte and out-of-range forms.
+    (b"caf\xe9", Some("caf\u{FFFD}")),
+    (b"\xc0\xafoverlong", Some("\u{FFFD}\u{FFFD}overlong")),
+    (b"\xed\xa0\x80surrogate", Some("\u{FFFD}\u{FFFD}\u{FFFD}surrogate")),
+    (b"\xf8\x88\x80\x80\x80five", Some("\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}five")),
+    (b"\xf4\x90\x80\x80big", Some("\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}big")),
+    // Raw C0 controls and DEL; a CR inside a line.
+    (b"nul\x00in\x00side", Some("nulinside")),
+    (b"\x7fdel\x7f", Some("del")),
+    (b"bs\x08\x08\x08xyz", Some("bsxyz")),
+    (b"\x0e\x0fshift\x1a", Some("shift")),
+    (b"cr\rin the middle", Some("crin the middle")),
+    // What is harmless stays as typed: tabs, zero-width space, a slash escaped with `//`.
+    (b"\t\ttabs\t", Some("\t\ttabs\t")),
+    (b"zero\xe2\x80\x8bwidth", Some("zero\u{200b}width")),
+    (b"//\x1b[1mslash", Some("/slash")),
+];
+
+#[test]
+fn hostile_bytes_reach_the_room_sanitised() {
+    let server = room_server(3).start();
+    let mut room = Room::spread(&server, 2);
+    let (a, b) = room.cross_pair(&server);
+    for (raw, text) in HOSTILE {
+        let mut line = raw.to_vec();
+        line.push(b'\n');
+        room.clients[a].send_raw(&line).unwrap();
+        // The next line everyone reads is this one's, so a line that should vanish and did not
+        // fails at the next case.
+        if let Some(text) = text {
+            room.expect_chat_all(a, text);
+        }
+    }
+    room.sync(b, "after the hostile lines");
+    for c in &room.clients {
+        assert_terminal_safe(c.label(), c.transcript());
+    }
+}
