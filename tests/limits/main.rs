@@ -8,7 +8,7 @@
 //! memory, CPU time and descriptors). The tests, by the limit they exercise: `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
 //! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors) and
-//! `control.rs` (malformed control requests).
+//! `control.rs` (malformed control requests, `chatd stop`).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
