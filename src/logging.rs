@@ -5,8 +5,10 @@
 //! timestamp would be noise there (the journal stamps lines itself), so it is added only when
 //! stderr is something else, like a terminal or a test's pipe.
 //!
-//! Each process logs under its role (`supervisor`, `worker 2`), so one stream of interleaved
-//! lines from several processes stays readable. `CHATD_LOG=debug` (or `warn`, …) sets the level.
+//! Each process logs under a name no other live process has (`supervisor`; `worker 2/g3` for
+//! slot 2 of generation 3, since during a reload two workers serve one slot), so one stream of
+//! interleaved lines from several processes stays readable. `CHATD_LOG=debug` (or `warn`, …)
+//! sets the level.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;

@@ -564,3 +564,39 @@ fn broken_config_reload_changes_nothing() {
     assert!(after.iter().all(|n| n.get("RELOADING").is_none()), "{after:#?}");
     assert_eq!(server.workers(), old);
 }
+
+/// `STATUS=` changes as soon as what it shows does, not on the next second's refresh: a reload
+/// that fails (an address taken by another process) is in it before `chatd reload` returns, and
+/// the `READY=1` ending a 4 → 1 reload counts the one worker left (SPEC §4.1).
+#[test]
+fn status_follows_reloads_at_once() {
+    let server = NotifiedServer::start(ServerBuilder::new().workers(4), None);
+    server.wait_ready();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = fs::read_to_string(&server.config).unwrap();
+    let broken = text.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:0\", \"{}\"]", taken.local_addr().unwrap()),
+        1,
+    );
+    fs::write(&server.config, broken.replacen("workers = 4", "workers = 1", 1)).unwrap();
+    let before = server.notify.count();
+    let out = server.run(&["reload"]);
+    let returned = Instant::now();
+    assert!(!out.status.success(), "reload onto a taken address: {}", output_text(&out));
+    let (_, failed) = server.notify.wait_from(before, LINE_TIMEOUT, "the failure", |n| {
+        n.get("STATUS").is_some_and(|s| s.contains("; last reload failed: "))
+    });
+    assert!(failed.get("STATUS").unwrap().starts_with("4 workers, 0 clients, generation 1;"));
+    // Sent before the answer; the margin covers this test's own receiving thread.
+    let late = failed.at.saturating_duration_since(returned);
+    assert!(late < Duration::from_millis(250), "STATUS= came {late:?} after the answer");
+
+    fs::write(&server.config, text.replacen("workers = 4", "workers = 1", 1)).unwrap();
+    let before = server.notify.count();
+    let out = server.run(&["reload"]);
+    assert!(out.status.success(), "chatd reload failed: {}", output_text(&out));
+    let (_, ready) =
+        server.notify.wait_from(before, LINE_TIMEOUT, "READY=1", |n| n.has("READY", "1"));
+    assert_eq!(ready.get("STATUS"), Some("1 workers, 0 clients, generation 2"));
+}

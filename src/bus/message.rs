@@ -64,12 +64,13 @@ impl RoomEvent {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToHub {
     /// The worker is up and accepting on its slot's listeners. `handoff` is the version of
-    /// [`super::handoff::Transfer`] it speaks.
+    /// [`super::handoff::Transfer`] it speaks; `version` the release it runs.
     Hello {
         slot: usize,
         pid: u32,
         generation: u64,
         handoff: u32,
+        version: String,
     },
     /// Sent every second; a worker that stays silent is presumed hung.
     Heartbeat,

@@ -28,21 +28,77 @@ pub fn request(path: &Path, command: Command) -> Result<Reply, String> {
     serde_json::from_str(&line).map_err(|e| format!("unreadable answer from chatd: {e}"))
 }
 
-/// The human-readable form of `chatd status`.
+/// The human-readable form of `chatd status`: what `--json` holds, a failed reload included.
 pub fn format_status(status: &Status) -> String {
     let mut out = format!(
-        "chatd {}, generation {}, {} clients, listening on {}\n",
+        "chatd {}, pid {}, up {}s, generation {}, {} clients, listening on {}\n",
         status.version,
+        status.pid,
+        status.uptime_s,
         status.generation,
         status.clients,
         status.listen.join(", ")
     );
-    out.push_str("slot  pid       generation  clients  uptime\n");
+    match &status.last_reload {
+        None => out.push_str("last reload: none\n"),
+        Some(r) if r.ok => {
+            out.push_str(&format!("last reload: ok in {:.3}s\n", r.duration_s));
+        }
+        Some(r) => out.push_str(&format!(
+            "last reload: FAILED: {}\n",
+            r.error.as_deref().unwrap_or("unknown reason")
+        )),
+    }
+    out.push_str("slot  pid       generation  version   clients  uptime\n");
     for w in &status.workers {
+        let version = if w.version.is_empty() { "-" } else { &w.version };
         out.push_str(&format!(
-            "{:<5} {:<9} {:<11} {:<8} {}s\n",
-            w.slot, w.pid, w.generation, w.clients, w.uptime_s
+            "{:<5} {:<9} {:<11} {:<9} {:<8} {}s\n",
+            w.slot, w.pid, w.generation, version, w.clients, w.uptime_s
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{ReloadOutcome, WorkerStatus};
+
+    fn status(last_reload: Option<ReloadOutcome>) -> Status {
+        Status {
+            version: "1.2.3".into(),
+            generation: 2,
+            listen: vec!["127.0.0.1:7000".into()],
+            clients: 5,
+            workers: vec![WorkerStatus {
+                slot: 0,
+                pid: 42,
+                generation: 2,
+                version: "1.2.3".into(),
+                clients: 5,
+                uptime_s: 7,
+            }],
+            pid: 41,
+            uptime_s: 99,
+            last_reload,
+            tls_listen: Vec::new(),
+            web_listen: Vec::new(),
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn table_shows_version_pid_uptime_and_a_failed_reload() {
+        let failed = ReloadOutcome {
+            ok: false,
+            error: Some("chatd.toml:3:1: bad".into()),
+            duration_s: 0.001,
+        };
+        let text = format_status(&status(Some(failed)));
+        assert!(text.starts_with("chatd 1.2.3, pid 41, up 99s, generation 2, 5 clients"), "{text}");
+        assert!(text.contains("last reload: FAILED: chatd.toml:3:1: bad\n"), "{text}");
+        assert!(text.contains("0     42        2           1.2.3     5        7s\n"), "{text}");
+        assert!(format_status(&status(None)).contains("last reload: none\n"));
+    }
 }

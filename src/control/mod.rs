@@ -43,22 +43,52 @@ pub struct WorkerStatus {
     pub slot: usize,
     pub pid: u32,
     pub generation: u64,
+    /// The release the worker runs (empty until it said Hello).
+    #[serde(default)]
+    pub version: String,
     pub clients: usize,
     pub uptime_s: u64,
 }
 
-/// `chatd status --json`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// How the last reload went, in `chatd status --json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// Why it failed; `null` when it succeeded.
+    pub error: Option<String>,
+    pub duration_s: f64,
+}
+
+/// `chatd status --json`. The keys after `workers` are newer than the first releases, hence
+/// their defaults: a newer `chatd status` still reads an older server.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Status {
     pub version: String,
     pub generation: u64,
     pub listen: Vec<String>,
     pub clients: usize,
     pub workers: Vec<WorkerStatus>,
+    /// The supervisor's pid.
+    #[serde(default)]
+    pub pid: u32,
+    /// Since the supervisor started.
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// `null` until the first reload.
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
+    /// TLS and web listeners: none in this release, always empty.
+    #[serde(default)]
+    pub tls_listen: Vec<String>,
+    #[serde(default)]
+    pub web_listen: Vec<String>,
+    /// The cluster link: none in this release, always `null`.
+    #[serde(default)]
+    pub cluster: Option<serde_json::Value>,
 }
 
 /// The reply line.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

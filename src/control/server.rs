@@ -4,6 +4,10 @@
 //! checks the peer, reads the request, hands it to the event loop through a channel (waking the
 //! loop) and waits for the loop's answer. The event loop never does socket I/O for control
 //! clients, and a slow or silent client only ties up its own thread.
+//!
+//! `stop` is answered once the workers are gone; its thread then tells the loop the answer is
+//! written and keeps the connection open until the process exits, so the client's EOF marks
+//! the server's end.
 
 use super::{Command, Reply};
 use crossbeam_channel::{Receiver, Sender};
@@ -21,6 +25,8 @@ pub struct Request {
     pub command: Command,
     /// Where the event loop sends the answer; the client's thread waits on it.
     pub reply: Sender<Reply>,
+    /// Signalled once the answer has been written to the client (or could not be).
+    pub written: Receiver<()>,
 }
 
 /// Longest a request may wait for the supervisor, a reload with thousands of sessions included.
@@ -98,23 +104,37 @@ fn peer_allowed(stream: &UnixStream) -> bool {
 }
 
 fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
+    let (written_tx, written_rx) = crossbeam_channel::bounded(1);
     // A connection closed without a request is someone checking whether we are alive.
-    let Some(reply) = answer(&stream, tx, waker) else { return };
+    let Some((command, reply)) = answer(&stream, tx, waker, written_rx) else { return };
     let mut line = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
     line.push('\n');
     let mut stream = stream;
     if let Err(e) = stream.write_all(line.as_bytes()) {
         warn!("control: cannot answer: {e}");
     }
+    let _ = written_tx.send(());
+    if command == Some(Command::Stop) && reply.ok {
+        // The answer to `stop` goes out once the workers are gone; the connection stays open
+        // until the process exits, so the client's EOF means the server is gone.
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
-fn answer(stream: &UnixStream, tx: &Sender<Request>, waker: &mio::Waker) -> Option<Reply> {
+fn answer(
+    stream: &UnixStream,
+    tx: &Sender<Request>,
+    waker: &mio::Waker,
+    written: Receiver<()>,
+) -> Option<(Option<Command>, Reply)> {
     if !peer_allowed(stream) {
         warn!("control: refused a client that is neither root nor the service user");
-        return Some(Reply::failed("permission denied"));
+        return Some((None, Reply::failed("permission denied")));
     }
     if stream.set_read_timeout(Some(Duration::from_secs(10))).is_err() {
-        return Some(Reply::failed("internal error"));
+        return Some((None, Reply::failed("internal error")));
     }
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take_limited());
@@ -123,22 +143,21 @@ fn answer(stream: &UnixStream, tx: &Sender<Request>, waker: &mio::Waker) -> Opti
         Ok(_) => {}
         Err(e) => {
             warn!("control: unreadable request: {e}");
-            return Some(Reply::failed(format!("unreadable request: {e}")));
+            return Some((None, Reply::failed(format!("unreadable request: {e}"))));
         }
     }
     let Some(command) = Command::parse(&line) else {
         warn!("control: malformed request {:?}", line.trim());
-        return Some(Reply::failed(format!("unknown request {:?}", line.trim())));
+        return Some((None, Reply::failed(format!("unknown request {:?}", line.trim()))));
     };
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-    if tx.send(Request { command, reply: reply_tx }).is_err() || waker.wake().is_err() {
-        return Some(Reply::failed("server is shutting down"));
+    if tx.send(Request { command, reply: reply_tx, written }).is_err() || waker.wake().is_err() {
+        return Some((Some(command), Reply::failed("server is shutting down")));
     }
-    Some(
-        reply_rx
-            .recv_timeout(ANSWER_TIMEOUT)
-            .unwrap_or_else(|_| Reply::failed("no answer from the server")),
-    )
+    let reply = reply_rx
+        .recv_timeout(ANSWER_TIMEOUT)
+        .unwrap_or_else(|_| Reply::failed("no answer from the server"));
+    Some((Some(command), reply))
 }
 
 /// A request is one short line; reading is capped so a client cannot make us buffer more.

@@ -245,7 +245,7 @@ impl Hub {
     ) {
         let Some(member) = self.members.get(&session) else { return };
         if !is_valid_nick(&nick) {
-            let line = format!("! invalid nickname '{nick}'");
+            let line = format!("! {}", crate::protocol::command::CommandError::InvalidNick(nick));
             return direct(out, worker, session, vec![line]);
         }
         if *member.nick == *nick {

@@ -12,14 +12,14 @@ mod reload;
 mod spawn;
 mod workers;
 
-use crate::bus::{BusConn, ToWorker};
+use crate::bus::ToWorker;
 use crate::config::Config;
 use crate::control::server::{ControlSocket, Request};
-use crate::control::{Command, Reply, Status, WorkerStatus};
+use crate::control::{Command, ReloadOutcome, Reply, Status, WorkerStatus};
 use crate::listener;
 use crate::signals::Signals;
 use crate::systemd::Notifier;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use hub::{Hub, WorkerId};
 use log::{error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -28,9 +28,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workers::WorkerProc;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -49,29 +50,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const MAX_BUS_BACKLOG: usize = 64 * 1024 * 1024;
 /// How long workers get to say goodbye to their clients on stop before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// One worker process.
-struct Worker {
-    slot: usize,
-    generation: u64,
-    pid: u32,
-    child: Child,
-    conn: BusConn,
-    started: Instant,
-    /// It sent Hello: it is accepting on its listeners.
-    ready: bool,
-    last_heartbeat: Instant,
-    /// The bus is still usable (no EOF, no protocol error).
-    bus_open: bool,
-    /// The last read stopped at its budget; read again without waiting for an event.
-    more_input: bool,
-    /// The session hand-off version it speaks (from Hello).
-    handoff_version: u32,
-    /// During a reload: it has sent all its sessions to its successor.
-    handoff_done: bool,
-    /// Told to exit or drain: its end is expected, not a crash.
-    retiring: bool,
-}
+/// How long the exiting supervisor waits for the answers to `chatd stop` to be written.
+const STOP_ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// A timer tick this late means the supervisor itself did not run (stopped, swapped out, busy):
+/// its workers' silence over that time is not theirs.
+const STALL: Duration = Duration::from_millis(500);
 
 /// A worker slot: its listeners outlive every worker that serves it.
 struct Slot {
@@ -87,8 +70,9 @@ impl Slot {
     }
 }
 
+/// The supervisor's own state (its workers have a [`workers::Lifecycle`] each).
 #[derive(PartialEq, Eq)]
-enum Phase {
+enum RunState {
     /// Waiting for the first generation of workers to say Hello.
     Starting,
     Running,
@@ -111,7 +95,7 @@ pub struct Supervisor {
     removed_workers: Vec<WorkerId>,
     reload: Option<reload::Reload>,
     slots: Vec<Slot>,
-    workers: BTreeMap<WorkerId, Worker>,
+    workers: BTreeMap<WorkerId, WorkerProc>,
     next_worker: WorkerId,
     generation: u64,
     hub: Hub,
@@ -120,10 +104,13 @@ pub struct Supervisor {
     _control_socket: ControlSocket,
     notifier: Notifier,
     watchdog: Option<Duration>,
-    phase: Phase,
+    run_state: RunState,
+    /// `chatd stop` requests, answered once the workers are gone.
+    stop_requests: Vec<(Sender<Reply>, Receiver<()>)>,
+    started: Instant,
     next_tick: Instant,
     last_watchdog: Instant,
-    last_reload_error: Option<String>,
+    last_reload: Option<ReloadOutcome>,
 }
 
 /// Entry point of `chatd serve`.
@@ -186,10 +173,12 @@ impl Supervisor {
             _control_socket: control_socket,
             notifier: Notifier::new(),
             watchdog: Notifier::watchdog_interval(),
-            phase: Phase::Starting,
+            run_state: RunState::Starting,
+            stop_requests: Vec::new(),
+            started: now,
             next_tick: now + TICK,
             last_watchdog: now,
-            last_reload_error: None,
+            last_reload: None,
             config,
             config_path: config_path.to_path_buf(),
             config_text,
@@ -230,9 +219,10 @@ impl Supervisor {
                 self.advance_reload();
             }
             self.flush_buses();
-            if let Phase::Stopping { .. } = self.phase {
+            if let RunState::Stopping { .. } = self.run_state {
                 if self.workers.is_empty() {
                     info!("all workers stopped; bye");
+                    self.answer_stop_requests();
                     return Ok(());
                 }
             }
@@ -249,7 +239,7 @@ impl Supervisor {
                 next = next.min(at);
             }
         }
-        if let Phase::Stopping { deadline } = self.phase {
+        if let RunState::Stopping { deadline } = self.run_state {
             next = next.min(deadline);
         }
         next.saturating_duration_since(Instant::now())
@@ -277,10 +267,12 @@ impl Supervisor {
             Command::Status => Reply::status(self.status()),
             // Answered when the reload is over.
             Command::Reload => return self.reload(Some(request.reply)),
+            // Answered when the workers are gone.
             Command::Stop => {
                 info!("stop requested on the control socket");
                 self.stop();
-                Reply::done("stopping")
+                self.stop_requests.push((request.reply, request.written));
+                return;
             }
         };
         // The client may have given up waiting; nothing to do about it then.
@@ -288,36 +280,41 @@ impl Supervisor {
     }
 
     fn stop(&mut self) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
+        if matches!(self.run_state, RunState::Stopping { .. }) {
             return;
         }
         self.notifier.stopping();
-        self.phase = Phase::Stopping { deadline: Instant::now() + STOP_GRACE };
+        self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {
             reload.abandon("the server is stopping");
         }
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
-        for worker in self.workers.values_mut().filter(|w| w.bus_open) {
-            worker.conn.send(&ToWorker::Shutdown);
-            worker.retiring = true;
+        for worker in self.workers.values_mut() {
+            worker.retire(&ToWorker::Shutdown);
+        }
+    }
+
+    /// The server has stopped: answer `chatd stop`, and wait (bounded) until the control
+    /// threads wrote the answers, since they die with the process.
+    fn answer_stop_requests(&mut self) {
+        let requests = std::mem::take(&mut self.stop_requests);
+        for (reply, _) in &requests {
+            let _ = reply.send(Reply::done("stopped"));
+        }
+        let deadline = Instant::now() + STOP_ANSWER_WAIT;
+        for (_, written) in &requests {
+            let _ = written.recv_deadline(deadline);
         }
     }
 
     /// At startup: once every slot's worker is accepting, announce readiness.
     fn check_started(&mut self) {
-        if self.phase != Phase::Starting {
+        if self.run_state != RunState::Starting || self.serving_slots() < self.slots.len() {
             return;
         }
-        let all_ready = self
-            .slots
-            .iter()
-            .all(|s| s.worker.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.ready));
-        if !all_ready {
-            return;
-        }
-        self.phase = Phase::Running;
+        self.run_state = RunState::Running;
         for addr in &self.listen {
             info!("listening on {addr} with {} workers", self.slots.len());
         }
@@ -336,12 +333,12 @@ impl Supervisor {
                 self.schedule_restart(slot);
             }
         }
-        if let Phase::Stopping { deadline } = self.phase {
+        if let RunState::Stopping { deadline } = self.run_state {
             if now >= deadline {
                 for w in self.workers.values_mut() {
                     warn!("slot {}: worker pid {} did not stop in time; killing", w.slot, w.pid);
+                    // Not waited for: the supervisor exits now and must not block on a child.
                     let _ = w.child.kill();
-                    let _ = w.child.wait();
                 }
                 self.workers.clear();
             }
@@ -349,14 +346,14 @@ impl Supervisor {
         if now < self.next_tick {
             return;
         }
+        let late = now - self.next_tick;
         self.next_tick = now + TICK;
         if self.hub.expire_events() {
             crate::memory::trim();
         }
-        self.check_heartbeats(now);
-        if self.phase == Phase::Running {
-            let status = self.status_line();
-            self.notifier.status(&status);
+        self.check_heartbeats(now, (late > STALL).then_some(late));
+        if self.run_state == RunState::Running {
+            self.update_status();
             if let Some(interval) = self.watchdog {
                 if self.all_workers_healthy(now) && now - self.last_watchdog >= interval / 4 {
                     self.notifier.watchdog();
@@ -366,18 +363,29 @@ impl Supervisor {
         }
     }
 
+    /// `STATUS=`: the slots served, the room and the generation; the fixed form of
+    /// docs/operations.md, which scripts parse.
     fn status_line(&self) -> String {
-        let workers = self.workers.values().filter(|w| w.ready && w.bus_open).count();
         let mut line = format!(
-            "{workers} workers, {} clients, generation {}",
+            "{} workers, {} clients, generation {}",
+            self.serving_slots(),
             self.hub.online(),
             self.generation
         );
-        if let Some(e) = &self.last_reload_error {
+        if let Some(ReloadOutcome { ok: false, error: Some(e), .. }) = &self.last_reload {
             line.push_str("; last reload failed: ");
             line.push_str(e);
         }
         line
+    }
+
+    /// Sends `STATUS=` now if its text changed; called whenever a worker comes or goes or a
+    /// reload ends, besides the once-a-second refresh that follows the client count.
+    fn update_status(&mut self) {
+        if self.run_state == RunState::Running {
+            let status = self.status_line();
+            self.notifier.status(&status);
+        }
     }
 
     fn status(&self) -> Status {
@@ -389,15 +397,22 @@ impl Supervisor {
             workers: self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.bus_open)
+                .filter(|(_, w)| w.bus_open())
                 .map(|(id, w)| WorkerStatus {
                     slot: w.slot,
                     pid: w.pid,
                     generation: w.generation,
+                    version: w.version.clone(),
                     clients: self.hub.online_on(*id),
                     uptime_s: w.started.elapsed().as_secs(),
                 })
                 .collect(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            last_reload: self.last_reload.clone(),
+            tls_listen: Vec::new(),
+            web_listen: Vec::new(),
+            cluster: None,
         }
     }
 }

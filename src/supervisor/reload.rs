@@ -9,11 +9,11 @@
 //! Listeners are never closed while a worker may still accept from them, except those of
 //! removed slots and addresses, which go once the reload is over.
 
-use super::workers::Mailboxes;
-use super::{Phase, Slot, Supervisor, WorkerId};
+use super::workers::{Lifecycle, Mailboxes};
+use super::{RunState, Slot, Supervisor, WorkerId};
 use crate::bus::ToWorker;
 use crate::config::Config;
-use crate::control::Reply;
+use crate::control::{ReloadOutcome, Reply};
 use crate::listener;
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
@@ -65,7 +65,7 @@ impl Supervisor {
                 let _ = tx.send(r);
             }
         };
-        if self.phase != Phase::Running {
+        if self.run_state != RunState::Running {
             return answer(
                 reply,
                 Reply::failed("the server is not running (starting or stopping)"),
@@ -74,32 +74,24 @@ impl Supervisor {
         if self.reload.is_some() {
             return answer(reply, Reply::failed("a reload is already in progress"));
         }
+        let started = Instant::now();
         let origin = self.config_path.display().to_string();
         let parsed = std::fs::read_to_string(&self.config_path)
             .map_err(|e| format!("{origin}: cannot read: {e}"))
             .and_then(|text| {
                 Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string())
             });
-        let (config, text) = match parsed {
-            Ok(parsed) => parsed,
+        let prepared = parsed
+            .and_then(|(config, text)| self.rebind(&config).map(|retired| (config, text, retired)));
+        let (config, text, retired_listeners) = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 error!("reload failed, keeping the running config: {e}");
-                self.last_reload_error = Some(e.clone());
-                let status = self.status_line();
-                self.notifier.status(&status);
-                return answer(reply, Reply::failed(e));
-            }
-        };
-        let retired_listeners = match self.rebind(&config) {
-            Ok(retired) => retired,
-            Err(e) => {
-                error!("reload failed, keeping the running config: {e}");
-                self.last_reload_error = Some(e.clone());
+                self.reload_failed(started, e.clone());
                 return answer(reply, Reply::failed(e));
             }
         };
         self.notifier.reloading();
-        self.last_reload_error = None;
         self.generation += 1;
         info!("reloading: generation {}, {} workers", self.generation, config.server.workers);
         self.hub.reconfigure(&config);
@@ -113,13 +105,7 @@ impl Supervisor {
         for (index, old) in std::mem::take(&mut self.removed_workers).into_iter().enumerate() {
             steps.push_back(Step::Retire { old, target: index % self.slots.len() });
         }
-        self.reload = Some(Reload {
-            reply,
-            steps,
-            current: None,
-            retired_listeners,
-            started: Instant::now(),
-        });
+        self.reload = Some(Reload { reply, steps, current: None, retired_listeners, started });
         self.advance_reload();
     }
 
@@ -225,14 +211,17 @@ impl Supervisor {
             Step::Roll { slot, old } => (old, slot),
             Step::Retire { old, target } => (Some(old), target),
         };
-        let old = old.filter(|id| self.workers.get(id).is_some_and(|w| w.bus_open));
+        let old = old.filter(|id| self.workers.get(id).is_some_and(|w| w.bus_open()));
         match progress {
             Progress::Starting => {
                 let Some(new) = self.slots.get(target).and_then(|s| s.worker) else { return false };
-                let Some(new_worker) = self.workers.get(&new).filter(|w| w.ready) else {
+                let Some(new_worker) = self.workers.get_mut(&new).filter(|w| w.accepting()) else {
                     return false;
                 };
                 let Some(old) = old else { return true };
+                // From here the old worker stops accepting: the new one is the slot's only
+                // server, and is replaced at once should it die.
+                new_worker.took_over = true;
                 let new_version = new_worker.handoff_version;
                 let old_version = self.workers.get(&old).map(|w| w.handoff_version);
                 if self.config.reload.handoff && old_version == Some(new_version) {
@@ -240,6 +229,9 @@ impl Supervisor {
                         Ok((a, b)) => {
                             self.send_fd(old, ToWorker::HandOff, a.into());
                             self.send_fd(new, ToWorker::Receive, b.into());
+                            if let Some(w) = self.workers.get_mut(&old) {
+                                w.state = Lifecycle::HandingOff { done: false };
+                            }
                             *progress = Progress::HandingOff { to: new };
                             return false;
                         }
@@ -250,20 +242,19 @@ impl Supervisor {
                 }
                 let timeout_ms = self.config.reload.drain_timeout.as_millis() as u64;
                 if let Some(w) = self.workers.get_mut(&old) {
-                    w.conn.send(&ToWorker::Drain { timeout_ms });
-                    w.retiring = true;
+                    w.retire(&ToWorker::Drain { timeout_ms });
                 }
                 true
             }
             Progress::HandingOff { to } => {
                 let Some(old) = old else { return true };
-                let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open);
+                let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open());
                 let Some(worker) = self.workers.get_mut(&old) else { return true };
-                if receiver_alive && (!worker.handoff_done || self.hub.online_on(old) > 0) {
+                let done = worker.state == Lifecycle::HandingOff { done: true };
+                if receiver_alive && (!done || self.hub.online_on(old) > 0) {
                     return false;
                 }
-                worker.conn.send(&ToWorker::Exit);
-                worker.retiring = true;
+                worker.retire(&ToWorker::Exit);
                 if !receiver_alive {
                     // The new worker died with sessions in transit: their sockets went with it.
                     // The slot restarts as after any crash; the room sees those clients leave.
@@ -288,6 +279,8 @@ impl Supervisor {
         for addr in &self.listen {
             info!("listening on {addr} with {} workers", self.slots.len());
         }
+        self.last_reload =
+            Some(ReloadOutcome { ok: true, error: None, duration_s: elapsed.as_secs_f64() });
         let status = self.status_line();
         self.notifier.ready(&status);
         if let Some(tx) = reload.reply {
@@ -297,5 +290,12 @@ impl Supervisor {
                 self.slots.len()
             )));
         }
+    }
+
+    /// Records a failed reload and shows it in `STATUS=` at once.
+    fn reload_failed(&mut self, started: Instant, error: String) {
+        let duration_s = started.elapsed().as_secs_f64();
+        self.last_reload = Some(ReloadOutcome { ok: false, error: Some(error), duration_s });
+        self.update_status();
     }
 }

@@ -7,9 +7,10 @@
 
 use super::hub::{Outbox, WorkerId};
 use super::{
-    FIRST_BACKOFF, HEALTHY_AFTER, MAX_BACKOFF, MAX_BUS_BACKLOG, Phase, Supervisor, WORKER_BASE,
-    Worker, spawn,
+    FIRST_BACKOFF, HEALTHY_AFTER, MAX_BACKOFF, MAX_BUS_BACKLOG, RunState, Supervisor, WORKER_BASE,
+    spawn,
 };
+use crate::bus::BusConn;
 use crate::bus::conn::Fill;
 use crate::bus::{ToHub, ToWorker, frame};
 use log::{error, info, warn};
@@ -17,14 +18,85 @@ use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Where a worker process is in its life, as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    /// Spawned; it has not said Hello yet.
+    Starting,
+    /// It said Hello: it accepts on its slot's listeners.
+    Ready,
+    /// Reload: told to hand its sessions to a successor, so no longer accepting. `done` once it
+    /// reported every session sent.
+    HandingOff { done: bool },
+    /// Reload without hand-off: no longer accepting, serving its clients until they leave.
+    Draining,
+    /// Told to exit (after a hand-off, or on stop).
+    Retiring,
+    /// Its bus is closed; the process is waiting to be reaped. `expected`: it was told to go.
+    Gone { expected: bool },
+}
+
+/// One worker process.
+pub(super) struct WorkerProc {
+    pub slot: usize,
+    pub generation: u64,
+    pub pid: u32,
+    pub child: Child,
+    pub conn: BusConn,
+    pub started: Instant,
+    pub state: Lifecycle,
+    /// The release it runs (from Hello; empty before).
+    pub version: String,
+    /// The session hand-off version it speaks (from Hello).
+    pub handoff_version: u32,
+    pub last_heartbeat: Instant,
+    /// The last read stopped at its budget; read again without waiting for an event.
+    pub more_input: bool,
+    /// Its predecessor on the slot stopped accepting in its favour (reload): should it die, the
+    /// slot has nobody accepting, so it is replaced at once instead of after a backoff.
+    pub took_over: bool,
+}
+
+impl WorkerProc {
+    pub fn bus_open(&self) -> bool {
+        !matches!(self.state, Lifecycle::Gone { .. })
+    }
+
+    /// Accepting new connections on its slot's listeners.
+    pub fn accepting(&self) -> bool {
+        self.state == Lifecycle::Ready
+    }
+
+    /// Its end was asked for: not a crash.
+    pub fn end_expected(&self) -> bool {
+        matches!(
+            self.state,
+            Lifecycle::Draining | Lifecycle::Retiring | Lifecycle::Gone { expected: true }
+        )
+    }
+
+    /// Tells it to go (`Exit`, `Shutdown`) or to drain; its end is expected from now on.
+    pub fn retire(&mut self, msg: &ToWorker) {
+        if !self.bus_open() {
+            return;
+        }
+        self.conn.send(msg);
+        self.state = match msg {
+            ToWorker::Drain { .. } => Lifecycle::Draining,
+            _ => Lifecycle::Retiring,
+        };
+    }
+}
 
 /// The hub's view of the workers: frames go into their bus buffers.
-pub(super) struct Mailboxes<'a>(pub(super) &'a mut BTreeMap<WorkerId, Worker>);
+pub(super) struct Mailboxes<'a>(pub(super) &'a mut BTreeMap<WorkerId, WorkerProc>);
 
 impl Outbox for Mailboxes<'_> {
     fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
-        if let Some(w) = self.0.get_mut(&worker).filter(|w| w.bus_open) {
+        if let Some(w) = self.0.get_mut(&worker).filter(|w| w.bus_open()) {
             w.conn.send(msg);
         }
     }
@@ -34,7 +106,7 @@ impl Outbox for Mailboxes<'_> {
             Ok(frame) => frame,
             Err(e) => return error!("bus: {e}"),
         };
-        for w in self.0.values_mut().filter(|w| w.bus_open) {
+        for w in self.0.values_mut().filter(|w| w.bus_open()) {
             w.conn.send_encoded(&frame);
         }
     }
@@ -72,20 +144,19 @@ impl Supervisor {
         let now = Instant::now();
         self.workers.insert(
             id,
-            Worker {
+            WorkerProc {
                 slot,
                 generation: self.generation,
                 pid,
                 child: spawned.child,
                 conn,
                 started: now,
-                ready: false,
-                last_heartbeat: now,
-                bus_open: true,
-                more_input: false,
+                state: Lifecycle::Starting,
+                version: String::new(),
                 handoff_version: 0,
-                handoff_done: false,
-                retiring: false,
+                last_heartbeat: now,
+                more_input: false,
+                took_over: false,
             },
         );
         let slot_state = &mut self.slots[slot];
@@ -96,10 +167,10 @@ impl Supervisor {
     }
 
     pub(super) fn read_bus(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get_mut(&id).filter(|w| w.bus_open) else { return };
+        let Some(worker) = self.workers.get_mut(&id).filter(|w| w.bus_open()) else { return };
         let fill = worker.conn.fill();
         worker.more_input = matches!(fill, Ok(Fill::More));
-        if matches!(fill, Ok(Fill::More | Fill::Drained)) {
+        if worker.more_input {
             // Traffic is a sign of life too: a worker busy with a flood is not hung.
             worker.last_heartbeat = Instant::now();
         }
@@ -117,21 +188,28 @@ impl Supervisor {
                     return;
                 }
             };
+            worker.last_heartbeat = Instant::now();
             match msg {
-                ToHub::Hello { pid, handoff, .. } => {
-                    worker.ready = true;
+                ToHub::Hello { pid, handoff, version, .. } => {
+                    if worker.state == Lifecycle::Starting {
+                        worker.state = Lifecycle::Ready;
+                    }
                     worker.handoff_version = handoff;
+                    worker.version = version;
                     info!("slot {}: worker pid {pid} ready", worker.slot);
                     self.hub.sync(id, &mut Mailboxes(&mut self.workers));
                     self.check_started();
+                    self.update_status();
                 }
-                ToHub::Heartbeat => worker.last_heartbeat = Instant::now(),
+                ToHub::Heartbeat => {}
                 ToHub::HandoffDone { sessions } => {
                     info!(
                         "slot {}: pid {} handed over {sessions} sessions",
                         worker.slot, worker.pid
                     );
-                    worker.handoff_done = true;
+                    if let Lifecycle::HandingOff { done } = &mut worker.state {
+                        *done = true;
+                    }
                 }
                 msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
             }
@@ -150,28 +228,31 @@ impl Supervisor {
     /// and the process is killed to be sure; reaping it schedules the restart.
     pub(super) fn drop_worker(&mut self, id: WorkerId) {
         let Some(worker) = self.workers.get_mut(&id) else { return };
-        if !worker.bus_open {
+        if !worker.bus_open() {
             return;
         }
-        worker.bus_open = false;
+        let expected = worker.end_expected();
+        worker.state = Lifecycle::Gone { expected };
         worker.more_input = false;
         let _ = self.poll.registry().deregister(worker.conn.stream());
-        if !worker.retiring {
+        if !expected {
             let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
         }
-        if !matches!(self.phase, Phase::Stopping { .. }) {
+        if !matches!(self.run_state, RunState::Stopping { .. }) {
             self.hub.worker_lost(id, &mut Mailboxes(&mut self.workers));
         }
+        self.update_status();
     }
 
     /// Collects exited workers and schedules their slots' restarts.
     pub(super) fn reap(&mut self) {
+        let stopping = matches!(self.run_state, RunState::Stopping { .. });
         let exited: Vec<WorkerId> = self
             .workers
             .iter_mut()
             .filter_map(|(id, w)| match w.child.try_wait() {
                 Ok(Some(status)) => {
-                    if w.retiring || matches!(self.phase, Phase::Stopping { .. }) {
+                    if w.end_expected() || stopping {
                         info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
                     } else {
                         warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
@@ -186,14 +267,24 @@ impl Supervisor {
             let Some(worker) = self.workers.remove(&id) else { continue };
             // Only a slot's current worker is replaced: an old generation's is done.
             let Some(slot) = self.slots.get_mut(worker.slot) else { continue };
-            if slot.worker != Some(id) || matches!(self.phase, Phase::Stopping { .. }) {
+            if slot.worker != Some(id) || stopping {
                 continue;
             }
             slot.worker = None;
             if worker.started.elapsed() >= HEALTHY_AFTER {
                 slot.backoff = FIRST_BACKOFF;
             }
-            self.schedule_restart(worker.slot);
+            if worker.took_over {
+                // Its predecessor no longer accepts: waiting out a backoff would leave the
+                // slot's connections unanswered (docs/architecture.md).
+                info!("slot {}: the worker that took over died; replacing it now", worker.slot);
+                if let Err(e) = self.start_worker(worker.slot) {
+                    error!("{e}");
+                    self.schedule_restart(worker.slot);
+                }
+            } else {
+                self.schedule_restart(worker.slot);
+            }
         }
     }
 
@@ -207,27 +298,33 @@ impl Supervisor {
     }
 
     /// A worker that stopped heartbeating (hung, or stopped with SIGSTOP) is killed; the reaper
-    /// replaces it.
-    pub(super) fn check_heartbeats(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
+    /// replaces it. Only silence the worker is to blame for counts: heartbeats waiting unread
+    /// on the bus are read first, and after a stall of the supervisor itself (`stalled`, the
+    /// time it was not running) every worker gets a fresh grace period.
+    pub(super) fn check_heartbeats(&mut self, now: Instant, stalled: Option<Duration>) {
+        if matches!(self.run_state, RunState::Stopping { .. }) {
+            return;
+        }
+        if let Some(stall) = stalled {
+            warn!("the supervisor did not run for {stall:?}; workers get a fresh grace period");
+            for w in self.workers.values_mut() {
+                w.last_heartbeat = now;
+            }
             return;
         }
         let limit = self.config.server.heartbeat_timeout;
-        let hung: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.bus_open && now - w.last_heartbeat > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in hung {
-            if let Some(w) = self.workers.get(&id) {
-                warn!(
-                    "slot {}: worker pid {} silent for {:?}; killing it",
-                    w.slot,
-                    w.pid,
-                    now - w.last_heartbeat
-                );
-            }
+        let silent = |w: &WorkerProc| w.bus_open() && now - w.last_heartbeat > limit;
+        let suspects: Vec<WorkerId> =
+            self.workers.iter().filter(|(_, w)| silent(w)).map(|(id, _)| *id).collect();
+        for id in suspects {
+            self.read_bus(id);
+            let Some(w) = self.workers.get(&id).filter(|w| silent(w)) else { continue };
+            warn!(
+                "slot {}: worker pid {} silent for {:?}; killing it",
+                w.slot,
+                w.pid,
+                now - w.last_heartbeat
+            );
             self.drop_worker(id);
         }
     }
@@ -237,13 +334,23 @@ impl Supervisor {
         self.slots.iter().all(|s| {
             s.worker
                 .and_then(|id| self.workers.get(&id))
-                .is_some_and(|w| w.ready && w.bus_open && now - w.last_heartbeat <= limit)
+                .is_some_and(|w| w.accepting() && now - w.last_heartbeat <= limit)
         })
+    }
+
+    /// Slots whose current worker accepts: the `N workers` of `STATUS=`.
+    pub(super) fn serving_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.worker.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.accepting())
+            })
+            .count()
     }
 
     pub(super) fn flush_buses(&mut self) {
         let mut broken = Vec::new();
-        for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.bus_open) {
+        for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.bus_open()) {
             if let Err(e) = w.conn.flush() {
                 warn!("slot {}: bus write to pid {} failed: {e}", w.slot, w.pid);
                 broken.push(*id);

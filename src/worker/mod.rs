@@ -132,7 +132,7 @@ pub struct Worker {
 
 /// Entry point of the hidden `chatd worker` subcommand.
 pub fn run(args: Args) -> ExitCode {
-    crate::logging::init(format!("worker {}", args.slot));
+    crate::logging::init(format!("worker {}/g{}", args.slot, args.generation));
     let mut worker = match setup::start(args) {
         Ok(worker) => worker,
         Err(e) => {

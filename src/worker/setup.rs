@@ -71,6 +71,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         pid: std::process::id(),
         generation: args.generation,
         handoff: crate::bus::handoff::VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     });
     log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
     let room_state =

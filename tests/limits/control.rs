@@ -1,8 +1,10 @@
-//! Malformed requests on the control socket: each one refused (and logged), the server still
-//! running with the same workers and clients.
+//! The control socket under stress: malformed requests, each one refused (and logged), the
+//! server still running with the same workers and clients; and `chatd stop`, which must answer
+//! every time and return only once the server is gone.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use crate::common::*;
 use crate::room::room_server;
@@ -81,4 +83,35 @@ fn malformed_control_requests_are_refused_and_the_server_keeps_running() {
         garbage.len(),
         logged.len()
     );
+}
+
+/// `chatd stop` on an idle server answers and returns once the server is gone (SPEC §3), every
+/// time: the answer used to race the supervisor's exit and was lost most of the time. Half of
+/// the rounds speak to the control socket directly, to check the connection's EOF comes only
+/// with the server's exit.
+#[test]
+fn stop_answers_and_returns_once_the_server_exited() {
+    for round in 0..20 {
+        let mut server = room_server(2).start();
+        server.wait_for_workers(2, START_TIMEOUT);
+        if round % 2 == 0 {
+            let out = server.run(&["stop"], LINE_TIMEOUT);
+            assert!(out.status.success(), "round {round}: chatd stop: {}", output_text(&out));
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped", "round {round}");
+        } else {
+            let mut s = UnixStream::connect(server.control_socket()).expect("connect");
+            s.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+            s.write_all(b"stop\n").expect("send stop");
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).expect("the answer, then EOF");
+            let text = String::from_utf8_lossy(&reply);
+            let v: serde_json::Value = serde_json::from_str(text.trim())
+                .unwrap_or_else(|e| panic!("round {round}: answer {text:?}: {e}"));
+            assert_eq!(v["ok"], serde_json::Value::Bool(true), "round {round}: {v}");
+        }
+        // Gone already: the answer is written after the workers exited and the connection closes
+        // with the process. The short bound only covers the kernel's last step of the exit.
+        let status = server.wait_exit(Duration::from_secs(2));
+        assert!(status.success(), "round {round}: the server exited with {status}");
+    }
 }

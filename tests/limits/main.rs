@@ -11,7 +11,7 @@
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
 //! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors),
 //! `address_in_use.rs` (a listen address another process holds) and
-//! `control.rs` (malformed control requests).
+//! `control.rs` (malformed control requests, `chatd stop`).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]

@@ -1,5 +1,5 @@
 //! Reloads decided by the config file: a broken config fails with the error's position and
-//! changes nothing, and `reload.handoff = false` drains the old workers instead of handing
+//! changes nothing (and `chatd status` says so), and `reload.handoff = false` drains the old workers instead of handing
 //! their sessions over.
 
 use std::fs;
@@ -84,6 +84,53 @@ fn broken_config_reload_changes_nothing() {
     expect_reload_ok(&out, 2, 4);
     wait_settled(&control, server.pid(), 4, 2, &st.pids());
     room.chat(3, "after the good reload");
+}
+
+/// `chatd status` tells how the last reload went (SPEC §4.1): `--json` has `last_reload`
+/// (`null`, then `{"ok": false, "error", "duration_s"}`, then ok), the supervisor's `pid` and
+/// `uptime_s`, each worker's `version`, and the placeholders of listeners and cluster this
+/// release has none of; the table shows the same, the failure's reason included.
+#[test]
+fn status_reports_the_last_reload() {
+    let builder = room_server(2);
+    let server = builder.clone().start();
+    let control = server.control_socket();
+    wait_settled(&control, server.pid(), 2, 1, &[]);
+    let json = || -> serde_json::Value {
+        let out = server.run(&["status", "--json"], CONTROL_TIMEOUT);
+        assert!(out.status.success(), "chatd status --json: {}", output_text(&out));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    };
+    let v = json();
+    assert!(v["last_reload"].is_null(), "{v}");
+    assert_eq!(v["pid"], server.pid(), "{v}");
+    assert!(v["uptime_s"].is_u64(), "{v}");
+    assert_eq!(v["tls_listen"], serde_json::json!([]), "{v}");
+    assert_eq!(v["web_listen"], serde_json::json!([]), "{v}");
+    assert!(v["cluster"].is_null() && v.get("cluster").is_some(), "{v}");
+    let workers = v["workers"].as_array().expect("workers");
+    assert!(workers.iter().all(|w| w["version"] == env!("CARGO_PKG_VERSION")), "{v}");
+
+    fs::write(server.config_path(), builder.clone().server_key("bogus = 1").render(&control))
+        .expect("write config");
+    assert!(!server.run(&["reload"], CONTROL_TIMEOUT).status.success());
+    let v = json();
+    let last = &v["last_reload"];
+    assert_eq!(last["ok"], false, "{v}");
+    let error = last["error"].as_str().expect("the reason");
+    assert!(error.contains("unknown key 'bogus'"), "{v}");
+    assert!(last["duration_s"].is_f64(), "{v}");
+    let out = server.run(&["status"], CONTROL_TIMEOUT);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chatd status: {}", output_text(&out));
+    assert!(table.contains(&format!("last reload: FAILED: {error}")), "{table}");
+    assert!(table.contains(&format!("pid {}", server.pid())), "{table}");
+
+    fs::write(server.config_path(), builder.render(&control)).expect("write config");
+    expect_reload_ok(&server.run(&["reload"], CONTROL_TIMEOUT), 2, 2);
+    let v = json();
+    assert_eq!(v["last_reload"]["ok"], true, "{v}");
+    assert!(v["last_reload"]["error"].is_null(), "{v}");
 }
 
 // ---------------------------------------------------------------------------------------------
