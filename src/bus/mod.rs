@@ -11,6 +11,8 @@
 
 pub mod conn;
 pub mod frame;
+#[cfg(test)]
+mod golden;
 pub mod handoff;
 pub mod message;
 
