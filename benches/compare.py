@@ -75,13 +75,13 @@ class Server:
                 self.proc.wait()
 
 
-def start_chatd(tmp):
+def start_chatd(tmp, binary=CHATD, name="chatd"):
     config = os.path.join(tmp, "chatd.toml")
     with open(config, "w") as f:
         f.write('[server]\nlisten = ["127.0.0.1:0"]\nworkers = "auto"\n'
                 f'control_socket = "{tmp}/chatd.sock"\n'
                 '[chat]\nrate_limit = { messages = 0 }\n')
-    return Server("chatd", [CHATD, "serve", "--config", config], 0,
+    return Server(name, [binary, "serve", "--config", config], 0,
                   ready_re=r"listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -180,10 +180,18 @@ def main():
     ap.add_argument("--scenarios", default="S1,S2,S3")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--servers", default="chatd,redis,nats,inspircd")
+    ap.add_argument("--chatd-base", metavar="PATH",
+                    help="another chatd binary (e.g. a build of an earlier commit), measured in the "
+                         "same run as server 'chatd-base'")
     args = ap.parse_args()
     build()
     starters = {"chatd": start_chatd, "redis": start_redis, "nats": start_nats,
                 "inspircd": start_inspircd}
+    if args.chatd_base:
+        ADAPTER["chatd-base"] = ADAPTER["chatd"]
+        starters["chatd-base"] = lambda tmp: start_chatd(tmp, args.chatd_base, "chatd-base")
+        if "chatd-base" not in args.servers.split(","):
+            args.servers += ",chatd-base"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
