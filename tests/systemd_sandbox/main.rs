@@ -19,7 +19,8 @@
 //! `sandbox.rs` runs commands with deadlines and boots the sandbox (or says why it skips);
 //! `package.rs` obtains the package and installs or removes it. The tests:
 //! `without_systemd.rs` checks the packaged files themselves (config, unit, maintainer
-//! scripts), `under_systemd.rs` drives the installed service. Repository files are found from
+//! scripts), `under_systemd.rs` drives the installed service, `teardown.rs` checks that a
+//! failing test leaves nothing of its sandbox behind. Repository files are found from
 //! `CARGO_MANIFEST_DIR`, whichever file asks.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
@@ -29,6 +30,7 @@ mod common;
 mod package;
 mod sandbox;
 
+mod teardown;
 mod under_systemd;
 mod without_systemd;
 

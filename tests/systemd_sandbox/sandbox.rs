@@ -115,6 +115,17 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The state directory (removed by `down`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host pid of the sandbox's systemd.
+    pub fn host_pid(&self) -> u32 {
+        let pid = fs::read_to_string(self.dir.join("pid")).expect("the sandbox's pid file");
+        pid.trim().parse().unwrap_or_else(|e| panic!("pid file {pid:?}: {e}"))
+    }
+
     /// Runs `args` inside the sandbox.
     pub fn exec_in(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         run(Command::new(&self.tool).arg("exec").arg(&self.dir).args(args), stdin, CMD_TIMEOUT)
