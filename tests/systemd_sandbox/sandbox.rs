@@ -101,6 +101,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     fn up(tool: &Path) -> Result<Sandbox, String> {
+        if !tool.is_file() {
+            return Err(format!("no sandbox tool at {}", tool.display()));
+        }
         // The tool owns DIR (and removes it on `down`); no ',', ':' or blanks in it.
         let dir = tempfile::Builder::new()
             .prefix("chatd-test-")
