@@ -1,9 +1,11 @@
-//! Commands with deadlines ([`run`]) and the throw-away systemd: [`Sandbox`] boots
-//! `systemd-sandbox`, runs commands inside it, reads unit properties, and tears it down on drop
-//! (printing chatd's journal when a test panics). [`sandbox_or_skip`] decides whether a test
-//! can run here at all.
+//! Commands with deadlines ([`run`]) and the throw-away systemd: [`Sandbox`] boots one with
+//! `tests/tools/systemd-sandbox`, runs commands inside it, reads unit properties, and tears it
+//! down on drop (printing chatd's journal when a test panics). [`sandbox_or_skip`] decides
+//! whether a test can run here at all.
 
+use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -61,37 +63,28 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn sandbox_tool() -> Option<PathBuf> {
-    match std::env::var_os("CHATD_SYSTEMD_SANDBOX") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => Some(Path::new(MANIFEST_DIR).join("../shared/tools/systemd-sandbox")),
-    }
-    .filter(|p| p.is_file())
+/// `$CHATD_SYSTEMD_SANDBOX`, else the repository's `tests/tools/systemd-sandbox`.
+fn sandbox_tool() -> PathBuf {
+    std::env::var_os("CHATD_SYSTEMD_SANDBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("tests/tools/systemd-sandbox"))
 }
 
-/// Skips (returns `None` after printing why) where the sandbox cannot run, unless
-/// `CHATD_REQUIRE_SANDBOX=1`.
+/// Boots a sandbox. Only a non-root run skips (returns `None` after printing why), and not
+/// even that with `CHATD_REQUIRE_SANDBOX=1`; as root, a sandbox that cannot boot fails the
+/// test.
 pub fn sandbox_or_skip(test: &str) -> Option<Sandbox> {
-    let require = std::env::var("CHATD_REQUIRE_SANDBOX").is_ok_and(|v| v == "1");
-    let skip = |why: String| {
-        if require {
+    if !is_root() {
+        let why = "needs root to boot a systemd sandbox";
+        if std::env::var("CHATD_REQUIRE_SANDBOX").is_ok_and(|v| v == "1") {
             panic!("{test}: {why} (and CHATD_REQUIRE_SANDBOX=1)");
         }
         note(&format!("SKIPPED {test}: {why}"));
-        None
-    };
-    if !is_root() {
-        return skip("needs root to boot systemd-sandbox".into());
+        return None;
     }
-    let Some(tool) = sandbox_tool() else {
-        return skip(format!(
-            "no sandbox tool (set CHATD_SYSTEMD_SANDBOX, or put shared/tools/systemd-sandbox \
-             beside the repository: looked at {MANIFEST_DIR}/../shared/tools/systemd-sandbox)"
-        ));
-    };
-    match Sandbox::up(&tool) {
+    match Sandbox::up(&sandbox_tool()) {
         Ok(s) => Some(s),
-        Err(e) => skip(format!("`systemd-sandbox up` failed: {e}")),
+        Err(e) => panic!("{test}: `systemd-sandbox up` failed: {e}"),
     }
 }
 
@@ -99,17 +92,21 @@ pub fn sandbox_or_skip(test: &str) -> Option<Sandbox> {
 // The sandbox
 // ---------------------------------------------------------------------------------------------
 
-/// A running systemd-sandbox; `down` on drop (after printing chatd's journal on a panic).
+/// A running sandbox; `down` on drop (after printing chatd's journal on a panic), so that
+/// neither a passing nor a failing test leaves processes, mounts or cgroups behind.
 pub struct Sandbox {
-    pub tool: PathBuf,
+    tool: PathBuf,
     dir: PathBuf,
 }
 
 impl Sandbox {
     fn up(tool: &Path) -> Result<Sandbox, String> {
+        if !tool.is_file() {
+            return Err(format!("no sandbox tool at {}", tool.display()));
+        }
         // The tool owns DIR (and removes it on `down`); no ',', ':' or blanks in it.
         let dir = tempfile::Builder::new()
-            .prefix("chatd-sandbox-")
+            .prefix("chatd-test-")
             .tempdir()
             .map_err(|e| e.to_string())?
             .keep();
@@ -119,6 +116,17 @@ impl Sandbox {
             return Err(output_text(&out));
         }
         Ok(sandbox)
+    }
+
+    /// The state directory (removed by `down`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host pid of the sandbox's systemd.
+    pub fn host_pid(&self) -> u32 {
+        let pid = fs::read_to_string(self.dir.join("pid")).expect("the sandbox's pid file");
+        pid.trim().parse().unwrap_or_else(|e| panic!("pid file {pid:?}: {e}"))
     }
 
     /// Runs `args` inside the sandbox.
@@ -149,13 +157,11 @@ impl Sandbox {
         self.ok(&["cat", path])
     }
 
+    /// Copies the host file `src` to `dst` inside, with the same mode.
     pub fn cp(&self, src: &Path, dst: &str) {
-        let out = run(
-            Command::new(&self.tool).arg("cp").arg(&self.dir).arg(src).arg(dst),
-            None,
-            CMD_TIMEOUT,
-        );
-        assert!(out.status.success(), "cp {} {dst}: {}", src.display(), output_text(&out));
+        let data = fs::read(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+        let mode = fs::metadata(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        self.write(dst, &data, &format!("{:o}", mode.permissions().mode() & 0o7777));
     }
 
     /// `systemctl show -P PROP chatd`.

@@ -67,8 +67,8 @@ fn chat(clients: &mut [&mut Client], from: usize, nick: &str, text: &str) {
 // ---------------------------------------------------------------------------------------------
 
 /// `systemd-analyze verify` of the installed unit prints nothing (any output is a warning:
-/// unknown key, bad value, missing binary, ...). Run inside a sandbox, where /usr/bin/chatd
-/// exists, with the sandbox tool's own `verify`.
+/// unknown key, bad value, missing binary, ...; it exits 0 on most of them). Run inside a
+/// sandbox, where /usr/bin/chatd exists and /run is a throw-away tmpfs (verify writes there).
 #[test]
 fn unit_verifies_clean() {
     let Some(sb) = sandbox_or_skip("unit_verifies_clean") else { return };
@@ -77,12 +77,7 @@ fn unit_verifies_clean() {
         &Path::new(MANIFEST_DIR).join("packaging/chatd.service"),
         "/lib/systemd/system/chatd.service",
     );
-    sb.cp(&sb.tool.clone(), "/usr/local/sbin/systemd-sandbox");
-    let out = sb.exec(&[
-        "/usr/local/sbin/systemd-sandbox",
-        "verify",
-        "/lib/systemd/system/chatd.service",
-    ]);
+    let out = sb.exec(&["systemd-analyze", "verify", "/lib/systemd/system/chatd.service"]);
     assert!(out.status.success(), "systemd-analyze verify: {}", output_text(&out));
     assert_eq!(output_text(&out), "", "systemd-analyze verify printed warnings");
     // A deliberately broken copy must fail, or this test could not fail.
@@ -92,8 +87,8 @@ fn unit_verifies_clean() {
         unit.replace("KillMode=mixed", "KillMode=mixd").as_bytes(),
         "644",
     );
-    let out = sb.exec(&["/usr/local/sbin/systemd-sandbox", "verify", "/tmp/broken.service"]);
-    assert!(!out.status.success(), "verify accepted KillMode=mixd: {}", output_text(&out));
+    let out = sb.exec(&["systemd-analyze", "verify", "/tmp/broken.service"]);
+    assert!(output_text(&out).contains("mixd"), "verify accepted KillMode=mixd");
 }
 
 /// The package under systemd, as an operator uses it.
