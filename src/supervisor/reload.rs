@@ -75,11 +75,10 @@ impl Supervisor {
             return answer(reply, Reply::failed("a reload is already in progress"));
         }
         let origin = self.config_path.display().to_string();
-        let parsed = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| format!("{origin}: cannot read: {e}"))
-            .and_then(|text| {
-                Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string())
-            });
+        let parsed =
+            crate::config::read_file(&self.config_path).map_err(|e| e.to_string()).and_then(
+                |text| Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string()),
+            );
         let (config, text) = match parsed {
             Ok(parsed) => parsed,
             Err(e) => {
