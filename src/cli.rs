@@ -4,7 +4,7 @@
 
 use crate::config;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(name = "chatd", version, about = "A multi-process line chat server")]
@@ -17,12 +17,13 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the server (the supervisor and its workers) in the foreground.
     Serve {
-        /// Config file.
+        /// Config file to run with (a regular file of at most 1 MiB).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a config file: exit 0, or print the error with file:line:column and exit 1.
     CheckConfig {
+        /// Config file to check (a regular file of at most 1 MiB).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -50,22 +51,61 @@ pub enum Cmd {
 }
 
 /// How `reload|status|stop` find the control socket: `--control`, else the config's
-/// `server.control_socket`, else the default.
+/// `server.control_socket`, else the default (docs/operations.md).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
-    /// Control socket path.
-    #[arg(long)]
+    /// Control socket of the running server; when given, no config file is read.
+    #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Config file to take `server.control_socket` from.
-    #[arg(long, short, default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// Config file to take `server.control_socket` from [default: /etc/chatd/chatd.toml].
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 impl ControlArgs {
-    pub fn socket_path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .or_else(|| config::control_socket_lenient(&self.config))
-            .unwrap_or_else(|| config::Config::default().server.control_socket)
+    /// The socket to connect to, or why it cannot be told.
+    ///
+    /// Only a missing default config falls back to the default socket: a config named on the
+    /// command line must be read, and one that is not TOML is reported rather than guessed
+    /// around, since the default socket may belong to another server.
+    pub fn socket_path(&self) -> Result<PathBuf, String> {
+        if let Some(control) = &self.control {
+            return Ok(control.clone());
+        }
+        let default_socket = || config::Config::default().server.control_socket;
+        let (path, named) = match &self.config {
+            Some(path) => (path.as_path(), true),
+            None => (Path::new(config::DEFAULT_PATH), false),
+        };
+        match config::control_socket_lenient(path) {
+            Ok(socket) => Ok(socket.unwrap_or_else(default_socket)),
+            Err(e) if e.is_not_found() && !named => Ok(default_socket()),
+            Err(e) => Err(format!(
+                "{e}; the control socket is taken from this file: fix it, or give the socket \
+                 with --control PATH"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` of every subcommand explains every option it lists.
+    #[test]
+    fn every_option_has_help() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            for arg in sub.get_arguments().filter(|arg| !arg.is_hide_set()) {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(!help.trim().is_empty(), "chatd {} --{id} has no help", sub.get_name());
+            }
+        }
     }
 }

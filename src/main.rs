@@ -32,7 +32,14 @@ fn main() -> ExitCode {
 }
 
 fn control_command(args: &ControlArgs, command: Command, json: bool) -> ExitCode {
-    let reply = match control::client::request(&args.socket_path(), command) {
+    let socket = match args.socket_path() {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("chatd {}: {e}", command.as_str());
+            return ExitCode::FAILURE;
+        }
+    };
+    let reply = match control::client::request(&socket, command) {
         Ok(reply) => reply,
         Err(e) => {
             eprintln!("chatd {}: {e}", command.as_str());

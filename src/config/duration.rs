@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
+use super::reader::quoted;
+
 /// What the parser accepts, for error messages.
 pub(super) const FORMS: &str =
     r#"a duration like "500ms", "5s", "2m", "1h", "1d" or "1m30s" (units: ms, s, m, h, d)"#;
+/// The units, for messages that give an example of their own.
+pub(super) const UNITS: &str = "units: ms, s, m, h, d";
 
 /// The longest duration any setting accepts. Everything downstream adds durations to `Instant`s,
 /// which panics on overflow; a year is far beyond any sensible timeout and far from overflow.
@@ -16,9 +20,9 @@ pub(super) const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses `text` and checks it against [`MAX`]; the error says what was expected.
 pub(super) fn parse(text: &str) -> Result<Duration, String> {
     let duration =
-        parse_unbounded(text).ok_or_else(|| format!("expected {FORMS}, found \"{text}\""))?;
+        parse_unbounded(text).ok_or_else(|| format!("expected {FORMS}, found {}", quoted(text)))?;
     if duration > MAX {
-        return Err(format!("\"{text}\" is too long: at most 365d"));
+        return Err(format!("{} is too long: at most 365d", quoted(text)));
     }
     Ok(duration)
 }

@@ -17,9 +17,15 @@ pub struct ConfigError {
 #[derive(Debug)]
 enum Kind {
     Read(io::Error),
+    /// The path names something that is not a config file to read (a FIFO, too large).
+    Unusable(String),
     Syntax(String),
     Invalid(String),
 }
+
+/// The longest message printed: a config error must stay readable whatever the file holds, and
+/// no message should carry megabytes of the file back to the terminal or the journal.
+const MAX_MESSAGE_CHARS: usize = 400;
 
 /// A value that is present but wrong: the byte range it occupies and what is wrong with it.
 /// The walker produces these; they become a [`ConfigError`] once the file name is attached.
@@ -34,11 +40,24 @@ impl ConfigError {
         ConfigError { origin: origin.to_owned(), position: None, kind: Kind::Read(error) }
     }
 
+    pub(super) fn unusable(origin: &str, problem: String) -> ConfigError {
+        ConfigError { origin: origin.to_owned(), position: None, kind: Kind::Unusable(problem) }
+    }
+
+    /// The file is not UTF-8 (TOML must be); `before` is the valid text up to the first bad byte.
+    pub(super) fn not_utf8(origin: &str, before: &str) -> ConfigError {
+        ConfigError {
+            origin: origin.to_owned(),
+            position: Some(position(before, before.len())),
+            kind: Kind::Syntax("not valid UTF-8".to_owned()),
+        }
+    }
+
     pub(super) fn syntax(origin: &str, text: &str, error: &toml::de::Error) -> ConfigError {
         ConfigError {
             origin: origin.to_owned(),
             position: error.span().map(|span| position(text, span.start)),
-            kind: Kind::Syntax(error.message().to_owned()),
+            kind: Kind::Syntax(capped(error.message().trim_end())),
         }
     }
 
@@ -46,8 +65,26 @@ impl ConfigError {
         ConfigError {
             origin: origin.to_owned(),
             position: Some(position(text, invalid.span.start)),
-            kind: Kind::Invalid(invalid.message),
+            kind: Kind::Invalid(capped(&invalid.message)),
         }
+    }
+
+    /// The file does not exist (as opposed to existing and being wrong).
+    pub fn is_not_found(&self) -> bool {
+        matches!(&self.kind, Kind::Read(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// TOML could not make sense of the file at all.
+    pub fn is_syntax(&self) -> bool {
+        matches!(self.kind, Kind::Syntax(_))
+    }
+}
+
+/// `message`, cut to [`MAX_MESSAGE_CHARS`] with a `…`.
+fn capped(message: &str) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_owned(),
     }
 }
 
@@ -59,6 +96,7 @@ impl fmt::Display for ConfigError {
         }
         match &self.kind {
             Kind::Read(error) => write!(f, "cannot read: {error}"),
+            Kind::Unusable(problem) => write!(f, "cannot read: the path {problem}"),
             Kind::Syntax(message) => write!(f, "invalid TOML: {message}"),
             Kind::Invalid(message) => f.write_str(message),
         }
@@ -69,7 +107,7 @@ impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             Kind::Read(error) => Some(error),
-            Kind::Syntax(_) | Kind::Invalid(_) => None,
+            Kind::Unusable(_) | Kind::Syntax(_) | Kind::Invalid(_) => None,
         }
     }
 }

@@ -12,11 +12,15 @@
 
 mod duration;
 mod error;
+mod file;
 mod reader;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod value_tests;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,9 +28,10 @@ use chrono::format::{Item, StrftimeItems};
 use toml::de::{DeTable, DeValue};
 
 use crate::protocol::template::Template;
-use reader::{Result, Section};
+use reader::{Result, Section, quoted};
 
 pub use error::ConfigError;
+pub use file::{MAX_BYTES, read as read_file};
 
 /// Where `chatd serve` and the control commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
@@ -202,37 +207,39 @@ impl Config {
         read_config(&doc).map_err(|e| ConfigError::invalid(origin, text, e))
     }
 
-    /// Read the file and parse it.
+    /// Read the file (see [`read_file`]) and parse it.
     pub fn load(path: &Path) -> std::result::Result<Config, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(&origin, e))?;
-        Config::parse(&text, &origin)
+        Config::parse(&read_file(path)?, &path.display().to_string())
     }
 }
 
 /// `server.control_socket` from the file at `path`, for `chatd reload|status|stop`.
 ///
 /// These commands only need to find the server; judging the file is the server's job, and it
-/// reports a broken file through `chatd reload` (SPEC §4.1). So this ignores invalid values and
-/// unknown keys, and even TOML errors elsewhere in the file. It gives up (`None`) when the file
-/// cannot be read, has no such string, or the parser had to repair the value itself.
-pub fn control_socket_lenient(path: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(path).ok()?;
-    control_socket_from_text(&String::from_utf8_lossy(&bytes))
+/// reports an invalid file through `chatd reload` (docs/operations.md). So this ignores invalid
+/// values and unknown keys, and gives `None` when the file has no such string. What it cannot
+/// ignore is a file that is not TOML at all (or cannot be read): there is no telling what the
+/// key would be, and guessing the default could reach another server.
+pub fn control_socket_lenient(path: &Path) -> std::result::Result<Option<PathBuf>, ConfigError> {
+    let text = read_file(path)?;
+    control_socket_from_text(&text, &path.display().to_string())
 }
 
-fn control_socket_from_text(text: &str) -> Option<PathBuf> {
-    let (doc, errors) = DeTable::parse_recoverable(text);
-    let DeValue::Table(server) = doc.get_ref().get("server")?.get_ref() else { return None };
-    let (key, value) = server.get_key_value("control_socket")?;
-    let DeValue::String(socket) = value.get_ref() else { return None };
-    // From the key to just past the value: an unterminated string is reported at its end.
-    let entry = key.span().start..=value.span().end;
-    let repaired = errors
-        .iter()
-        .filter_map(toml::de::Error::span)
-        .any(|error| entry.contains(&error.start) || error.contains(entry.start()));
-    (!socket.is_empty() && !repaired).then(|| PathBuf::from(socket.as_ref()))
+fn control_socket_from_text(
+    text: &str,
+    origin: &str,
+) -> std::result::Result<Option<PathBuf>, ConfigError> {
+    let doc = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
+    let socket = match doc.get_ref().get("server").map(|server| server.get_ref()) {
+        Some(DeValue::Table(server)) => match server.get("control_socket").map(|v| v.get_ref()) {
+            Some(DeValue::String(socket)) if !socket.is_empty() => {
+                Some(PathBuf::from(socket.as_ref()))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(socket)
 }
 
 /// The CPU count, which is what `workers = "auto"` means; 1 if it cannot be determined.
@@ -277,24 +284,41 @@ fn read_server(root: &Section<'_>) -> Result<Server> {
         backlog: s.int("backlog", d.backlog, 1..=MAX_C_INT)?,
         max_clients: s.int("max_clients", d.max_clients, 1..=MAX_CLIENTS)?,
         max_clients_per_ip: s.int("max_clients_per_ip", d.max_clients_per_ip, 0..=MAX_CLIENTS)?,
-        control_socket: s.parsed("control_socket", d.control_socket, |v| {
-            if v.is_empty() || v.contains('\0') || v.len() > MAX_SOCKET_PATH {
-                return Err(format!(
-                    "expected a Unix socket path of 1 to {MAX_SOCKET_PATH} bytes, found \"{v}\""
-                ));
-            }
-            Ok(PathBuf::from(v))
-        })?,
-        heartbeat_timeout: s.parsed("heartbeat_timeout", d.heartbeat_timeout, |v| {
+        control_socket: s.parsed("control_socket", d.control_socket, parse_control_socket)?,
+        heartbeat_timeout: s.duration("heartbeat_timeout", d.heartbeat_timeout, |v| {
             let timeout = duration::parse(v)?;
             if timeout <= Duration::from_secs(1) {
                 return Err(format!(
-                    "must be longer than 1s (workers heartbeat every second), found \"{v}\""
+                    "must be longer than 1s (workers heartbeat every second), found {}",
+                    quoted(v)
                 ));
             }
             Ok(timeout)
         })?,
     })
+}
+
+/// A path the supervisor can bind. Whatever already exists there must be a socket: the server
+/// replaces a stale socket, and nothing else may be mistaken for one and deleted.
+fn parse_control_socket(v: &str) -> std::result::Result<PathBuf, String> {
+    if v.is_empty() || v.contains('\0') || v.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "expected a Unix socket path of 1 to {MAX_SOCKET_PATH} bytes, found {}",
+            quoted(v)
+        ));
+    }
+    let path = PathBuf::from(v);
+    // Only what exists matters; a path that cannot be looked at is left to the bind to report.
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "{} exists and is {}, not a socket; chatd will not replace it",
+                quoted(v),
+                file::describe(meta.file_type())
+            ));
+        }
+    }
+    Ok(path)
 }
 
 fn read_listen(s: &Section<'_>, default: Vec<SocketAddr>) -> Result<Vec<SocketAddr>> {
@@ -350,12 +374,13 @@ fn read_socket(root: &Section<'_>) -> Result<Socket> {
     let d = Socket::default();
     Ok(Socket {
         nodelay: s.bool("nodelay", d.nodelay)?,
-        keepalive: s.parsed("keepalive", d.keepalive, |v| {
+        keepalive: s.duration("keepalive", d.keepalive, |v| {
             // The kernel takes the keepalive idle time in whole seconds.
             let idle = duration::parse(v)?;
             if idle.subsec_nanos() != 0 {
                 return Err(format!(
-                    r#"expected whole seconds like "60s" or "0s" (off), found "{v}""#
+                    r#"expected whole seconds like "60s" or "0s" (off), found {}"#,
+                    quoted(v)
                 ));
             }
             Ok(Some(idle).filter(|idle| !idle.is_zero()))
@@ -387,7 +412,10 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
         max_line_bytes: s.int("max_line_bytes", d.max_line_bytes, 1..=MAX_LINE_BYTES)?,
         history: s.int("history", d.history, 0..=MAX_HISTORY)?,
         history_on_join: s.int("history_on_join", d.history_on_join, 0..=MAX_HISTORY)?,
-        message_format: s.parsed("message_format", d.message_format, Template::parse)?,
+        message_format: s.parsed("message_format", d.message_format, |v| {
+            refuse_control_characters(v)?;
+            Template::parse(v)
+        })?,
         time_format: s.parsed("time_format", d.time_format, parse_time_format)?,
         rate_limit: read_rate_limit(&s)?,
         max_backlog_bytes: s.int(
@@ -395,7 +423,7 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
             d.max_backlog_bytes,
             1024..=MAX_BACKLOG_BYTES,
         )?,
-        idle_timeout: s.parsed("idle_timeout", d.idle_timeout, |v| {
+        idle_timeout: s.duration("idle_timeout", d.idle_timeout, |v| {
             Ok(Some(duration::parse(v)?).filter(|idle| !idle.is_zero()))
         })?,
         history_events: s.parsed("history_events", d.history_events, |v| match v {
@@ -425,12 +453,42 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
     Ok(chat)
 }
 
+/// The formats reach every client as they are, so a control character in them (a terminal
+/// escape, a line break) would reach every terminal raw. A tab is harmless and allowed.
+fn refuse_control_characters(format: &str) -> std::result::Result<(), String> {
+    match format.chars().find(|&c| is_forbidden_control(c)) {
+        Some(c) => Err(format!(
+            "must not contain control characters (found U+{:04X}): they would be sent to every \
+             client as they are",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// C0 but tab, DEL and C1.
+fn is_forbidden_control(c: char) -> bool {
+    c.is_control() && c != '\t'
+}
+
 /// chrono panics when it displays a format with an invalid item, so such a format is refused here.
 fn parse_time_format(format: &str) -> std::result::Result<String, String> {
-    if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+    refuse_control_characters(format)?;
+    let mut items = StrftimeItems::new(format);
+    if items.clone().any(|item| matches!(item, Item::Error)) {
         return Err(format!(
-            r#"expected a strftime format like "%H:%M:%S" ("%%" for a literal %), found "{format}""#
+            r#"expected a strftime format like "%H:%M:%S" ("%%" for a literal %), found {}"#,
+            quoted(format)
         ));
+    }
+    // "%n" is how strftime writes a newline.
+    let breaks_lines = items.any(|item| match item {
+        Item::Literal(text) | Item::Space(text) => text.chars().any(is_forbidden_control),
+        Item::OwnedLiteral(text) | Item::OwnedSpace(text) => text.chars().any(is_forbidden_control),
+        _ => false,
+    });
+    if breaks_lines {
+        return Err(r#"must not contain "%n": it would break every chat line in two"#.to_owned());
     }
     Ok(format.to_owned())
 }
@@ -439,10 +497,13 @@ fn read_rate_limit(chat: &Section<'_>) -> Result<Option<RateLimit>> {
     let s = chat.table("rate_limit", &["messages", "per", "burst"])?;
     let d = RateLimit::default();
     let messages = s.int("messages", d.messages, 0..=u32::MAX)?;
-    let per = s.parsed("per", d.per, |v| {
+    let per = s.duration("per", d.per, |v| {
         let per = duration::parse(v)?;
         if per.is_zero() {
-            return Err(format!(r#"expected a duration longer than 0 like "1s", found "{v}""#));
+            return Err(format!(
+                r#"expected a duration longer than 0 like "1s", found {}"#,
+                quoted(v)
+            ));
         }
         Ok(per)
     })?;
@@ -455,6 +516,6 @@ fn read_reload(root: &Section<'_>) -> Result<Reload> {
     let d = Reload::default();
     Ok(Reload {
         handoff: s.bool("handoff", d.handoff)?,
-        drain_timeout: s.parsed("drain_timeout", d.drain_timeout, duration::parse)?,
+        drain_timeout: s.duration("drain_timeout", d.drain_timeout, duration::parse)?,
     })
 }

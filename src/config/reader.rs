@@ -7,6 +7,7 @@ use std::ops::{Range, RangeInclusive};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::duration;
 use super::error::Invalid;
 
 pub(super) type Result<T> = std::result::Result<T, Invalid>;
@@ -50,7 +51,7 @@ impl<'t> Section<'t> {
             .filter(|(key, _)| !self.keys.contains(&key.get_ref().as_ref()))
             .min_by_key(|(key, _)| key.span().start);
         let Some((key, value)) = unknown else { return Ok(()) };
-        let name = key.get_ref();
+        let name = cut(key.get_ref());
         let message = if !self.path.is_empty() {
             let place = if self.path.contains('.') {
                 self.path.clone()
@@ -148,6 +149,29 @@ impl<'t> Section<'t> {
         }
     }
 
+    /// A duration setting (see `duration.rs`) turned into a value by `parse`. A bare number is
+    /// the likely mistake, so its message shows the same number with a unit.
+    pub(super) fn duration<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        let Some(value) = self.get(key) else { return Ok(default) };
+        match value.get_ref() {
+            DeValue::String(text) => parse(text).map_err(|e| self.invalid(key, value.span(), e)),
+            DeValue::Integer(_) if integer::<u64>(value.get_ref()).is_some() => {
+                let what = format!(
+                    r#"a duration in quotes with a unit like "{}s" ({})"#,
+                    found(value.get_ref()),
+                    duration::UNITS
+                );
+                Err(self.expected(key, value, &what))
+            }
+            _ => Err(self.expected(key, value, duration::FORMS)),
+        }
+    }
+
     fn key_path(&self, key: &str) -> String {
         if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
     }
@@ -160,15 +184,41 @@ pub(super) fn integer<T: TryFrom<i128>>(value: &DeValue<'_>) -> Option<T> {
     T::try_from(n).ok()
 }
 
-/// How a wrong value is shown in "found ...": scalars verbatim, containers by kind.
+/// How a wrong value is shown in "found ...": scalars as written (cut short), containers by kind.
 pub(super) fn found(value: &DeValue<'_>) -> String {
     match value {
-        DeValue::String(s) => format!("\"{s}\""),
-        DeValue::Integer(n) => n.to_string(),
-        DeValue::Float(x) => x.to_string(),
+        DeValue::String(s) => quoted(s),
+        DeValue::Integer(n) => cut(&n.to_string()),
+        DeValue::Float(x) => cut(&x.to_string()),
         DeValue::Boolean(b) => b.to_string(),
         DeValue::Datetime(d) => d.to_string(),
         DeValue::Array(_) => "an array".to_owned(),
         DeValue::Table(_) => "a table".to_owned(),
     }
+}
+
+/// The most characters of a value that a message repeats.
+const SHOWN_CHARS: usize = 60;
+
+/// A string value as messages show it: in quotes, control characters escaped, cut short.
+pub(super) fn quoted(text: &str) -> String {
+    format!("\"{}\"", cut(text))
+}
+
+/// `text` with control characters escaped, cut to [`SHOWN_CHARS`] with a `…`: a message should
+/// neither echo a huge value back nor send a terminal escape sequence from the file.
+pub(super) fn cut(text: &str) -> String {
+    let mut shown = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == SHOWN_CHARS {
+            shown.push('…');
+            break;
+        }
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }

@@ -6,25 +6,33 @@ use super::*;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/chatd.toml");
 
-fn parse(text: &str) -> Config {
+pub(super) fn parse(text: &str) -> Config {
     match Config::parse(text, "t.toml") {
         Ok(config) => config,
         Err(e) => panic!("{e}"),
     }
 }
 
-fn error(text: &str) -> String {
+pub(super) fn error(text: &str) -> String {
     Config::parse(text, "t.toml").expect_err("the config should be rejected").to_string()
 }
 
 /// Asserts the error starts with `t.toml:POSITION: ` and mentions every one of `parts`.
 #[track_caller]
-fn assert_error(text: &str, position: &str, parts: &[&str]) {
+pub(super) fn assert_error(text: &str, position: &str, parts: &[&str]) {
     let message = error(text);
     assert!(message.starts_with(&format!("t.toml:{position}: ")), "{message}");
     for part in parts {
         assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
+}
+
+/// Whether `message` starts with `t.toml:LINE:COLUMN: `.
+fn has_position(message: &str) -> bool {
+    let mut parts = message.splitn(4, ':');
+    parts.next() == Some("t.toml")
+        && parts.next().is_some_and(|line| line.parse::<usize>().is_ok())
+        && parts.next().is_some_and(|column| column.parse::<usize>().is_ok())
 }
 
 fn secs(n: u64) -> Duration {
@@ -72,12 +80,13 @@ fn documented_defaults() {
 }
 
 #[test]
-fn shipped_config_is_the_defaults_but_the_control_socket() {
+fn shipped_config_is_the_defaults_but_listen_and_the_control_socket() {
     let mut shipped = Config::load(Path::new(SHIPPED)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(shipped.server.control_socket, Path::new("/tmp/chatd.sock"));
-    assert_eq!(shipped.server.listen, Config::default().server.listen);
+    assert_eq!(shipped.server.listen, ["127.0.0.1:9999".parse::<SocketAddr>().unwrap()]);
     assert_eq!(shipped.server.workers, auto_workers());
     shipped.server.control_socket = Server::default().control_socket;
+    shipped.server.listen = Server::default().listen;
     assert_eq!(shipped, Config::default());
 }
 
@@ -226,9 +235,9 @@ fn wrong_types() {
     );
     assert_error("[server]\nname = 7\n", "2:8", &["server.name: expected a string, found 7"]);
     assert_error(
-        "[reload]\ndrain_timeout = 30\n",
+        "[reload]\ndrain_timeout = true\n",
         "2:17",
-        &["reload.drain_timeout: expected a string, found 30"],
+        &[r#"reload.drain_timeout: expected a duration like "500ms""#, "found true"],
     );
 }
 
@@ -421,31 +430,50 @@ fn load_reports_the_path() {
 
 #[test]
 fn lenient_control_socket() {
-    let found = |text: &str| control_socket_lenient(temp_file(text).path());
+    let found = |text: &str| control_socket_lenient(temp_file(text).path()).unwrap();
     let socket = Some(PathBuf::from("/run/x.sock"));
+    // Invalid but TOML: the key is still found.
     assert_eq!(found("[server]\ncontrol_socket = \"/run/x.sock\"\nwrokers = 4\n[bogus]\n"), socket);
     assert_eq!(found("[server]\ncontrol_socket = \"/run/x.sock\"\nworkers = 0\n"), socket);
-    assert_eq!(
-        found("[server]\ncontrol_socket = \"/run/x.sock\"\n[chat]\nhistory = = 3\n"),
-        socket
-    );
     assert_eq!(found("server.control_socket = \"/run/x.sock\"\n"), socket);
-    assert_eq!(found("[server]\ncontrol_socket = \"/run/x.sock\n"), None);
-    assert_eq!(found("[server]\ncontrol_socket = /run/x.sock\n"), None);
-    assert_eq!(found("[server]\ncontrol_socket = \"/run/x.sock\" junk\n"), socket);
+    // No usable key: the caller takes the default.
     assert_eq!(found("[server]\ncontrol_socket = 5\n"), None);
     assert_eq!(found("[server]\ncontrol_socket = \"\"\n"), None);
     assert_eq!(found("[server]\nworkers = 2\n"), None);
-    assert_eq!(found("\u{0}\u{1}garbage ]]] {{ = = \n\u{7f}"), None);
+    assert_eq!(found("server = 3\n"), None);
     assert_eq!(found(""), None);
-    assert_eq!(control_socket_lenient(Path::new("/nonexistent/chatd.toml")), None);
+}
+
+#[test]
+fn lenient_control_socket_reports_a_file_that_is_not_toml() {
+    let error = |text: &str| {
+        let file = temp_file(text);
+        let e = control_socket_lenient(file.path()).expect_err(text);
+        assert!(e.is_syntax(), "{e}");
+        e.to_string().replacen(&file.path().display().to_string(), "t.toml", 1)
+    };
+    let broken = [
+        ("[server]\ncontrol_socket = \"/run/x.sock\"\n[chat]\nhistory = = 3\n", "4:11"),
+        ("[server]\ncontrol_socket = \"/run/x.sock\n", "2:30"),
+        ("[server]\ncontrol_socket = /run/x.sock\n", "2:18"),
+        ("[server]\ncontrol_socket = \"/run/x.sock\" junk\n", "2:32"),
+        ("\u{0}\u{1}garbage ]]] {{ = = \n\u{7f}", "1:11"),
+    ];
+    for (text, position) in broken {
+        let message = error(text);
+        assert!(message.starts_with(&format!("t.toml:{position}: invalid TOML: ")), "{message}");
+    }
+    let missing = control_socket_lenient(Path::new("/nonexistent/chatd.toml")).unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
 }
 
 proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC*") {
-        let _ = Config::parse(&text, "t.toml");
-        let _ = control_socket_from_text(&text);
+        if let Err(e) = Config::parse(&text, "t.toml") {
+            prop_assert!(has_position(&e.to_string()), "{}", e);
+        }
+        let _ = control_socket_from_text(&text, "t.toml");
     }
 
     #[test]
@@ -466,8 +494,8 @@ proptest! {
         let damaged = format!("{}{insert}{}", &text[..at], &text[end..]);
         if let Err(e) = Config::parse(&damaged, "t.toml") {
             // Every rejection of this file has a place in it.
-            prop_assert!(e.to_string().starts_with("t.toml:"), "{}", e);
+            prop_assert!(has_position(&e.to_string()), "{}", e);
         }
-        let _ = control_socket_from_text(&damaged);
+        let _ = control_socket_from_text(&damaged, "t.toml");
     }
 }

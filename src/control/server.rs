@@ -15,6 +15,7 @@ use log::{info, warn};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,16 +74,28 @@ pub fn start(
 
 /// Binds with mode 0600 from the start (through the umask, so there is no window where the
 /// socket is open to others). A socket file left by a crashed server is replaced; one that
-/// still answers belongs to a running server and is an error.
+/// still answers belongs to a running server and is an error. Anything else at the path (a
+/// regular file, a symbolic link) is an error too and is never deleted: the config may simply
+/// name the wrong path.
 fn bind(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running chatd", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running chatd", path.display()),
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; chatd does not remove it",
             ));
         }
-        std::fs::remove_file(path)?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -168,5 +181,25 @@ trait TakeLimited {
 impl TakeLimited for UnixStream {
     fn take_limited(&self) -> io::Take<&UnixStream> {
         io::Read::take(self, 256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_never_removes_what_is_not_a_socket() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("control.sock");
+        std::fs::write(&path, "precious").expect("write");
+        let error = bind(&path).expect_err("a regular file is no socket to replace");
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "precious");
+
+        // A socket nobody answers on (left by a crashed server) is replaced.
+        std::fs::remove_file(&path).expect("remove");
+        drop(UnixListener::bind(&path).expect("stale socket"));
+        assert!(bind(&path).is_ok());
     }
 }

@@ -132,8 +132,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
-        let config_text = std::fs::read_to_string(config_path)
-            .map_err(|e| format!("{}: cannot read: {e}", config_path.display()))?;
+        let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;

@@ -76,11 +76,10 @@ impl Supervisor {
         }
         let started = Instant::now();
         let origin = self.config_path.display().to_string();
-        let parsed = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| format!("{origin}: cannot read: {e}"))
-            .and_then(|text| {
-                Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string())
-            });
+        let parsed =
+            crate::config::read_file(&self.config_path).map_err(|e| e.to_string()).and_then(
+                |text| Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string()),
+            );
         let prepared = parsed
             .and_then(|(config, text)| self.rebind(&config).map(|retired| (config, text, retired)));
         let (config, text, retired_listeners) = match prepared {

@@ -1,8 +1,8 @@
 //! End-to-end tests of SPEC §4 (limits and bad input — always a clear reaction, never a crash):
 //! overlong lines (and a 10 MB one), rate limiting by back-pressure, slow consumers, idle
 //! clients, `max_clients`, `max_clients_per_ip`, running out of file descriptors, a listen address
-//! another process holds, and malformed control requests. Real binary, real loopback sockets,
-//! every wait bounded.
+//! another process holds, malformed control requests, and config files and control sockets that
+//! are not what they should be. Real binary, real loopback sockets, every wait bounded.
 //!
 //! Helpers: `common/room.rs` (a room of clients spread over workers), `raw_client.rs` (a client bound
 //! to a chosen source address or with a small receive buffer) and `proc_usage.rs` (a worker's
@@ -10,8 +10,10 @@
 //! (answers bigger than a bus frame, `/who` floods), `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
 //! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors),
-//! `address_in_use.rs` (a listen address another process holds) and
-//! `control.rs` (malformed control requests, `chatd stop`).
+//! `address_in_use.rs` (a listen address another process holds),
+//! `control.rs` (malformed control requests, `chatd stop`, a control socket served by a stranger)
+//! and `config_files.rs` (config paths that are no regular file, a `control_socket` that is no
+//! socket, a config that is not TOML given to `reload|status|stop`).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -24,6 +26,7 @@ use common::room;
 mod address_in_use;
 mod big_answers;
 mod capacity;
+mod config_files;
 mod control;
 mod input;
 mod slow_and_idle;

@@ -15,7 +15,9 @@ use crate::{CONTROL_TIMEOUT, room_server};
 // ---------------------------------------------------------------------------------------------
 
 /// A reload with a broken config fails with the error's file:line:column and changes nothing:
-/// same worker pids, same generation, the room goes on; a fixed config then reloads.
+/// same worker pids, same generation, the room goes on; a fixed config then reloads. A file that
+/// is not TOML at all is named by `chatd reload --config` itself, which cannot find the control
+/// socket in it; with `--control` the server reads it and reports the same position.
 #[test]
 fn broken_config_reload_changes_nothing() {
     let builder = room_server(4);
@@ -28,26 +30,39 @@ fn broken_config_reload_changes_nothing() {
 
     let path = server.config_path().display().to_string();
     let good = builder.render(&control);
-    // (config text, the offending line, its column if the contract pins it, the message).
+    let by_control = ["reload", "--control", control.to_str().expect("utf-8 temp path")];
+    let not_toml = format!("{good}\n[chat\n");
+    // (config text, how reload is run, the offending line, its column if the contract pins it,
+    // the message, whether the server read the file).
     let cases = [
         (
             builder.clone().server_key("bogus = 1").render(&control),
+            &["reload"][..],
             "bogus = 1",
             Some(1),
             "unknown key 'bogus'",
+            true,
         ),
         (
             builder.clone().workers(0).render(&control),
+            &["reload"][..],
             "workers = 0",
             Some(11),
             "server.workers: expected an integer from 1 to 1024",
+            true,
         ),
-        (format!("{good}\n[chat\n"), "[chat", None, "invalid TOML"),
+        (not_toml.clone(), &["reload"][..], "[chat", None, "invalid TOML", false),
+        (not_toml, &by_control[..], "[chat", None, "invalid TOML", true),
     ];
-    for (n, (text, bad_line, column, message)) in cases.iter().enumerate() {
+    let mut failed_on_server = 0;
+    for (n, (text, args, bad_line, column, message, on_server)) in cases.iter().enumerate() {
         let line = text.lines().position(|l| l == *bad_line).expect("bad line in config") + 1;
         fs::write(server.config_path(), text).expect("write config");
-        let out = server.run(&["reload"], CONTROL_TIMEOUT);
+        let out = if args.len() == 1 {
+            server.run(args, CONTROL_TIMEOUT)
+        } else {
+            run_chatd(args, CONTROL_TIMEOUT)
+        };
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -64,7 +79,18 @@ fn broken_config_reload_changes_nothing() {
         let col: u32 = col.parse().unwrap_or_else(|_| panic!("case {n}: column in {stderr:?}"));
         assert!(col >= 1 && column.is_none_or(|c| c == col), "case {n}: column in {stderr:?}");
         assert!(rest.starts_with(message), "case {n}: message {rest:?}, expected {message:?}");
-        server.wait_for_log_count("reload failed, keeping the running config", n + 1, LINE_TIMEOUT);
+        if *on_server {
+            failed_on_server += 1;
+        } else {
+            assert!(
+                stderr.contains("--control PATH"),
+                "case {n}: no hint at --control: {stderr:?}"
+            );
+        }
+        let failure = "reload failed, keeping the running config";
+        server.wait_for_log_count(failure, failed_on_server, LINE_TIMEOUT);
+        let logged = server.log_lines().iter().filter(|l| l.contains(failure)).count();
+        assert_eq!(logged, failed_on_server, "case {n}: the server read the file {logged} times");
 
         let now = status(&server);
         assert_eq!(now.generation, 1, "generation changed by a failed reload: {now:?}");
@@ -131,6 +157,38 @@ fn status_reports_the_last_reload() {
     let v = json();
     assert_eq!(v["last_reload"]["ok"], true, "{v}");
     assert!(v["last_reload"]["error"].is_null(), "{v}");
+}
+
+/// A reload whose config path has become a FIFO or a device is refused at once by the server,
+/// which keeps serving: reading the path must neither wait for a writer nor read without end.
+#[test]
+fn reload_refuses_a_config_that_is_no_regular_file() {
+    let server = room_server(2).start();
+    let control = server.control_socket();
+    let st = wait_settled(&control, server.pid(), 2, 1, &[]);
+    let path = server.config_path();
+    let (mut a, nick_a, _) = server.join("a");
+    let fifo = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let cases: [(&dyn Fn(), &str); 2] = [
+        (&|| nix::unistd::mkfifo(path, fifo).expect("mkfifo"), "is a FIFO, not a regular file"),
+        (
+            &|| std::os::unix::fs::symlink("/dev/zero", path).expect("symlink"),
+            "is a character device, not a regular file",
+        ),
+    ];
+    for (n, (make, problem)) in cases.iter().enumerate() {
+        fs::remove_file(path).expect("remove config");
+        make();
+        let started = Instant::now();
+        let out = reload_at(&control);
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(!out.status.success(), "case {n}: {}", output_text(&out));
+        let expected = format!("{}: cannot read: the path {problem}", path.display());
+        assert!(output_text(&out).contains(&expected), "case {n}: {}", output_text(&out));
+        assert_eq!(status(&server).pids(), st.pids(), "case {n}: workers changed");
+        a.send_line(&format!("still here {n}"));
+        a.expect_chat(&nick_a, &format!("still here {n}"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

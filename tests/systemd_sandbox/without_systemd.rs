@@ -11,32 +11,41 @@ use crate::MANIFEST_DIR;
 use crate::common::*;
 use crate::sandbox::run;
 
-/// `packaging/chatd.toml` is `config/chatd.toml` but for the header comment, the control
-/// socket (the packaged one is /run/chatd/control.sock, in systemd's RuntimeDirectory) and the
-/// comment above it. Every key, default and key comment must stay the same.
+/// `packaging/chatd.toml` is `config/chatd.toml` but for the header comment, the listen
+/// addresses (the packaged file listens on all interfaces, the development copy on the loopback),
+/// the control socket (the packaged one is /run/chatd/control.sock, in systemd's
+/// RuntimeDirectory) and the comments above those two keys. Every other key, default and key
+/// comment must stay the same.
 #[test]
 fn packaged_config_matches_repo_config() {
-    fn normalise(text: &str) -> (Vec<String>, String) {
+    /// The body without the lines of the keys that differ and the comments above them; and
+    /// those lines.
+    fn normalise(text: &str) -> (Vec<String>, Vec<String>) {
         let mut lines: Vec<&str> = text.lines().collect();
         // The leading comment block (up to the first blank line).
         let body = lines.iter().position(|l| l.is_empty()).expect("a blank line after the header");
         lines.drain(..body);
-        let at = lines
-            .iter()
-            .position(|l| l.starts_with("control_socket = "))
-            .expect("a control_socket line");
-        let value = lines[at].to_string();
-        let mut start = at;
-        while start > 0 && lines[start - 1].starts_with('#') {
-            start -= 1;
+        let mut values = Vec::new();
+        for key in ["listen = ", "control_socket = "] {
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("a {key:?} line"));
+            values.push(lines[at].to_string());
+            let mut start = at;
+            while start > 0 && lines[start - 1].starts_with('#') {
+                start -= 1;
+            }
+            lines.drain(start..=at);
         }
-        lines.drain(start..=at);
-        (lines.into_iter().map(str::to_string).collect(), value)
+        (lines.into_iter().map(str::to_string).collect(), values)
     }
     let read = |p: &str| fs::read_to_string(Path::new(MANIFEST_DIR).join(p)).unwrap();
-    let (repo, _) = normalise(&read("config/chatd.toml"));
-    let (packaged, socket) = normalise(&read("packaging/chatd.toml"));
-    assert_eq!(socket, "control_socket = \"/run/chatd/control.sock\"");
+    let (repo, dev) = normalise(&read("config/chatd.toml"));
+    let (packaged, values) = normalise(&read("packaging/chatd.toml"));
+    assert_eq!(dev[0], "listen = [\"127.0.0.1:9999\"]");
+    assert_eq!(values[0], "listen = [\"0.0.0.0:9999\"]");
+    assert_eq!(values[1], "control_socket = \"/run/chatd/control.sock\"");
     for (i, (a, b)) in repo.iter().zip(&packaged).enumerate() {
         assert_eq!(
             a, b,
