@@ -221,8 +221,10 @@ fn history_case(all: bool) {
         room.clients[who_asks].send_line("/who");
         lines_until(&mut room.clients[who_asks], &who)
     };
-    assert!(history.len() < 20);
-    assert_eq!(ask(&mut room, 0, "/history"), history, "/history with few lines");
+    // With every event kept, how many joins and leaves spreading the clients over the workers
+    // took varies; the default answer is the last 20 lines either way.
+    let default = history[history.len().saturating_sub(20)..].to_vec();
+    assert_eq!(ask(&mut room, 0, "/history"), default, "/history with few lines");
     assert_eq!(ask(&mut room, 1, "/history 2"), history[history.len() - 2..], "/history 2");
     assert_eq!(ask(&mut room, 0, "/HISTORY 3"), history[history.len() - 3..], "/HISTORY 3");
     assert_eq!(ask(&mut room, 0, "/history 1"), history[history.len() - 1..], "/history 1");
