@@ -27,6 +27,16 @@ pub(super) fn parse(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A duration as a log line shows it: `250ms` below a second, `5.9s` above (never the
+/// nanoseconds of `{:?}`).
+pub fn display(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// A sequence of `NUMBER UNIT` parts, summed. Huge numbers saturate so that [`parse`] reports
 /// them as too long rather than as malformed.
 fn parse_unbounded(text: &str) -> Option<Duration> {
@@ -100,5 +110,12 @@ mod tests {
         assert_eq!(parse("365d"), Ok(MAX));
         assert!(parse("366d").unwrap_err().contains("at most 365d"));
         assert!(parse("99999999999999999999999h").unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn display_is_short() {
+        assert_eq!(display(Duration::from_nanos(5_965_601_633)), "6.0s");
+        assert_eq!(display(Duration::from_millis(250)), "250ms");
+        assert_eq!(display(Duration::from_secs(10)), "10.0s");
     }
 }

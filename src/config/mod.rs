@@ -10,7 +10,7 @@
 //! and is worded for operators, and it lets [`control_socket_lenient`] pull one key out of a file
 //! that is otherwise wrong.
 
-mod duration;
+pub mod duration;
 mod error;
 mod file;
 mod reader;

@@ -13,6 +13,7 @@ use super::{
 use crate::bus::BusConn;
 use crate::bus::conn::Fill;
 use crate::bus::{ToHub, ToWorker, frame};
+use crate::config::duration;
 use log::{error, info, warn};
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill};
@@ -293,7 +294,7 @@ impl Supervisor {
         let slot_index = slot;
         let slot = &mut self.slots[slot_index];
         slot.restart_at = Some(Instant::now() + slot.backoff);
-        info!("slot {slot_index}: restarting in {:?}", slot.backoff);
+        info!("slot {slot_index}: restarting in {}", duration::display(slot.backoff));
         slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
     }
 
@@ -306,7 +307,10 @@ impl Supervisor {
             return;
         }
         if let Some(stall) = stalled {
-            warn!("the supervisor did not run for {stall:?}; workers get a fresh grace period");
+            warn!(
+                "the supervisor did not run for {}; workers get a fresh grace period",
+                duration::display(stall)
+            );
             for w in self.workers.values_mut() {
                 w.last_heartbeat = now;
             }
@@ -320,10 +324,10 @@ impl Supervisor {
             self.read_bus(id);
             let Some(w) = self.workers.get(&id).filter(|w| silent(w)) else { continue };
             warn!(
-                "slot {}: worker pid {} silent for {:?}; killing it",
+                "slot {}: worker pid {} silent for {}; killing it",
                 w.slot,
                 w.pid,
-                now - w.last_heartbeat
+                duration::display(now - w.last_heartbeat)
             );
             self.drop_worker(id);
         }

@@ -266,7 +266,10 @@ impl Worker {
     /// Reload without hand-off: stop accepting, serve the clients we have until they leave or
     /// the drain timeout passes.
     pub(super) fn start_drain(&mut self, timeout: Duration) {
-        info!("draining: serving current clients for at most {timeout:?}");
+        info!(
+            "draining: serving current clients for at most {}",
+            crate::config::duration::display(timeout)
+        );
         self.stop_accepting();
         self.drain_deadline = Some(Instant::now() + timeout);
     }
