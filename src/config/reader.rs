@@ -142,11 +142,7 @@ impl<'t> Section<'t> {
         default: T,
         parse: impl FnOnce(&str) -> std::result::Result<T, String>,
     ) -> Result<T> {
-        let Some(value) = self.get(key) else { return Ok(default) };
-        match value.get_ref() {
-            DeValue::String(text) => parse(text).map_err(|e| self.invalid(key, value.span(), e)),
-            _ => Err(self.expected(key, value, "a string")),
-        }
+        self.string_or(key, default, parse, |value| self.expected(key, value, "a string"))
     }
 
     /// A duration setting (see `duration.rs`) turned into a value by `parse`. A bare number is
@@ -157,18 +153,31 @@ impl<'t> Section<'t> {
         default: T,
         parse: impl FnOnce(&str) -> std::result::Result<T, String>,
     ) -> Result<T> {
-        let Some(value) = self.get(key) else { return Ok(default) };
-        match value.get_ref() {
-            DeValue::String(text) => parse(text).map_err(|e| self.invalid(key, value.span(), e)),
+        self.string_or(key, default, parse, |value| match value.get_ref() {
             DeValue::Integer(_) if integer::<u64>(value.get_ref()).is_some() => {
                 let what = format!(
                     r#"a duration in quotes with a unit like "{}s" ({})"#,
                     found(value.get_ref()),
                     duration::UNITS
                 );
-                Err(self.expected(key, value, &what))
+                self.expected(key, value, &what)
             }
-            _ => Err(self.expected(key, value, duration::FORMS)),
+            _ => self.expected(key, value, duration::FORMS),
+        })
+    }
+
+    /// A string setting parsed by `parse`; any other kind of value is refused with `not_string`.
+    fn string_or<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+        not_string: impl FnOnce(&Spanned<DeValue<'_>>) -> Invalid,
+    ) -> Result<T> {
+        let Some(value) = self.get(key) else { return Ok(default) };
+        match value.get_ref() {
+            DeValue::String(text) => parse(text).map_err(|e| self.invalid(key, value.span(), e)),
+            _ => Err(not_string(value)),
         }
     }
 
