@@ -9,7 +9,7 @@
 
 use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer};
-use super::message::{LeaveReason, RoomEvent, ToHub, ToWorker};
+use super::message::{LeaveReason, Query, RoomEvent, ToHub, ToWorker};
 use crate::protocol::decoder::LineDecoder;
 
 fn hex(bytes: &[u8]) -> String {
@@ -53,9 +53,11 @@ fn bus_messages_keep_their_bytes() {
     g.check(&ToHub::Say { session: 6, text: "hi".into() }, "020306026869");
     g.check(
         &ToHub::Leave { session: 7, reason: LeaveReason::Quit(Some("b".into())) },
-        "02070700010162",
+        "02080700010162",
     );
-    g.check(&ToHub::Adopt { session: 8, last_seq: 9 }, "02090809");
+    g.check(&ToHub::Adopt { session: 8, last_seq: 9 }, "020a0809");
+    g.check(&ToHub::Query { session: 5, query: Query::History(Some(3)) }, "020705010103");
+    g.check(&ToWorker::Answer { session: 5, query: Query::Who }, "020d0500");
     let room = ToWorker::Room {
         seq: 10,
         skip: Some(11),

@@ -5,7 +5,8 @@
 //! identical on every worker. Every room event also says what it did to the room
 //! ([`RoomEvent`]), so each worker keeps its own copy of presence and history and answers
 //! `/who` and `/history` itself: an answer is then the asker's output alone, counted against
-//! its own backlog, and no client request can make the hub build large frames.
+//! its own backlog, and no client request can make the hub build large frames. (The hub only
+//! echoes the question, which puts the answer in its place in the room's order.)
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -60,6 +61,13 @@ impl RoomEvent {
     }
 }
 
+/// A question a worker answers from its own copy of the room.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Who,
+    History(Option<usize>),
+}
+
 /// Worker → hub.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToHub {
@@ -95,6 +103,13 @@ pub enum ToHub {
         session: SessionId,
         to: String,
         text: String,
+    },
+    /// `/who` or `/history`: the hub only echoes it back ([`ToWorker::Answer`]), so the worker
+    /// answers from its copy of the room at the asker's place in the room's order, after the
+    /// effect of whatever the asker sent before.
+    Query {
+        session: SessionId,
+        query: Query,
     },
     Leave {
         session: SessionId,
@@ -152,6 +167,8 @@ pub enum ToWorker {
     Resume { session: SessionId, lines: Vec<String> },
     /// The first part of a long `Resume`.
     Replay { session: SessionId, lines: Vec<String> },
+    /// The echo of a [`ToHub::Query`]: answer it now, from the worker's copy of the room.
+    Answer { session: SessionId, query: Query },
     /// Reload without hand-off, old worker: stop accepting, keep serving the clients for at
     /// most `timeout_ms`, then ask them to reconnect.
     Drain { timeout_ms: u64 },

@@ -190,6 +190,12 @@ impl Hub {
             }
             ToHub::Nick { session, nick } => self.rename(worker, session, nick, out),
             ToHub::Msg { session, to, text } => self.private(worker, session, &to, &text, out),
+            ToHub::Query { session, query } => {
+                // Echoed to wherever the session is now; a session that left gets nothing.
+                if let Some(member) = self.members.get(&session) {
+                    out.to_worker(member.worker, &ToWorker::Answer { session, query });
+                }
+            }
             ToHub::Leave { session, reason } => self.leave(session, &reason, out),
             ToHub::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
             ToHub::HandoffDone { .. } => {}

@@ -2,14 +2,18 @@
 //!
 //! Input is processed line by line under two brakes: the client's rate limit (when its bucket is
 //! empty the worker stops reading it, so TCP pushes back on the sender and nothing is dropped)
-//! and the bus (when too much is waiting for the hub, input waits too). Commands that change the
-//! room go to the hub; the rest (`/who`, `/history` from the worker's copy of the room, `/help`,
-//! usage errors) are answered here, as the asker's own output.
+//! and the bus (when too much is waiting for the hub, input waits too). Requests go to the hub;
+//! `/who` and `/history` come back from it as a bare echo and are answered here from the
+//! worker's copy of the room, as the asker's own output; `/help` and usage errors are answered
+//! at once.
 
 use super::Worker;
-use super::room_state::DEFAULT_HISTORY_REQUEST;
+use super::room_state::{DEFAULT_HISTORY_REQUEST, RoomState};
 use crate::bus::ToHub;
+use crate::bus::handoff::Transfer;
 use crate::bus::message::LeaveReason;
+use crate::bus::message::{Query, SessionId, split_lines};
+use crate::config::Config;
 use crate::protocol::command::{self, Command};
 use crate::protocol::decoder::Decoded;
 use client_io::Input;
@@ -88,17 +92,9 @@ impl Worker {
             Ok(Command::Say(text)) => ToHub::Say { session, text },
             Ok(Command::Me(text)) => ToHub::Me { session, text },
             Ok(Command::Nick(nick)) => ToHub::Nick { session, nick },
-            Ok(Command::Who) => {
-                let budget = self.config.chat.max_backlog_bytes / 2;
-                let line = self.room_state.who(budget).to_owned();
-                self.send_lines(key, &[line]);
-                return;
-            }
+            Ok(Command::Who) => ToHub::Query { session, query: Query::Who },
             Ok(Command::Msg { to, text }) => ToHub::Msg { session, to, text },
-            Ok(Command::History(count)) => {
-                self.answer_history(key, count);
-                return;
-            }
+            Ok(Command::History(count)) => ToHub::Query { session, query: Query::History(count) },
             Ok(Command::Help) => {
                 let help: Vec<String> = command::HELP.iter().map(|h| format!("* {h}")).collect();
                 self.send_lines(key, &help);
@@ -116,24 +112,49 @@ impl Worker {
         self.bus.send(&request);
     }
 
-    /// `/history [N]`: at most the configured history, and at most what the asker's backlog can
-    /// take at once (half of `max_backlog_bytes`, so an answer alone never cuts it off).
-    fn answer_history(&mut self, key: usize, count: Option<usize>) {
-        let wanted = count.unwrap_or(DEFAULT_HISTORY_REQUEST).min(self.config.chat.history);
-        let budget = self.config.chat.max_backlog_bytes / 2;
-        let lines = self.room_state.recent(wanted, budget);
-        if lines.is_empty() {
-            return self.send_lines(key, &["* no history yet"]);
+    /// The hub echoed a `/who` or `/history`: answer it from this worker's copy of the room,
+    /// which now holds every room event up to the question's place in the order. A session
+    /// handed to the next worker meanwhile gets its answer forwarded.
+    pub(super) fn answer(&mut self, session: SessionId, query: Query) {
+        if self.moved.contains(&session) {
+            let mut lines = Vec::new();
+            write_answer(&mut self.room_state, &self.config, &query, |line| {
+                lines.push(line.to_owned())
+            });
+            for lines in split_lines(lines) {
+                self.forward(session, Transfer::Direct { session, lines });
+            }
+            return;
         }
-        let available = wanted.min(self.room_state.history_len());
-        let mut answer: Vec<String> = Vec::with_capacity(lines.len() + 1);
-        if lines.len() < available {
-            answer.push(format!(
-                "* only the last {} of {available} lines fit in one answer",
-                lines.len()
-            ));
+        let Some(&key) = self.sessions.get(&session) else { return };
+        self.detach(key);
+        let Some(client) = self.clients.get_mut(key) else { return };
+        write_answer(&mut self.room_state, &self.config, &query, |line| client.queue_line(line));
+        self.mark_dirty(key);
+    }
+}
+
+/// The lines of an answer, given one by one to `emit`. `/who` and `/history [N]` (at most the
+/// configured history) are each held to half of `max_backlog_bytes`, so an answer alone never
+/// cuts the asker off.
+fn write_answer(room: &mut RoomState, config: &Config, query: &Query, mut emit: impl FnMut(&str)) {
+    let budget = config.chat.max_backlog_bytes / 2;
+    match query {
+        Query::Who => emit(room.who(budget)),
+        Query::History(count) => {
+            let wanted = count.unwrap_or(DEFAULT_HISTORY_REQUEST).min(config.chat.history);
+            let lines = room.recent(wanted, budget);
+            if lines.is_empty() {
+                return emit("* no history yet");
+            }
+            let available = wanted.min(room.history_len());
+            if lines.len() < available {
+                let fit = lines.len();
+                emit(&format!("* only the last {fit} of {available} lines fit in one answer"));
+            }
+            for line in lines {
+                emit(line);
+            }
         }
-        answer.extend(lines.into_iter().map(str::to_owned));
-        self.send_lines(key, &answer);
     }
 }

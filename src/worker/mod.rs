@@ -321,6 +321,7 @@ impl Worker {
             }
             ToWorker::Resume { session, lines } => self.resume(session, lines),
             ToWorker::Replay { session, lines } => self.replay(session, lines),
+            ToWorker::Answer { session, query } => self.answer(session, query),
             ToWorker::Drain { timeout_ms } => self.start_drain(Duration::from_millis(timeout_ms)),
             ToWorker::Exit => {
                 info!("hand-off complete; exiting");

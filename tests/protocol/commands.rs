@@ -402,3 +402,16 @@ fn unknown_command() {
     // Still connected, and nobody else saw anything.
     room.sync(0, "still here");
 }
+
+/// `/who` and `/history` come in their place in the room's order, after the effect of what the
+/// asker sent just before, even when it all arrives in one burst.
+#[test]
+fn who_and_history_come_after_what_was_sent_before() {
+    let server = room_server(2).start();
+    let (mut c, nick, _) = server.join("burst");
+    c.send_raw(b"/nick alice\n/who\nhello\n/history 1\n").expect("write");
+    c.expect_line(&format!("* {nick} is now known as alice"));
+    c.expect_line("* 1 online: alice");
+    let hello = c.expect_chat("alice", "hello");
+    c.expect_line(&hello);
+}
