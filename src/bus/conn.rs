@@ -8,7 +8,9 @@
 //! hand-off channel this way, and an old worker hands each client socket to its successor.
 //! Descriptors travel with the first byte of their frame, so by the time a reader has the whole
 //! frame it has its descriptors too; they are queued in arrival order and taken with
-//! [`BusConn::take_fd`].
+//! [`BusConn::take_fd`]. A process at its open-files limit cannot receive a descriptor: the
+//! kernel drops it and flags the read (`MSG_CTRUNC`), and its place in the queue is kept empty,
+//! so the frame it came with finds no descriptor rather than the next frame's.
 
 use super::frame::{self, FrameError};
 use mio::net::UnixStream;
@@ -46,7 +48,8 @@ pub struct BusConn {
     wpos: usize,
     /// Descriptors to attach when the write position reaches the given offset of `wbuf`.
     out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
-    in_fds: VecDeque<OwnedFd>,
+    /// Received descriptors in arrival order; `None` for one the kernel could not deliver.
+    in_fds: VecDeque<Option<OwnedFd>>,
     fill_budget: usize,
 }
 
@@ -171,12 +174,20 @@ impl BusConn {
                 Err(e) => return Err(e.into()),
             };
             let bytes = msg.bytes;
-            if let Ok(cmsgs) = msg.cmsgs() {
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                // Descriptors came with this read and none could be installed (every frame
+                // carries one): the frame will find its place empty.
+                log::warn!(
+                    "bus: a descriptor passed to this process was lost (out of descriptors?)"
+                );
+                self.in_fds.push_back(None);
+            } else if let Ok(cmsgs) = msg.cmsgs() {
                 for cmsg in cmsgs {
                     if let ControlMessageOwned::ScmRights(fds) = cmsg {
                         // SAFETY: the kernel just installed these descriptors for us.
-                        self.in_fds
-                            .extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        self.in_fds.extend(
+                            fds.into_iter().map(|fd| Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+                        );
                     }
                 }
             }
@@ -223,9 +234,10 @@ impl BusConn {
         }
     }
 
-    /// The next descriptor that arrived with a frame.
+    /// The next descriptor that arrived with a frame; `None` when the kernel could not deliver
+    /// it (or none came).
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
-        self.in_fds.pop_front()
+        self.in_fds.pop_front().flatten()
     }
 }
 

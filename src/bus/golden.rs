@@ -56,6 +56,7 @@ fn bus_messages_keep_their_bytes() {
         "02080700010162",
     );
     g.check(&ToHub::Adopt { session: 8, last_seq: 9 }, "020a0809");
+    g.check(&ToHub::Draining, "020b");
     g.check(&ToHub::Query { session: 5, query: Query::History(Some(3)) }, "020705010103");
     g.check(&ToWorker::Answer { session: 5, query: Query::Who }, "020d0500");
     let room = ToWorker::Room {

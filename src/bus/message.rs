@@ -125,6 +125,9 @@ pub enum ToHub {
         session: SessionId,
         last_seq: u64,
     },
+    /// Hand-off, old worker: the hand-off could not start (its channel did not arrive, as
+    /// happens to a process at its open-files limit); it drains instead.
+    Draining,
 }
 
 /// Hub → worker.

@@ -198,7 +198,7 @@ impl Hub {
             }
             ToHub::Leave { session, reason } => self.leave(session, &reason, out),
             ToHub::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
-            ToHub::HandoffDone { .. } => {}
+            ToHub::HandoffDone { .. } | ToHub::Draining => {}
         }
     }
 

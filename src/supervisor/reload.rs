@@ -249,6 +249,10 @@ impl Supervisor {
                 let Some(old) = old else { return true };
                 let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open());
                 let Some(worker) = self.workers.get_mut(&old) else { return true };
+                if worker.state == Lifecycle::Draining {
+                    // It could not take the hand-off: as in a drain, the step is over.
+                    return true;
+                }
                 let done = worker.state == Lifecycle::HandingOff { done: true };
                 if receiver_alive && (!done || self.hub.online_on(old) > 0) {
                     return false;

@@ -212,6 +212,15 @@ impl Supervisor {
                         *done = true;
                     }
                 }
+                ToHub::Draining => {
+                    warn!(
+                        "slot {}: pid {} cannot hand its sessions over; it drains instead",
+                        worker.slot, worker.pid
+                    );
+                    if let Lifecycle::HandingOff { .. } = worker.state {
+                        worker.state = Lifecycle::Draining;
+                    }
+                }
                 msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
             }
         }

@@ -41,6 +41,11 @@ impl Handoff {
     pub fn is_handing_off(&self) -> bool {
         self.outgoing.is_some()
     }
+
+    /// Hand-off channels open, one descriptor each.
+    pub fn channels(&self) -> usize {
+        self.incoming.len() + usize::from(self.outgoing.is_some())
+    }
 }
 
 /// The old worker's side of a hand-off.
@@ -61,25 +66,32 @@ impl Worker {
     pub(super) fn start_handoff(&mut self, channel: Option<OwnedFd>) {
         let Some(fd) = channel else {
             error!("hand-off requested without a channel; draining instead");
-            return self.start_drain(self.config.reload.drain_timeout);
+            return self.drain_instead();
         };
         let mut conn = match to_mio_unix(fd) {
             Ok(stream) => BusConn::new(stream),
             Err(e) => {
                 error!("hand-off channel: {e}; draining instead");
-                return self.start_drain(self.config.reload.drain_timeout);
+                return self.drain_instead();
             }
         };
         if let Err(e) =
             self.poll.registry().register(conn.stream(), HANDOFF_OUT, Interest::WRITABLE)
         {
             error!("hand-off channel: {e}; draining instead");
-            return self.start_drain(self.config.reload.drain_timeout);
+            return self.drain_instead();
         }
         self.stop_accepting();
         self.handoff.outgoing = Some(Outgoing { conn, sent: 0, done_reported: false });
         info!("handing sessions over to the next generation");
         self.hand_off_ready();
+    }
+
+    /// The hand-off cannot start: the clients are served here until they leave or the drain
+    /// timeout passes, and the supervisor is told, so the reload goes on without waiting.
+    fn drain_instead(&mut self) {
+        self.bus.send(&ToHub::Draining);
+        self.start_drain(self.config.reload.drain_timeout);
     }
 
     /// Sends every session that is in the room; reports to the hub once none is left joining.
@@ -198,7 +210,13 @@ impl Worker {
             match conn.next_message::<Transfer>() {
                 Ok(Some(Transfer::Session(state))) => match conn.take_fd() {
                     Some(fd) => self.adopt(state, fd),
-                    None => error!("session {} arrived without its socket", state.session),
+                    None => {
+                        // Out of descriptors: the kernel closed the socket on the way. The hub
+                        // must not wait for it to be adopted.
+                        error!("session {} arrived without its socket; it is lost", state.session);
+                        let session = state.session;
+                        self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Lost });
+                    }
                 },
                 Ok(Some(Transfer::Direct { session, lines })) => {
                     if let Some(&key) = self.sessions.get(&session) {

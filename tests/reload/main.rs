@@ -13,8 +13,8 @@
 //! clients read by a few poll(2) threads, and connect loops). Then the tests, by what they
 //! check: `handoff.rs` (sessions moved to the next generation: under load, on SIGHUP, in a
 //! quiet room, when a new worker dies mid-hand-off), `config.rs` (a broken config, hand-off
-//! switched off), `worker_count.rs` (fewer or more workers, connecting meanwhile) and
-//! `upgrade.rs` (a new binary on disk).
+//! switched off), `worker_count.rs` (fewer or more workers, connecting meanwhile),
+//! `upgrade.rs` (a new binary on disk) and `open_files.rs` (a worker out of file descriptors).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -26,6 +26,7 @@ mod room;
 
 mod config;
 mod handoff;
+mod open_files;
 mod upgrade;
 mod worker_count;
 
