@@ -107,6 +107,9 @@ impl Worker {
             .collect();
         for key in keys {
             self.hand_off(key);
+            // Thousands of sessions with unsent output take a while to encode: the worker is
+            // busy, not hung.
+            self.heartbeat_if_due(Instant::now());
         }
         let joining = self.clients.iter().any(|(_, c)| c.phase == Phase::Joining);
         if let Some(out) = self.handoff.outgoing.as_mut() {
