@@ -12,7 +12,7 @@ mod reload;
 mod spawn;
 mod workers;
 
-use crate::bus::ToWorker;
+use crate::bus::WorkerOrder;
 use crate::config::Config;
 use crate::control::server::{ControlSocket, Request};
 use crate::control::{Command, ReloadOutcome, Reply, Status, WorkerStatus};
@@ -291,7 +291,7 @@ impl Supervisor {
             slot.restart_at = None;
         }
         for worker in self.workers.values_mut() {
-            worker.retire(&ToWorker::Shutdown);
+            worker.retire(WorkerOrder::Shutdown);
         }
     }
 

@@ -1,4 +1,5 @@
-//! The rolling reload (SPEC §3.1), as a small state machine driven by the supervisor's loop.
+//! The rolling reload (docs/architecture.md), as a small state machine driven by the
+//! supervisor's loop.
 //!
 //! A reload validates the new config, then rolls the slots one at a time: start the new
 //! generation's worker on the slot's existing listeners, wait until it accepts, then tell the
@@ -11,7 +12,7 @@
 
 use super::workers::{Lifecycle, Mailboxes};
 use super::{RunState, Slot, Supervisor, WorkerId};
-use crate::bus::ToWorker;
+use crate::bus::{ToWorker, WorkerOrder};
 use crate::config::Config;
 use crate::control::{ReloadOutcome, Reply};
 use crate::listener;
@@ -226,8 +227,8 @@ impl Supervisor {
                 if self.config.reload.handoff && old_version == Some(new_version) {
                     match UnixStream::pair() {
                         Ok((a, b)) => {
-                            self.send_fd(old, ToWorker::HandOff, a.into());
-                            self.send_fd(new, ToWorker::Receive, b.into());
+                            self.send_fd(old, WorkerOrder::HandOff, a.into());
+                            self.send_fd(new, WorkerOrder::Receive, b.into());
                             if let Some(w) = self.workers.get_mut(&old) {
                                 w.state = Lifecycle::HandingOff { done: false };
                             }
@@ -241,7 +242,7 @@ impl Supervisor {
                 }
                 let timeout_ms = self.config.reload.drain_timeout.as_millis() as u64;
                 if let Some(w) = self.workers.get_mut(&old) {
-                    w.retire(&ToWorker::Drain { timeout_ms });
+                    w.retire(WorkerOrder::Drain { timeout_ms });
                 }
                 true
             }
@@ -253,7 +254,7 @@ impl Supervisor {
                 if receiver_alive && (!done || self.hub.online_on(old) > 0) {
                     return false;
                 }
-                worker.retire(&ToWorker::Exit);
+                worker.retire(WorkerOrder::Exit);
                 if !receiver_alive {
                     // The new worker died with sessions in transit: their sockets went with it.
                     // The slot restarts as after any crash; the room sees those clients leave.
@@ -265,9 +266,9 @@ impl Supervisor {
         }
     }
 
-    fn send_fd(&mut self, id: WorkerId, msg: ToWorker, fd: OwnedFd) {
+    fn send_fd(&mut self, id: WorkerId, order: WorkerOrder, fd: OwnedFd) {
         if let Some(w) = self.workers.get_mut(&id) {
-            w.conn.send_with_fds(&msg, vec![fd]);
+            w.conn.send_with_fds(&ToWorker::Control(order), vec![fd]);
         }
     }
 

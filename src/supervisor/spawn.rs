@@ -5,7 +5,7 @@
 //! exactly two kinds of descriptors, named on its command line: its end of a fresh bus
 //! socketpair, and its slot's listening sockets. Everything else is close-on-exec.
 
-use crate::bus::{BusConn, ToWorker};
+use crate::bus::{BusConn, ToWorker, WorkerOrder};
 use socket2::Socket;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,7 +26,7 @@ pub fn spawn_worker(
     slot: usize,
     generation: u64,
     listeners: &[Socket],
-    setup: &ToWorker,
+    setup: WorkerOrder,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let bus_fd = theirs.as_raw_fd();
@@ -61,7 +61,7 @@ pub fn spawn_worker(
     drop(theirs);
     ours.set_nonblocking(true)?;
     let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours));
-    conn.send(setup);
+    conn.send(&ToWorker::Control(setup));
     Ok(Spawned { child, conn })
 }
 

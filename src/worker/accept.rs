@@ -5,7 +5,7 @@
 
 use super::client::Client;
 use super::{CLIENT_BASE, EMFILE_PAUSE, Worker};
-use crate::bus::ToHub;
+use crate::bus::{RoomRequest, ToHub};
 use log::{debug, warn};
 use mio::{Interest, Token};
 use std::io;
@@ -76,6 +76,6 @@ impl Worker {
         self.next_conn += 1;
         entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
         self.joining.insert(conn, key);
-        self.bus.send(&ToHub::Join { conn, addr });
+        self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
     }
 }

@@ -12,7 +12,7 @@ use super::{CLOSE_GRACE, HANDOFF_OUT, INCOMING_BASE, Worker, rate::TokenBucket};
 use crate::bus::conn::Fill;
 use crate::bus::handoff::{SessionState, Transfer};
 use crate::bus::message::{LeaveReason, SessionId};
-use crate::bus::{BusConn, ToHub};
+use crate::bus::{BusConn, RoomRequest, ToHub, WorkerReport};
 use log::{error, info, warn};
 use mio::{Interest, Token};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -77,7 +77,7 @@ impl Worker {
             if !joining && !out.done_reported {
                 out.done_reported = true;
                 info!("handed over {} sessions", out.sent);
-                self.bus.send(&ToHub::HandoffDone { sessions: out.sent });
+                self.bus.send(&ToHub::Control(WorkerReport::HandoffDone { sessions: out.sent }));
             }
         }
     }
@@ -211,7 +211,8 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("adopted session {}: {e}", state.session);
-            self.bus.send(&ToHub::Leave { session: state.session, reason: LeaveReason::Lost });
+            let leave = RoomRequest::Leave { session: state.session, reason: LeaveReason::Lost };
+            self.bus.send(&ToHub::Room(leave));
             return;
         }
         let now = Instant::now();
@@ -232,7 +233,8 @@ impl Worker {
         client.eof = state.eof;
         entry.insert(Box::new(client));
         self.sessions.insert(state.session, key);
-        self.bus.send(&ToHub::Adopt { session: state.session, last_seq: state.last_seq });
+        let adopt = RoomRequest::Adopt { session: state.session, last_seq: state.last_seq };
+        self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);
     }
 

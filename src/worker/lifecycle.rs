@@ -6,8 +6,8 @@
 
 use super::client::Phase;
 use super::{CLOSE_GRACE, Worker};
-use crate::bus::ToHub;
 use crate::bus::message::LeaveReason;
+use crate::bus::{RoomRequest, ToHub};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -43,7 +43,7 @@ impl Worker {
         }
         client.left = true;
         if let Some(session) = client.session {
-            self.bus.send(&ToHub::Leave { session, reason });
+            self.bus.send(&ToHub::Room(RoomRequest::Leave { session, reason }));
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::{BUS, CLIENT_BASE, LISTENER_BASE, SIGNALS, TICK, Worker};
 use crate::bus::frame::{self, HEADER_LEN};
-use crate::bus::{BusConn, ToHub, ToWorker};
+use crate::bus::{BusConn, ToHub, ToWorker, WorkerOrder, WorkerReport};
 use crate::config::Config;
 use crate::signals::{self, Signals};
 use mio::net::{TcpListener, UnixStream};
@@ -66,13 +66,13 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
             .register(listener, Token(LISTENER_BASE + i), Interest::READABLE)
             .map_err(|e| format!("event loop: {e}"))?;
     }
-    bus.send(&ToHub::Hello {
+    bus.send(&ToHub::Control(WorkerReport::Hello {
         slot: args.slot,
         pid: std::process::id(),
         generation: args.generation,
         handoff: crate::bus::handoff::VERSION,
         version: env!("CARGO_PKG_VERSION").to_string(),
-    });
+    }));
     log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
     let room_state =
         super::room_state::RoomState::new(config.chat.history, config.chat.history_events);
@@ -131,7 +131,9 @@ fn read_setup(bus: &std::os::unix::net::UnixStream) -> Result<(String, String), 
     bytes.resize(4 + len, 0);
     reader.read_exact(&mut bytes[HEADER_LEN..]).map_err(|e| format!("reading setup: {e}"))?;
     match frame::decode::<ToWorker>(&bytes) {
-        Ok(Some((ToWorker::Setup { config, config_path, .. }, _))) => Ok((config, config_path)),
+        Ok(Some((ToWorker::Control(WorkerOrder::Setup { config, config_path, .. }), _))) => {
+            Ok((config, config_path))
+        }
         Ok(_) => Err("the first bus frame is not a setup frame".into()),
         Err(e) => Err(format!("setup frame: {e}")),
     }
