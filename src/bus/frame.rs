@@ -104,19 +104,19 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Fra
 mod tests {
     use super::*;
     use crate::bus::message::{
-        LeaveReason, RoomRequest, RoomUpdate, ToHub, ToWorker, WorkerOrder, WorkerReport,
+        LeaveReason, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker, WorkerOrder, WorkerReport,
     };
 
     fn direct(lines: Vec<String>) -> ToWorker {
-        ToWorker::Room(RoomUpdate::Direct { session: 1, lines })
+        ToWorker::Room(RoomUpdate::Direct { session: SessionId(1), lines })
     }
 
     #[test]
     fn round_trip_and_partial_input() {
         let msgs = vec![
-            ToHub::Room(RoomRequest::Say { session: 7, text: "héllo".into() }),
+            ToHub::Room(RoomRequest::Say { session: SessionId(7), text: "héllo".into() }),
             ToHub::Room(RoomRequest::Leave {
-                session: 7,
+                session: SessionId(7),
                 reason: LeaveReason::Quit(Some("bye".into())),
             }),
             ToHub::Control(WorkerReport::Heartbeat),

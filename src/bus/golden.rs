@@ -13,7 +13,7 @@
 use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer};
 use super::message::{
-    LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker,
+    ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker,
     WorkerOrder, WorkerReport,
 };
 use crate::protocol::decoder::LineDecoder;
@@ -107,7 +107,7 @@ impl Golden {
     }
 }
 
-const S: SessionId = 5;
+const S: SessionId = SessionId(5);
 
 fn lines(line: &str) -> Vec<String> {
     vec![line.to_string()]
@@ -125,7 +125,7 @@ fn bus_messages_keep_their_bytes() {
     g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "03000206");
 
     let addr = "127.0.0.1:9".parse().expect("address");
-    g.hub_frame(ToHub::Room(RoomRequest::Join { conn: 4, addr }), "03010004007f00000109");
+    g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "03010004007f00000109");
     g.hub_frame(ToHub::Room(RoomRequest::Say { session: S, text: "hi".into() }), "03010105026869");
     g.hub_frame(ToHub::Room(RoomRequest::Me { session: S, text: "w".into() }), "030102050177");
     g.hub_frame(ToHub::Room(RoomRequest::Nick { session: S, nick: "n".into() }), "03010305016e");
@@ -147,19 +147,21 @@ fn bus_messages_keep_their_bytes() {
     g.worker_frame(ToWorker::Control(WorkerOrder::Exit), "030005");
 
     g.worker_frame(ToWorker::Room(RoomUpdate::Sync { seq: 7 }), "03010007");
-    let snapshot = RoomUpdate::Snapshot { members: vec![(1, "a".into())], history: lines("h") };
+    let snapshot =
+        RoomUpdate::Snapshot { members: vec![(SessionId(1), "a".into())], history: lines("h") };
     g.worker_frame(ToWorker::Room(snapshot), "03010101010161010168");
-    let admitted = RoomUpdate::Admitted { conn: 1, session: 2, welcome: "w".into() };
+    let admitted =
+        RoomUpdate::Admitted { conn: ConnId(1), session: SessionId(2), welcome: "w".into() };
     g.worker_frame(ToWorker::Room(admitted), "03010201020177");
     g.worker_frame(
-        ToWorker::Room(RoomUpdate::Refused { conn: 3, line: "r".into() }),
+        ToWorker::Room(RoomUpdate::Refused { conn: ConnId(3), line: "r".into() }),
         "030103030172",
     );
     let line = RoomUpdate::Line {
         seq: 10,
-        skip: Some(11),
+        skip: Some(SessionId(11)),
         line: "l".into(),
-        event: RoomEvent::Nick { session: 11, nick: "n".into() },
+        event: RoomEvent::Nick { session: SessionId(11), nick: "n".into() },
     };
     g.worker_frame(ToWorker::Room(line), "0301040a010b016c040b016e");
     g.worker_frame(
@@ -219,7 +221,7 @@ fn handoff_records_keep_their_bytes() {
     assert_eq!(handoff::VERSION, 1, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = SessionState {
-        session: 1,
+        session: SessionId(1),
         decoder: LineDecoder::new(16),
         output: b"o".to_vec(),
         mid_line: true,
@@ -230,8 +232,8 @@ fn handoff_records_keep_their_bytes() {
         eof: false,
     };
     g.frame(&Transfer::Session(state), "0300011000000000016f010201000000000000f83f030000");
-    g.frame(&Transfer::Direct { session: 4, lines: lines("d") }, "030104010164");
-    g.frame(&Transfer::Left { session: 4 }, "030204");
+    g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "030104010164");
+    g.frame(&Transfer::Left { session: SessionId(4) }, "030204");
     g.covers::<Transfer>();
     g.verify(handoff::VERSION);
 }

@@ -20,10 +20,40 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Room-wide identity of a connected client, assigned by the hub when it admits the client.
-pub type SessionId = u64;
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
 
 /// A worker-local handle for a connection that the hub has not admitted yet.
-pub type ConnId = u64;
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl SessionId {
+    /// The id handed out after this one.
+    pub fn next(self) -> SessionId {
+        SessionId(self.0 + 1)
+    }
+}
+
+impl ConnId {
+    /// The id handed out after this one.
+    pub fn next(self) -> ConnId {
+        ConnId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Why a client left the room, as shown in `* NICK left (REASON)`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -28,7 +28,15 @@ use std::time::{Duration, Instant};
 
 /// The supervisor's handle for one worker process (not its slot: during a reload a slot has an
 /// old and a new worker, and sessions move between them).
-pub type WorkerId = usize;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub usize);
+
+impl WorkerId {
+    /// The id handed out after this one.
+    pub fn next(self) -> WorkerId {
+        WorkerId(self.0 + 1)
+    }
+}
 
 /// Where the hub's messages go; implemented by the supervisor over the bus connections. The
 /// hub speaks only room messages: the control of worker processes is not its business.
@@ -114,7 +122,7 @@ impl Hub {
         Hub {
             settings: Settings::from(config),
             seq: 0,
-            next_session: 1,
+            next_session: SessionId(1),
             next_guest: 1,
             members: HashMap::new(),
             nicks: HashMap::new(),
@@ -225,7 +233,7 @@ impl Hub {
             return;
         }
         let session = self.next_session;
-        self.next_session += 1;
+        self.next_session = session.next();
         let nick = self.guest_nick();
         self.nicks.insert(nick.to_ascii_lowercase(), session);
         self.per_ip.insert(ip, from_ip + 1);

@@ -165,7 +165,7 @@ impl Supervisor {
             reload: None,
             slots,
             workers: BTreeMap::new(),
-            next_worker: 0,
+            next_worker: WorkerId(0),
             generation: 1,
             signals,
             control,
@@ -201,7 +201,7 @@ impl Supervisor {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     CONTROL => {}
-                    Token(t) if t >= WORKER_BASE => self.read_bus(t - WORKER_BASE),
+                    Token(t) if t >= WORKER_BASE => self.read_bus(WorkerId(t - WORKER_BASE)),
                     Token(_) => {}
                 }
             }

@@ -131,13 +131,13 @@ impl Supervisor {
         )
         .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;
         let id = self.next_worker;
-        self.next_worker += 1;
+        self.next_worker = id.next();
         let mut conn = spawned.conn;
         self.poll
             .registry()
             .register(
                 conn.stream(),
-                Token(WORKER_BASE + id),
+                Token(WORKER_BASE + id.0),
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("cannot watch worker bus: {e}"))?;

@@ -73,7 +73,7 @@ impl Worker {
             return;
         }
         let conn = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = conn.next();
         entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
         self.joining.insert(conn, key);
         self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));

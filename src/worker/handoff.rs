@@ -217,7 +217,7 @@ impl Worker {
         }
         let now = Instant::now();
         let conn = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = conn.next();
         let mut client = Client::new(stream, conn, self.config.chat.max_line_bytes);
         client.session = Some(state.session);
         client.phase = Phase::Resuming { leaving: state.leaving };

@@ -3,6 +3,7 @@
 
 use super::{BUS, CLIENT_BASE, LISTENER_BASE, SIGNALS, TICK, Worker};
 use crate::bus::frame::{self, HEADER_LEN};
+use crate::bus::message::ConnId;
 use crate::bus::{BusConn, ToHub, ToWorker, WorkerOrder, WorkerReport};
 use crate::config::Config;
 use crate::signals::{self, Signals};
@@ -89,7 +90,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         clients: Slab::new(),
         joining: HashMap::new(),
         sessions: HashMap::new(),
-        next_conn: 1,
+        next_conn: ConnId(1),
         dirty: Vec::new(),
         stalled: Vec::new(),
         lingering: Vec::new(),

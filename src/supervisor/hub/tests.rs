@@ -4,10 +4,10 @@ use super::*;
 use crate::bus::ToWorker;
 use crate::bus::frame::encode;
 
-const W0: WorkerId = 0;
-const W1: WorkerId = 1;
-const W2: WorkerId = 2;
-const W3: WorkerId = 3;
+const W0: WorkerId = WorkerId(0);
+const W1: WorkerId = WorkerId(1);
+const W2: WorkerId = WorkerId(2);
+const W3: WorkerId = WorkerId(3);
 
 #[derive(Default)]
 struct Recorder {
@@ -32,7 +32,7 @@ fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
 fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
     let mut out = Recorder::default();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    hub.handle(worker, RoomRequest::Join { conn: u64::from(port), addr }, &mut out);
+    hub.handle(worker, RoomRequest::Join { conn: ConnId(u64::from(port)), addr }, &mut out);
     let session = out
         .sent
         .iter()
@@ -111,25 +111,37 @@ fn limits_are_room_wide() {
     admit(&mut hub, W0, 1);
     admit(&mut hub, W1, 2);
     let mut out = Recorder::default();
-    hub.handle(W2, RoomRequest::Join { conn: 9, addr: "127.0.0.1:3".parse().unwrap() }, &mut out);
+    hub.handle(
+        W2,
+        RoomRequest::Join { conn: ConnId(9), addr: "127.0.0.1:3".parse().unwrap() },
+        &mut out,
+    );
     assert_eq!(
         out.sent,
         vec![(
             Some(W2),
             RoomUpdate::Refused {
-                conn: 9,
+                conn: ConnId(9),
                 line: "! too many connections from your address".into()
             }
         )]
     );
     let mut out = Recorder::default();
-    hub.handle(W2, RoomRequest::Join { conn: 10, addr: "127.0.0.2:3".parse().unwrap() }, &mut out);
+    hub.handle(
+        W2,
+        RoomRequest::Join { conn: ConnId(10), addr: "127.0.0.2:3".parse().unwrap() },
+        &mut out,
+    );
     assert!(matches!(out.sent[0].1, RoomUpdate::Admitted { .. }));
     let mut out = Recorder::default();
-    hub.handle(W2, RoomRequest::Join { conn: 11, addr: "127.0.0.3:3".parse().unwrap() }, &mut out);
+    hub.handle(
+        W2,
+        RoomRequest::Join { conn: ConnId(11), addr: "127.0.0.3:3".parse().unwrap() },
+        &mut out,
+    );
     assert_eq!(
         out.sent,
-        vec![(Some(W2), RoomUpdate::Refused { conn: 11, line: "! server full".into() })]
+        vec![(Some(W2), RoomUpdate::Refused { conn: ConnId(11), line: "! server full".into() })]
     );
 }
 
