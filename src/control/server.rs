@@ -9,7 +9,7 @@
 //! written and keeps the connection open until the process exits, so the client's EOF marks
 //! the server's end.
 
-use super::{Command, Reply};
+use super::{ControlCommand, Reply};
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 /// A control request waiting for the event loop.
 pub struct Request {
-    pub command: Command,
+    pub command: ControlCommand,
     /// Where the event loop sends the answer; the client's thread waits on it.
     pub reply: Sender<Reply>,
     /// Signalled once the answer has been written to the client (or could not be).
@@ -127,7 +127,7 @@ fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
         warn!("control: cannot answer: {e}");
     }
     let _ = written_tx.send(());
-    if command == Some(Command::Stop) && reply.ok {
+    if command == Some(ControlCommand::Stop) && reply.ok {
         // The answer to `stop` goes out once the workers are gone; the connection stays open
         // until the process exits, so the client's EOF means the server is gone.
         loop {
@@ -141,7 +141,7 @@ fn answer(
     tx: &Sender<Request>,
     waker: &mio::Waker,
     written: Receiver<()>,
-) -> Option<(Option<Command>, Reply)> {
+) -> Option<(Option<ControlCommand>, Reply)> {
     if !peer_allowed(stream) {
         warn!("control: refused a client that is neither root nor the service user");
         return Some((None, Reply::failed("permission denied")));
@@ -159,7 +159,7 @@ fn answer(
             return Some((None, Reply::failed(format!("unreadable request: {e}"))));
         }
     }
-    let Some(command) = Command::parse(&line) else {
+    let Some(command) = ControlCommand::parse(&line) else {
         warn!("control: malformed request {:?}", line.trim());
         return Some((None, Reply::failed(format!("unknown request {:?}", line.trim()))));
     };

@@ -40,7 +40,8 @@ enum Progress {
     HandingOff { to: WorkerId },
 }
 
-pub(super) struct Reload {
+/// A reload in progress (the `[reload]` settings it follows are `config::Reload`).
+pub(super) struct RollingReload {
     reply: Option<Sender<Reply>>,
     steps: VecDeque<Step>,
     current: Option<(Step, Progress)>,
@@ -49,7 +50,7 @@ pub(super) struct Reload {
     started: Instant,
 }
 
-impl Reload {
+impl RollingReload {
     /// The reload cannot finish (the server is stopping).
     pub(super) fn abandon(self, why: &str) {
         if let Some(tx) = self.reply {
@@ -105,7 +106,8 @@ impl Supervisor {
         for (index, old) in std::mem::take(&mut self.removed_workers).into_iter().enumerate() {
             steps.push_back(Step::Retire { old, target: index % self.slots.len() });
         }
-        self.reload = Some(Reload { reply, steps, current: None, retired_listeners, started });
+        self.reload =
+            Some(RollingReload { reply, steps, current: None, retired_listeners, started });
         self.advance_reload();
     }
 
@@ -272,7 +274,7 @@ impl Supervisor {
         }
     }
 
-    fn finish_reload(&mut self, reload: Reload) {
+    fn finish_reload(&mut self, reload: RollingReload) {
         drop(reload.retired_listeners);
         let elapsed = reload.started.elapsed();
         info!("reload to generation {} done in {:.3}s", self.generation, elapsed.as_secs_f64());
