@@ -2,6 +2,7 @@
 //! in short, a message goes client → [`worker`] → [`bus`] → [`supervisor`]'s hub (numbered,
 //! rendered) → bus → every worker → every client.
 
+pub mod bad_frame;
 pub mod bus;
 pub mod cli;
 pub mod client;

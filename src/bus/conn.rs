@@ -9,13 +9,18 @@
 //! Descriptors travel with the first byte of their frame, so by the time a reader has the whole
 //! frame it has its descriptors too; they are queued in arrival order and taken with
 //! [`BusConn::take_fd`].
+//!
+//! Each connection knows its [`Peer`]: a frame that cannot be read is handled by the one
+//! policy of [`crate::bad_frame`], which names that peer, and the connection shuts itself down.
 
-use super::frame::{self, FrameError};
+use super::frame;
+use crate::bad_frame::{BadFrame, Peer};
 use mio::net::UnixStream;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// How much one `fill` reads before yielding, so one busy peer cannot starve the rest of the
@@ -39,6 +44,9 @@ pub enum Fill {
 
 pub struct BusConn {
     stream: UnixStream,
+    peer: Peer,
+    /// A bad frame arrived: nothing more is read from this peer.
+    broken: bool,
     rbuf: Vec<u8>,
     rpos: usize,
     rlen: usize,
@@ -51,9 +59,11 @@ pub struct BusConn {
 }
 
 impl BusConn {
-    pub fn new(stream: UnixStream) -> BusConn {
+    pub fn new(stream: UnixStream, peer: Peer) -> BusConn {
         BusConn {
             stream,
+            peer,
+            broken: false,
             rbuf: Vec::new(),
             rpos: 0,
             rlen: 0,
@@ -69,8 +79,8 @@ impl BusConn {
     /// bites: everything it reads in one turn goes out to every client before the next read,
     /// so a burst (a thousand joins at once) reaches clients as a stream, not as one lump
     /// bigger than their socket buffers.
-    pub fn with_fill_budget(stream: UnixStream, budget: usize) -> BusConn {
-        BusConn { fill_budget: budget, ..BusConn::new(stream) }
+    pub fn with_fill_budget(stream: UnixStream, peer: Peer, budget: usize) -> BusConn {
+        BusConn { fill_budget: budget, ..BusConn::new(stream, peer) }
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {
@@ -153,6 +163,9 @@ impl BusConn {
 
     /// Reads what the peer has sent, up to the read budget.
     pub fn fill(&mut self) -> io::Result<Fill> {
+        if self.broken {
+            return Ok(Fill::Closed);
+        }
         let mut read = 0;
         loop {
             self.make_room();
@@ -213,13 +226,29 @@ impl BusConn {
     }
 
     /// Next complete message from what `fill` read.
-    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        match frame::decode(&self.rbuf[self.rpos..self.rlen])? {
-            Some((msg, used)) => {
+    ///
+    /// A frame that cannot be read (malformed, oversized, another version) is logged with the
+    /// peer and shuts the connection down: the peer sees it closed, this side reads nothing
+    /// more from it, and the caller drops the peer as it would on EOF.
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, BadFrame> {
+        if self.broken {
+            return Ok(None);
+        }
+        match frame::decode(&self.rbuf[self.rpos..self.rlen]) {
+            Ok(Some((msg, used))) => {
                 self.rpos += used;
                 Ok(Some(msg))
             }
-            None => Ok(None),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                self.rpos = 0;
+                self.rlen = 0;
+                self.in_fds.clear();
+                // Already closed by the peer, or about to be dropped: either way it is over.
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(BadFrame::new(&self.peer, e))
+            }
         }
     }
 
@@ -233,3 +262,6 @@ fn write_plain(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
     use std::io::Write;
     (&*stream).write(bytes)
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,9 +10,10 @@
 //! the server's end.
 
 use super::{ControlCommand, Reply};
+use crate::bad_frame::{BadFrame, Peer};
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{UnixCredentials, getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -29,6 +30,9 @@ pub struct Request {
     /// Signalled once the answer has been written to the client (or could not be).
     pub written: Receiver<()>,
 }
+
+/// A request is one short word: reading stops here, and a longer line is a bad frame.
+const MAX_REQUEST: u64 = 256;
 
 /// Longest a request may wait for the supervisor, a reload with thousands of sessions included.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -109,11 +113,8 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Only root and the user the service runs as may control it.
-fn peer_allowed(stream: &UnixStream) -> bool {
-    match getsockopt(stream, PeerCredentials) {
-        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
-        Err(_) => false,
-    }
+fn allowed(cred: &UnixCredentials) -> bool {
+    cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw()
 }
 
 fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
@@ -142,46 +143,54 @@ fn answer(
     waker: &mio::Waker,
     written: Receiver<()>,
 ) -> Option<(Option<ControlCommand>, Reply)> {
-    if !peer_allowed(stream) {
-        warn!("control: refused a client that is neither root nor the service user");
+    let Ok(cred) = getsockopt(stream, PeerCredentials) else {
+        warn!("control: refused a client whose credentials cannot be read");
+        return Some((None, Reply::failed("permission denied")));
+    };
+    let peer = Peer::ControlClient { pid: cred.pid(), uid: cred.uid() };
+    if !allowed(&cred) {
+        warn!("{peer}: refused: neither root nor the service user");
         return Some((None, Reply::failed("permission denied")));
     }
     if stream.set_read_timeout(Some(Duration::from_secs(10))).is_err() {
         return Some((None, Reply::failed("internal error")));
     }
     let mut line = String::new();
-    let mut reader = BufReader::new(stream.take_limited());
-    match reader.read_line(&mut line) {
+    let mut reader = BufReader::new(io::Read::take(stream, MAX_REQUEST));
+    let error = match reader.read_line(&mut line) {
         Ok(0) => return None,
-        Ok(_) => {}
+        Ok(n) if n as u64 == MAX_REQUEST && !line.ends_with('\n') => {
+            format!("request longer than {MAX_REQUEST} bytes")
+        }
+        Ok(_) => match ControlCommand::parse(&line) {
+            Some(command) => return Some((Some(command), forward(command, tx, waker, written))),
+            None => format!("unknown request {:?}", line.trim()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => format!("unreadable request: {e}"),
         Err(e) => {
-            warn!("control: unreadable request: {e}");
+            warn!("{peer}: no request: {e}");
             return Some((None, Reply::failed(format!("unreadable request: {e}"))));
         }
-    }
-    let Some(command) = ControlCommand::parse(&line) else {
-        warn!("control: malformed request {:?}", line.trim());
-        return Some((None, Reply::failed(format!("unknown request {:?}", line.trim()))));
     };
+    // The reply says why; the connection closes after it.
+    let bad = BadFrame::new(&peer, error);
+    Some((None, Reply::failed(bad.reason())))
+}
+
+/// Hands a request to the event loop and waits for its answer.
+fn forward(
+    command: ControlCommand,
+    tx: &Sender<Request>,
+    waker: &mio::Waker,
+    written: Receiver<()>,
+) -> Reply {
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     if tx.send(Request { command, reply: reply_tx, written }).is_err() || waker.wake().is_err() {
-        return Some((Some(command), Reply::failed("server is shutting down")));
+        return Reply::failed("server is shutting down");
     }
-    let reply = reply_rx
+    reply_rx
         .recv_timeout(ANSWER_TIMEOUT)
-        .unwrap_or_else(|_| Reply::failed("no answer from the server"));
-    Some((Some(command), reply))
-}
-
-/// A request is one short line; reading is capped so a client cannot make us buffer more.
-trait TakeLimited {
-    fn take_limited(&self) -> io::Take<&UnixStream>;
-}
-
-impl TakeLimited for UnixStream {
-    fn take_limited(&self) -> io::Take<&UnixStream> {
-        io::Read::take(self, 256)
-    }
+        .unwrap_or_else(|_| Reply::failed("no answer from the server"))
 }
 
 #[cfg(test)]

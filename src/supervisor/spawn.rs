@@ -5,6 +5,7 @@
 //! exactly two kinds of descriptors, named on its command line: its end of a fresh bus
 //! socketpair, and its slot's listening sockets. Everything else is close-on-exec.
 
+use crate::bad_frame::Peer;
 use crate::bus::{BusConn, ToWorker, WorkerOrder};
 use socket2::Socket;
 use std::io;
@@ -60,7 +61,8 @@ pub fn spawn_worker(
     let child = command.spawn()?;
     drop(theirs);
     ours.set_nonblocking(true)?;
-    let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours));
+    let peer = Peer::Worker { slot, pid: child.id() };
+    let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours), peer);
     conn.send(&ToWorker::Control(setup));
     Ok(Spawned { child, conn })
 }

@@ -180,11 +180,8 @@ impl Supervisor {
             let msg = match worker.conn.next_message::<ToHub>() {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
-                Err(e) => {
-                    error!(
-                        "slot {}: malformed bus frame from pid {}: {e}",
-                        worker.slot, worker.pid
-                    );
+                Err(_) => {
+                    // Logged with the worker's name; the bus is already shut down.
                     self.drop_worker(id);
                     return;
                 }

@@ -9,6 +9,7 @@
 
 use super::client::{Client, Phase};
 use super::{CLOSE_GRACE, HANDOFF_OUT, INCOMING_BASE, Worker, rate::TokenBucket};
+use crate::bad_frame::Peer;
 use crate::bus::conn::Fill;
 use crate::bus::handoff::{SessionState, Transfer};
 use crate::bus::message::{LeaveReason, SessionId};
@@ -40,7 +41,7 @@ impl Worker {
             return self.start_drain(self.config.reload.drain_timeout);
         };
         let mut conn = match to_mio_unix(fd) {
-            Ok(stream) => BusConn::new(stream),
+            Ok(stream) => BusConn::new(stream, Peer::Successor),
             Err(e) => {
                 error!("hand-off channel: {e}; draining instead");
                 return self.start_drain(self.config.reload.drain_timeout);
@@ -144,7 +145,7 @@ impl Worker {
             return error!("receive requested without a channel");
         };
         let mut conn = match to_mio_unix(fd) {
-            Ok(stream) => BusConn::new(stream),
+            Ok(stream) => BusConn::new(stream, Peer::Predecessor),
             Err(e) => return error!("hand-off channel: {e}"),
         };
         let index = self.incoming.vacant_key();
@@ -177,9 +178,11 @@ impl Worker {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    error!("malformed hand-off frame: {e}");
-                    break;
+                Err(_) => {
+                    if let Some(mut conn) = self.incoming.try_remove(index) {
+                        let _ = self.poll.registry().deregister(conn.stream());
+                    }
+                    return;
                 }
             }
         }

@@ -248,8 +248,7 @@ impl Worker {
             match self.bus.next_message::<ToWorker>() {
                 Ok(Some(msg)) => self.on_bus(msg),
                 Ok(None) => break,
-                Err(e) => {
-                    error!("malformed frame from the supervisor: {e}");
+                Err(_) => {
                     self.supervisor_lost();
                     return;
                 }

@@ -2,6 +2,7 @@
 //! frame, and build the event loop.
 
 use super::{BUS, CLIENT_BASE, LISTENER_BASE, SIGNALS, TICK, Worker};
+use crate::bad_frame::Peer;
 use crate::bus::frame::{self, HEADER_LEN};
 use crate::bus::message::ConnId;
 use crate::bus::{BusConn, ToHub, ToWorker, WorkerOrder, WorkerReport};
@@ -52,7 +53,11 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     }
     let mut signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
     let poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
-    let mut bus = BusConn::with_fill_budget(UnixStream::from_std(bus), super::BUS_READ_BUDGET);
+    let mut bus = BusConn::with_fill_budget(
+        UnixStream::from_std(bus),
+        Peer::Supervisor,
+        super::BUS_READ_BUDGET,
+    );
     let registry = poll.registry();
     registry
         .register(bus.stream(), BUS, Interest::READABLE | Interest::WRITABLE)
