@@ -6,6 +6,7 @@ pub mod bad_frame;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod cloexec;
 pub mod config;
 pub mod control;
 pub mod listener;

@@ -6,6 +6,7 @@ use crate::bad_frame::Peer;
 use crate::bus::frame::{self, HEADER_LEN};
 use crate::bus::message::ConnId;
 use crate::bus::{BusConn, ToHub, ToWorker, WorkerOrder, WorkerReport};
+use crate::cloexec;
 use crate::config::Config;
 use crate::signals::{self, Signals};
 use mio::net::{TcpListener, UnixStream};
@@ -14,7 +15,7 @@ use nix::sys::signal::Signal;
 use slab::Slab;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Read;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::time::Instant;
 
 /// The command line of `chatd worker` (written by the supervisor, not by people).
@@ -40,8 +41,9 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
         .map(TcpListener::from_std)
         .collect();
-    for fd in args.listen_fds.iter().chain([&args.bus_fd]) {
-        set_cloexec(*fd);
+    // Inherited descriptors must not leak into anything this process might start.
+    for fd in listeners.iter().map(AsFd::as_fd).chain([bus.as_fd()]) {
+        cloexec::set(fd).map_err(|e| format!("close-on-exec: {e}"))?;
     }
     let (config_text, config_path) = read_setup(&bus)?;
     let config = Config::parse(&config_text, &config_path).map_err(|e| e.to_string())?;
@@ -142,16 +144,5 @@ fn read_setup(bus: &std::os::unix::net::UnixStream) -> Result<(String, String), 
         }
         Ok(_) => Err("the first bus frame is not a setup frame".into()),
         Err(e) => Err(format!("setup frame: {e}")),
-    }
-}
-
-/// Inherited descriptors must not leak into anything this process might start.
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
     }
 }
