@@ -2,6 +2,8 @@
 //! in short, a message goes client → [`worker`] → [`bus`] → [`supervisor`]'s hub (numbered,
 //! rendered) → bus → every worker → every client.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod bad_frame;
 pub mod bus;
 pub mod cli;

@@ -1,5 +1,7 @@
 //! The `chatd` binary: parses the command line and hands over to the library.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use chatd::cli::{Cli, Cmd, ControlArgs};
 use chatd::config::Config;
 use chatd::control::{self, ControlCommand};

@@ -16,7 +16,7 @@ use crate::bus::message::{LeaveReason, SessionId};
 use crate::bus::{BusConn, RoomRequest, ToHub, WorkerReport};
 use log::{error, info, warn};
 use mio::{Interest, Token};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -103,8 +103,7 @@ impl Worker {
             leaving: client.phase == Phase::Leaving,
             eof: client.eof,
         };
-        // SAFETY: the raw descriptor comes straight out of the stream we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(client.stream.into_raw_fd()) };
+        let fd = OwnedFd::from(client.stream);
         self.moved.insert(session);
         if let Some(out) = self.outgoing.as_mut() {
             out.conn.send_with_fds(&Transfer::Session(state), vec![fd]);

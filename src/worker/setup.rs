@@ -38,6 +38,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     let listeners: Vec<TcpListener> = args
         .listen_fds
         .iter()
+        // SAFETY: as for the bus: passed across exec for us alone, each named once.
         .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
         .map(TcpListener::from_std)
         .collect();
