@@ -3,6 +3,7 @@
 use super::*;
 use crate::bus::ToWorker;
 use crate::bus::frame::encode;
+use crate::bus::message::Query;
 
 const W0: WorkerId = WorkerId(0);
 const W1: WorkerId = WorkerId(1);
@@ -288,4 +289,212 @@ fn a_long_replay_is_split_and_ends_with_resume() {
     }
     assert!(out.sent.len() > 1);
     assert_eq!(lines, 5_000);
+}
+
+fn said(hub: &mut Hub, worker: WorkerId, session: SessionId, text: &str) -> Recorder {
+    let mut out = Recorder::default();
+    hub.handle(worker, RoomRequest::Say { session, text: text.into() }, &mut out);
+    out
+}
+
+#[test]
+fn sequence_numbers_are_one_order_for_every_worker() {
+    let mut hub = hub(|c| c.chat.time_format = "T".into());
+    let (a, _) = admit(&mut hub, W0, 1);
+    let (b, _) = admit(&mut hub, W1, 2);
+    let mut seqs = Vec::new();
+    for (worker, session) in [(W1, b), (W0, a), (W1, b)] {
+        let out = said(&mut hub, worker, session, "x");
+        // Every room line goes to all workers at once, never to one of them.
+        assert!(out.sent.iter().all(|(to, _)| to.is_none()), "{:?}", out.sent);
+        seqs.extend(room_lines(&out).into_iter().map(|(seq, _)| seq));
+    }
+    assert_eq!(seqs, vec![3, 4, 5]);
+}
+
+#[test]
+fn echo_off_skips_the_sender_and_only_the_sender() {
+    for echo in [false, true] {
+        let mut hub = hub(|c| c.chat.echo = echo);
+        let (a, _) = admit(&mut hub, W0, 1);
+        let out = said(&mut hub, W0, a, "hi");
+        let skip = (!echo).then_some(a);
+        assert!(
+            matches!(&out.sent[..], [(None, RoomUpdate::Line { skip: s, .. })] if *s == skip),
+            "echo {echo}: {:?}",
+            out.sent
+        );
+    }
+}
+
+#[test]
+fn requests_of_unknown_sessions_are_ignored() {
+    let mut hub = hub(|_| {});
+    let ghost = SessionId(99);
+    let mut out = Recorder::default();
+    for request in [
+        RoomRequest::Say { session: ghost, text: "x".into() },
+        RoomRequest::Me { session: ghost, text: "x".into() },
+        RoomRequest::Nick { session: ghost, nick: "x".into() },
+        RoomRequest::Msg { session: ghost, to: "x".into(), text: "x".into() },
+        RoomRequest::Query { session: ghost, query: Query::Who },
+        RoomRequest::Leave { session: ghost, reason: LeaveReason::Closed },
+    ] {
+        hub.handle(W0, request, &mut out);
+    }
+    assert_eq!(out.sent, Vec::new());
+    assert_eq!(hub.online(), 0);
+}
+
+#[test]
+fn leaving_confirms_to_the_worker_and_frees_the_nick_and_the_address() {
+    let mut hub = hub(|c| c.server.max_clients_per_ip = 1);
+    let (a, _) = admit(&mut hub, W0, 1);
+    let mut out = Recorder::default();
+    hub.handle(W0, RoomRequest::Nick { session: a, nick: "ann".into() }, &mut out);
+    let mut out = Recorder::default();
+    let reason = LeaveReason::Quit(Some("bye".into()));
+    hub.handle(W0, RoomRequest::Leave { session: a, reason }, &mut out);
+    assert_eq!(
+        out.sent,
+        vec![
+            (
+                None,
+                RoomUpdate::Line {
+                    seq: 3,
+                    skip: Some(a),
+                    line: "* ann left (quit: bye)".into(),
+                    event: RoomEvent::Leave { session: a },
+                }
+            ),
+            (Some(W0), RoomUpdate::Left { session: a }),
+        ]
+    );
+    // The same address may come back, and the nick is free again.
+    let (b, _) = admit(&mut hub, W1, 1);
+    let mut out = Recorder::default();
+    hub.handle(W1, RoomRequest::Nick { session: b, nick: "ANN".into() }, &mut out);
+    assert_eq!(room_lines(&out)[0].1, "* guest-2 is now known as ANN");
+}
+
+#[test]
+fn guest_numbers_skip_names_taken_by_hand() {
+    let mut hub = hub(|_| {});
+    let (a, _) = admit(&mut hub, W0, 1);
+    let mut out = Recorder::default();
+    hub.handle(W0, RoomRequest::Nick { session: a, nick: "Guest-2".into() }, &mut out);
+    let (_, out) = admit(&mut hub, W0, 2);
+    assert!(room_lines(&out)[0].1.starts_with("* guest-3 joined"), "{:?}", room_lines(&out));
+}
+
+#[test]
+fn nick_errors_go_to_the_asker_only() {
+    let mut hub = hub(|_| {});
+    let (a, _) = admit(&mut hub, W2, 1);
+    for (nick, error) in
+        [("no spaces", "! invalid nickname"), ("guest-1", "* you are already guest-1")]
+    {
+        let mut out = Recorder::default();
+        hub.handle(W2, RoomRequest::Nick { session: a, nick: nick.into() }, &mut out);
+        match &out.sent[..] {
+            [(Some(W2), RoomUpdate::Direct { session, lines })] => {
+                assert_eq!(*session, a);
+                assert!(lines[0].starts_with(error), "{nick}: {lines:?}");
+            }
+            other => panic!("{nick}: {other:?}"),
+        }
+    }
+    let mut out = Recorder::default();
+    hub.handle(
+        W2,
+        RoomRequest::Msg { session: a, to: "nobody".into(), text: "x".into() },
+        &mut out,
+    );
+    assert_eq!(
+        out.sent,
+        vec![(
+            Some(W2),
+            RoomUpdate::Direct { session: a, lines: vec!["! no such nick 'nobody'".into()] }
+        )]
+    );
+}
+
+#[test]
+fn adopt_routes_the_session_and_replays_only_what_it_missed() {
+    let mut hub = hub(|c| c.chat.time_format = "T".into());
+    let (a, _) = admit(&mut hub, W0, 1);
+    let (b, _) = admit(&mut hub, W0, 2);
+    said(&mut hub, W0, a, "seen");
+    let seen = hub.seq;
+    said(&mut hub, W0, a, "missed");
+    // `b`'s own line skips it: not replayed to it either.
+    let mut out = Recorder::default();
+    hub.handle(W0, RoomRequest::Say { session: b, text: "mine".into() }, &mut out);
+    hub.handle(W0, RoomRequest::Me { session: b, text: "waves".into() }, &mut out);
+
+    let mut out = Recorder::default();
+    hub.handle(W1, RoomRequest::Adopt { session: b, last_seq: seen }, &mut out);
+    let expected = vec!["T <guest-1> missed", "T <guest-2> mine", "T * guest-2 waves"];
+    let expected: Vec<String> = expected.into_iter().map(String::from).collect();
+    assert_eq!(out.sent, vec![(Some(W1), RoomUpdate::Resume { session: b, lines: expected })]);
+    assert_eq!((hub.online_on(W0), hub.online_on(W1)), (1, 1));
+
+    // From now on, what is for `b` goes to its new worker.
+    let mut out = Recorder::default();
+    hub.handle(
+        W0,
+        RoomRequest::Msg { session: a, to: "guest-2".into(), text: "psst".into() },
+        &mut out,
+    );
+    assert_eq!(out.sent[0].0, Some(W1));
+    let mut out = Recorder::default();
+    hub.handle(W1, RoomRequest::Query { session: b, query: Query::History(Some(2)) }, &mut out);
+    assert_eq!(
+        out.sent,
+        vec![(Some(W1), RoomUpdate::Answer { session: b, query: Query::History(Some(2)) })]
+    );
+    // Losing the old worker no longer takes `b` with it.
+    let mut out = Recorder::default();
+    hub.worker_lost(W0, &mut out);
+    assert_eq!(hub.online(), 1);
+    assert_eq!(room_lines(&out).len(), 1);
+}
+
+#[test]
+fn a_session_that_left_while_moving_still_gets_its_resume() {
+    let mut hub = hub(|_| {});
+    let (a, _) = admit(&mut hub, W0, 1);
+    let mut out = Recorder::default();
+    hub.handle(W0, RoomRequest::Leave { session: a, reason: LeaveReason::Closed }, &mut out);
+    let mut out = Recorder::default();
+    hub.handle(W1, RoomRequest::Adopt { session: a, last_seq: 0 }, &mut out);
+    assert_eq!(out.sent, vec![(Some(W1), RoomUpdate::Resume { session: a, lines: Vec::new() })]);
+}
+
+#[test]
+fn reconfigure_keeps_the_room_and_trims_the_history() {
+    let mut hub = hub(|c| {
+        c.chat.time_format = "T".into();
+        c.chat.history = 10;
+    });
+    let (a, _) = admit(&mut hub, W0, 1);
+    for i in 0..5 {
+        said(&mut hub, W0, a, &i.to_string());
+    }
+    let mut config = Config::default();
+    config.chat.time_format = "T".into();
+    config.chat.history = 2;
+    config.server.name = "renamed".into();
+    hub.reconfigure(&config);
+    let (seq, members, history, _) = snapshot(&hub);
+    assert_eq!(seq, 6);
+    assert_eq!(members.len(), 1);
+    assert_eq!(history, vec!["T <guest-1> 3", "T <guest-1> 4"]);
+    let (_, out) = admit(&mut hub, W1, 2);
+    match &out.sent[0] {
+        (_, RoomUpdate::Admitted { welcome, .. }) => {
+            assert!(welcome.starts_with("* Welcome to renamed. You are guest-2."), "{welcome}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 }
