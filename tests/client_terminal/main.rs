@@ -87,15 +87,16 @@ fn the_half_typed_line_stays_intact_while_lines_arrive() {
     term.press(&["Left", "Left", "Left"]);
     let typed = format!("{PROMPT}half-typed mesage");
     let column = PROMPT.len() + "half-typed mes".len();
-    assert_eq!((term.input_line(), term.cursor().0), (typed.clone(), column));
+    term.wait_for_input(&typed, column);
 
     for i in 1..=5 {
         observer.send_line(&format!("incoming {i}"));
     }
-    let lines = term.wait_for("the 5th incoming line", |lines| {
-        lines.iter().any(|l| l.ends_with(&format!("<{observer_nick}> incoming 5")))
-    });
     // The five lines, in order, above the input line, which is still the last and unbroken.
+    let last = format!("<{observer_nick}> incoming 5");
+    let lines = term.wait_for("the 5th incoming line above the input line", |lines| {
+        lines.iter().any(|l| l.ends_with(&last)) && lines.last() == Some(&typed)
+    });
     let incoming: Vec<usize> = (1..=5)
         .map(|i| {
             let text = format!("<{observer_nick}> incoming {i}");
@@ -103,10 +104,9 @@ fn the_half_typed_line_stays_intact_while_lines_arrive() {
         })
         .collect();
     assert!(incoming.windows(2).all(|w| w[0] < w[1]), "out of order: {lines:?}");
-    assert_eq!(lines.last(), Some(&typed), "the input line is not last: {lines:?}");
     let broken = lines.iter().filter(|l| l.contains("half-typed")).count();
     assert_eq!(broken, 1, "the half-typed line was printed more than once: {lines:?}");
-    assert_eq!((term.input_line(), term.cursor().0), (typed, column));
+    assert_eq!((term.input_line(), term.cursor().0), (typed, column), "the cursor moved");
 
     // Finishing it sends the whole line: the editor's buffer was kept, not only the display.
     term.type_text("s");
@@ -125,11 +125,11 @@ fn up_recalls_what_was_typed() {
     observer.expect_chat(&nick, "second line");
 
     term.press(&["Up"]);
-    term.wait_for("the last line recalled", |_| term.input_line() == "> second line");
+    term.wait_for_input("> second line", "> second line".len());
     term.press(&["Up"]);
-    term.wait_for("the line before recalled", |_| term.input_line() == "> first line");
+    term.wait_for_input("> first line", "> first line".len());
     term.press(&["Down"]);
-    term.wait_for("Down going forward again", |_| term.input_line() == "> second line");
+    term.wait_for_input("> second line", "> second line".len());
     term.press(&["Up"]);
     term.enter(" again");
     observer.expect_chat(&nick, "first line again");
@@ -171,7 +171,7 @@ fn ctrl_d_leaves() {
     let (term, mut observer, nick) = client_and_observer(&server);
     term.press(&["C-d"]);
     observer.expect_line(&format!("* {nick} left (quit)"));
-    assert_eq!(term.wait_exit(), 0);
+    assert_eq!(term.wait_exit(), "exit 0");
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn quit_leaves_with_its_reason() {
     term.type_text("/quit see you");
     term.press(&["Enter"]);
     observer.expect_line(&format!("* {nick} left (quit: see you)"));
-    assert_eq!(term.wait_exit(), 0);
+    assert_eq!(term.wait_exit(), "exit 0");
 }
 
 /// chatd itself never sends control characters, so a stand-in server does: an escape sequence

@@ -175,6 +175,15 @@ impl Tmux {
         }
     }
 
+    /// Waits until the input line reads `line` with the cursor in `column`.
+    pub fn wait_for_input(&self, line: &str, column: usize) {
+        wait_until(
+            LINE_TIMEOUT,
+            &format!("the input line {line:?}, cursor in column {column}"),
+            || (self.input_line() == line && self.cursor().0 == column).then_some(()),
+        );
+    }
+
     /// Waits until a line of the pane contains `text`; returns that line.
     pub fn wait_for_text(&self, text: &str) -> String {
         let lines =
@@ -188,12 +197,15 @@ impl Tmux {
         });
     }
 
-    /// Waits for the client to exit; its exit status.
-    pub fn wait_exit(&self) -> i32 {
+    /// Waits for the client to exit; how it ended: `exit N` or `signal N`.
+    pub fn wait_exit(&self) -> String {
         wait_until(START_TIMEOUT, "the client to exit", || {
-            let state = self.format("#{pane_dead} #{pane_dead_status}");
-            let (dead, status) = state.split_once(' ').unwrap_or((&state, ""));
-            (dead == "1").then(|| status.parse().unwrap_or(-1))
+            let state = self.format("#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}");
+            match state.split('|').collect::<Vec<_>>()[..] {
+                ["1", status, ""] if !status.is_empty() => Some(format!("exit {status}")),
+                ["1", "", signal] if !signal.is_empty() => Some(format!("signal {signal}")),
+                _ => None,
+            }
         })
     }
 }
