@@ -225,6 +225,11 @@ fn piped_output_never_carries_control_characters() {
         b"\x1b]2;owned\x07\x1b[2Jhello \x1b[31mred\x1b[0m\x08\r\nbell\x07 \xc2\x9b1A\tend\r\n",
     )
     .expect("send");
+    // Read what the client says before closing: closing with its goodbye unread would reset
+    // the connection, and a reset may discard what the client has not read yet.
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    conn.set_read_timeout(Some(LINE_TIMEOUT)).expect("read timeout");
+    let _ = std::io::Read::read_to_end(&mut conn, &mut Vec::new());
     drop(conn);
     let mut stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = channel();
