@@ -157,24 +157,29 @@ fn answer(
     }
     let mut line = String::new();
     let mut reader = BufReader::new(io::Read::take(stream, MAX_REQUEST));
-    let error = match reader.read_line(&mut line) {
+    // What was wrong, and the reply when it should not say the same (docs/control.md: any
+    // line that is no request is answered as an unknown request).
+    let (reason, reply) = match reader.read_line(&mut line) {
         Ok(0) => return None,
-        Ok(n) if n as u64 == MAX_REQUEST && !line.ends_with('\n') => {
-            format!("request longer than {MAX_REQUEST} bytes")
-        }
+        Ok(n) if n as u64 == MAX_REQUEST && !line.ends_with('\n') => (
+            format!("request longer than {MAX_REQUEST} bytes"),
+            Some(format!("unknown request {:?}", line.trim())),
+        ),
         Ok(_) => match ControlCommand::parse(&line) {
             Some(command) => return Some((Some(command), forward(command, tx, waker, written))),
-            None => format!("unknown request {:?}", line.trim()),
+            None => (format!("unknown request {:?}", line.trim()), None),
         },
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => format!("unreadable request: {e}"),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            (format!("unreadable request: {e}"), None)
+        }
         Err(e) => {
             warn!("{peer}: no request: {e}");
             return Some((None, Reply::failed(format!("unreadable request: {e}"))));
         }
     };
-    // The reply says why; the connection closes after it.
-    let bad = BadFrame::new(&peer, error);
-    Some((None, Reply::failed(bad.reason())))
+    // The connection closes after the reply.
+    let bad = BadFrame::new(&peer, reason);
+    Some((None, Reply::failed(reply.unwrap_or_else(|| bad.reason().to_owned()))))
 }
 
 /// Hands a request to the event loop and waits for its answer.

@@ -1,4 +1,4 @@
-//! The rolling reload (docs/architecture.md), as a small state machine driven by the
+//! The rolling reload (docs/control.md, "Reload"), as a small state machine driven by the
 //! supervisor's loop.
 //!
 //! A reload validates the new config, then rolls the slots one at a time: start the new
