@@ -1,4 +1,4 @@
-//! The rolling reload (SPEC §3.1), as a small state machine driven by the supervisor's loop.
+//! The rolling reload (docs/control.md, "Reload"), as a small state machine driven by the supervisor's loop.
 //!
 //! A reload validates the new config, then rolls the slots one at a time: start the new
 //! generation's worker on the slot's existing listeners, wait until it accepts, then tell the
