@@ -18,4 +18,5 @@ pub mod protocol;
 pub mod signals;
 pub mod supervisor;
 pub mod systemd;
+pub mod tls;
 pub mod worker;
