@@ -11,13 +11,18 @@
 //! [`BusConn::take_fd`]. A process at its open-files limit cannot receive a descriptor: the
 //! kernel drops it and flags the read (`MSG_CTRUNC`), and its place in the queue is kept empty,
 //! so the frame it came with finds no descriptor rather than the next frame's.
+//!
+//! Each connection knows its [`Peer`]: a frame that cannot be read is handled by the one
+//! policy of [`crate::bad_frame`], which names that peer, and the connection shuts itself down.
 
-use super::frame::{self, FrameError};
+use super::frame;
+use crate::bad_frame::{BadFrame, Peer};
 use mio::net::UnixStream;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// How much one `fill` reads before yielding, so one busy peer cannot starve the rest of the
@@ -41,6 +46,9 @@ pub enum Fill {
 
 pub struct BusConn {
     stream: UnixStream,
+    peer: Peer,
+    /// A bad frame arrived: nothing more is read from this peer.
+    broken: bool,
     rbuf: Vec<u8>,
     rpos: usize,
     rlen: usize,
@@ -54,9 +62,11 @@ pub struct BusConn {
 }
 
 impl BusConn {
-    pub fn new(stream: UnixStream) -> BusConn {
+    pub fn new(stream: UnixStream, peer: Peer) -> BusConn {
         BusConn {
             stream,
+            peer,
+            broken: false,
             rbuf: Vec::new(),
             rpos: 0,
             rlen: 0,
@@ -72,8 +82,8 @@ impl BusConn {
     /// bites: everything it reads in one turn goes out to every client before the next read,
     /// so a burst (a thousand joins at once) reaches clients as a stream, not as one lump
     /// bigger than their socket buffers.
-    pub fn with_fill_budget(stream: UnixStream, budget: usize) -> BusConn {
-        BusConn { fill_budget: budget, ..BusConn::new(stream) }
+    pub fn with_fill_budget(stream: UnixStream, peer: Peer, budget: usize) -> BusConn {
+        BusConn { fill_budget: budget, ..BusConn::new(stream, peer) }
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {
@@ -156,6 +166,9 @@ impl BusConn {
 
     /// Reads what the peer has sent, up to the read budget.
     pub fn fill(&mut self) -> io::Result<Fill> {
+        if self.broken {
+            return Ok(Fill::Closed);
+        }
         let mut read = 0;
         loop {
             self.make_room();
@@ -224,13 +237,29 @@ impl BusConn {
     }
 
     /// Next complete message from what `fill` read.
-    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        match frame::decode(&self.rbuf[self.rpos..self.rlen])? {
-            Some((msg, used)) => {
+    ///
+    /// A frame that cannot be read (malformed, oversized, another version) is logged with the
+    /// peer and shuts the connection down: the peer sees it closed, this side reads nothing
+    /// more from it, and the caller drops the peer as it would on EOF.
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, BadFrame> {
+        if self.broken {
+            return Ok(None);
+        }
+        match frame::decode(&self.rbuf[self.rpos..self.rlen]) {
+            Ok(Some((msg, used))) => {
                 self.rpos += used;
                 Ok(Some(msg))
             }
-            None => Ok(None),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                self.rpos = 0;
+                self.rlen = 0;
+                self.in_fds.clear();
+                // Already closed by the peer, or about to be dropped: either way it is over.
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(BadFrame::new(&self.peer, e))
+            }
         }
     }
 
@@ -245,3 +274,6 @@ fn write_plain(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
     use std::io::Write;
     (&*stream).write(bytes)
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,8 +8,8 @@
 
 use super::client::Client;
 use super::{CLIENT_BASE, LISTENER_BASE, Worker};
-use crate::bus::ToHub;
 use crate::bus::message::ConnId;
+use crate::bus::{RoomRequest, ToHub};
 use log::{debug, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
@@ -67,7 +67,7 @@ impl Acceptor {
             paused_until: None,
             out_of_fds_logged: false,
             fds_at_start,
-            next_conn: 1,
+            next_conn: ConnId(1),
             joining: HashMap::new(),
         })
     }
@@ -75,7 +75,7 @@ impl Acceptor {
     /// A fresh worker-local connection id.
     pub fn conn_id(&mut self) -> ConnId {
         let conn = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = conn.next();
         conn
     }
 
@@ -212,6 +212,6 @@ impl Worker {
         let conn = self.accept.conn_id();
         entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
         self.accept.joining.insert(conn, key);
-        self.bus.send(&ToHub::Join { conn, addr });
+        self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
     }
 }

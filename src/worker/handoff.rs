@@ -9,15 +9,16 @@
 
 use super::client::{Client, Phase};
 use super::{CLOSE_GRACE, HANDOFF_OUT, INCOMING_BASE, Worker, rate::TokenBucket};
+use crate::bad_frame::Peer;
 use crate::bus::conn::Fill;
 use crate::bus::handoff::{SessionState, Transfer};
 use crate::bus::message::{LeaveReason, SessionId};
-use crate::bus::{BusConn, ToHub};
+use crate::bus::{BusConn, RoomRequest, ToHub, WorkerReport};
 use log::{error, info, warn};
 use mio::{Interest, Token};
 use slab::Slab;
 use std::collections::HashSet;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,7 @@ impl Worker {
             return self.drain_instead();
         };
         let mut conn = match to_mio_unix(fd) {
-            Ok(stream) => BusConn::new(stream),
+            Ok(stream) => BusConn::new(stream, Peer::Successor),
             Err(e) => {
                 error!("hand-off channel: {e}; draining instead");
                 return self.drain_instead();
@@ -90,7 +91,7 @@ impl Worker {
     /// The hand-off cannot start: the clients are served here until they leave or the drain
     /// timeout passes, and the supervisor is told, so the reload goes on without waiting.
     fn drain_instead(&mut self) {
-        self.bus.send(&ToHub::Draining);
+        self.bus.send(&ToHub::Control(WorkerReport::Draining));
         self.start_drain(self.config.reload.drain_timeout);
     }
 
@@ -116,7 +117,7 @@ impl Worker {
             if !joining && !out.done_reported {
                 out.done_reported = true;
                 info!("handed over {} sessions", out.sent);
-                self.bus.send(&ToHub::HandoffDone { sessions: out.sent });
+                self.bus.send(&ToHub::Control(WorkerReport::HandoffDone { sessions: out.sent }));
             }
         }
     }
@@ -141,8 +142,7 @@ impl Worker {
             leaving: client.phase == Phase::Leaving,
             eof: client.eof,
         };
-        // SAFETY: the raw descriptor comes straight out of the stream we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(client.stream.into_raw_fd()) };
+        let fd = OwnedFd::from(client.stream);
         self.handoff.moved.insert(session);
         if let Some(out) = self.handoff.outgoing.as_mut() {
             out.conn.send_with_fds(&Transfer::Session(state), vec![fd]);
@@ -183,7 +183,7 @@ impl Worker {
             return error!("receive requested without a channel");
         };
         let mut conn = match to_mio_unix(fd) {
-            Ok(stream) => BusConn::new(stream),
+            Ok(stream) => BusConn::new(stream, Peer::Predecessor),
             Err(e) => return error!("hand-off channel: {e}"),
         };
         let index = self.handoff.incoming.vacant_key();
@@ -218,7 +218,8 @@ impl Worker {
                         // must not wait for it to be adopted.
                         error!("session {} arrived without its socket; it is lost", state.session);
                         let session = state.session;
-                        self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Lost });
+                        let leave = RoomRequest::Leave { session, reason: LeaveReason::Lost };
+                        self.bus.send(&ToHub::Room(leave));
                     }
                 },
                 Ok(Some(Transfer::Direct { session, lines })) => {
@@ -232,9 +233,11 @@ impl Worker {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    error!("malformed hand-off frame: {e}");
-                    break;
+                Err(_) => {
+                    if let Some(mut conn) = self.handoff.incoming.try_remove(index) {
+                        let _ = self.poll.registry().deregister(conn.stream());
+                    }
+                    return;
                 }
             }
         }
@@ -266,7 +269,8 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("adopted session {}: {e}", state.session);
-            self.bus.send(&ToHub::Leave { session: state.session, reason: LeaveReason::Lost });
+            let leave = RoomRequest::Leave { session: state.session, reason: LeaveReason::Lost };
+            self.bus.send(&ToHub::Room(leave));
             return;
         }
         let now = Instant::now();
@@ -286,7 +290,8 @@ impl Worker {
         client.eof = state.eof;
         entry.insert(Box::new(client));
         self.sessions.insert(state.session, key);
-        self.bus.send(&ToHub::Adopt { session: state.session, last_seq: state.last_seq });
+        let adopt = RoomRequest::Adopt { session: state.session, last_seq: state.last_seq };
+        self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);
     }
 

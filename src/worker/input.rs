@@ -9,10 +9,10 @@
 
 use super::Worker;
 use super::room_state::{DEFAULT_HISTORY_REQUEST, RoomState};
-use crate::bus::ToHub;
 use crate::bus::handoff::Transfer;
 use crate::bus::message::LeaveReason;
 use crate::bus::message::{ConnId, Query, SessionId, split_lines};
+use crate::bus::{RoomRequest, ToHub};
 use crate::config::Config;
 use crate::protocol::command::{self, Command};
 use crate::protocol::decoder::Decoded;
@@ -137,12 +137,14 @@ impl Worker {
     fn on_line(&mut self, key: usize, line: String) {
         let Some(session) = self.clients.get(key).and_then(|c| c.session) else { return };
         let request = match command::parse(&line) {
-            Ok(Command::Say(text)) => ToHub::Say { session, text },
-            Ok(Command::Me(text)) => ToHub::Me { session, text },
-            Ok(Command::Nick(nick)) => ToHub::Nick { session, nick },
-            Ok(Command::Who) => ToHub::Query { session, query: Query::Who },
-            Ok(Command::Msg { to, text }) => ToHub::Msg { session, to, text },
-            Ok(Command::History(count)) => ToHub::Query { session, query: Query::History(count) },
+            Ok(Command::Say(text)) => RoomRequest::Say { session, text },
+            Ok(Command::Me(text)) => RoomRequest::Me { session, text },
+            Ok(Command::Nick(nick)) => RoomRequest::Nick { session, nick },
+            Ok(Command::Who) => RoomRequest::Query { session, query: Query::Who },
+            Ok(Command::Msg { to, text }) => RoomRequest::Msg { session, to, text },
+            Ok(Command::History(count)) => {
+                RoomRequest::Query { session, query: Query::History(count) }
+            }
             Ok(Command::Help) => {
                 let help: Vec<String> = command::HELP.iter().map(|h| format!("* {h}")).collect();
                 self.send_lines(key, &help);
@@ -157,7 +159,7 @@ impl Worker {
                 return;
             }
         };
-        self.bus.send(&request);
+        self.bus.send(&ToHub::Room(request));
     }
 
     /// The hub echoed a `/who` or `/history`: answer it from this worker's copy of the room,

@@ -7,8 +7,8 @@
 
 use super::client::Phase;
 use super::{CLOSE_GRACE, TICK, Worker};
-use crate::bus::ToHub;
 use crate::bus::message::LeaveReason;
+use crate::bus::{RoomRequest, ToHub, WorkerReport};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ impl Worker {
     pub(super) fn heartbeat_if_due(&mut self, now: Instant) {
         if now >= self.life.next_heartbeat {
             self.life.next_heartbeat = now + TICK;
-            self.bus.send(&ToHub::Heartbeat);
+            self.bus.send(&ToHub::Control(WorkerReport::Heartbeat));
             let _ = self.bus.flush();
         }
     }
@@ -104,7 +104,7 @@ impl Worker {
         }
         client.left = true;
         if let Some(session) = client.session {
-            self.bus.send(&ToHub::Leave { session, reason });
+            self.bus.send(&ToHub::Room(RoomRequest::Leave { session, reason }));
         }
     }
 

@@ -25,9 +25,10 @@ mod tests;
 
 pub use setup::Args;
 
+use crate::bad_frame::Peer;
 use crate::bus::handoff::Transfer;
 use crate::bus::message::{ConnId, LeaveReason, SessionId};
-use crate::bus::{BusConn, ToHub, ToWorker, conn::Fill};
+use crate::bus::{BusConn, RoomRequest, RoomUpdate, ToHub, ToWorker, WorkerOrder, conn::Fill};
 use crate::config::Config;
 use crate::signals::Signals;
 use accept::Acceptor;
@@ -114,7 +115,7 @@ impl Worker {
         mut signals: Signals,
     ) -> io::Result<Worker> {
         let poll = Poll::new()?;
-        let mut bus = BusConn::with_fill_budget(bus, BUS_READ_BUDGET);
+        let mut bus = BusConn::with_fill_budget(bus, Peer::Supervisor, BUS_READ_BUDGET);
         let registry = poll.registry();
         registry.register(bus.stream(), BUS, Interest::READABLE | Interest::WRITABLE)?;
         registry.register(signals.source(), SIGNALS, Interest::READABLE)?;
@@ -232,8 +233,7 @@ impl Worker {
             match self.bus.next_message::<ToWorker>() {
                 Ok(Some(msg)) => self.on_bus(msg),
                 Ok(None) => break,
-                Err(e) => {
-                    error!("malformed frame from the supervisor: {e}");
+                Err(_) => {
                     self.supervisor_lost();
                     return;
                 }
@@ -260,20 +260,22 @@ impl Worker {
 
     fn on_bus(&mut self, msg: ToWorker) {
         match msg {
-            ToWorker::Room { skip, line, seq, event } => {
+            ToWorker::Room(RoomUpdate::Line { skip, line, seq, event }) => {
                 self.last_seq = seq;
                 self.room_line(&line, skip);
                 self.room_state.apply(event, line);
             }
-            ToWorker::Sync { seq } => {
+            ToWorker::Room(RoomUpdate::Sync { seq }) => {
                 self.last_seq = self.last_seq.max(seq);
                 self.room_state.reset();
             }
-            ToWorker::Snapshot { members, history } => self.room_state.load(members, history),
-            ToWorker::Admitted { conn, session, welcome } => {
+            ToWorker::Room(RoomUpdate::Snapshot { members, history }) => {
+                self.room_state.load(members, history)
+            }
+            ToWorker::Room(RoomUpdate::Admitted { conn, session, welcome }) => {
                 self.on_admitted(conn, session, welcome)
             }
-            ToWorker::Refused { conn, line } => {
+            ToWorker::Room(RoomUpdate::Refused { conn, line }) => {
                 if let Some(key) = self.accept.joining.remove(&conn) {
                     let client = &mut self.clients[key];
                     client.left = true;
@@ -282,14 +284,14 @@ impl Worker {
                     self.mark_dirty(key);
                 }
             }
-            ToWorker::Direct { session, lines } => {
+            ToWorker::Room(RoomUpdate::Direct { session, lines }) => {
                 if self.handoff.moved.contains(&session) {
                     self.forward(session, Transfer::Direct { session, lines });
                 } else if let Some(&key) = self.sessions.get(&session) {
                     self.send_lines(key, &lines);
                 }
             }
-            ToWorker::Left { session } => {
+            ToWorker::Room(RoomUpdate::Left { session }) => {
                 if self.forward(session, Transfer::Left { session }) {
                     return;
                 }
@@ -297,39 +299,45 @@ impl Worker {
                     self.close(key);
                 }
             }
-            ToWorker::HandOff => {
+            ToWorker::Control(WorkerOrder::HandOff) => {
                 let fd = self.bus.take_fd();
                 self.start_handoff(fd);
             }
-            ToWorker::Receive => {
+            ToWorker::Control(WorkerOrder::Receive) => {
                 let fd = self.bus.take_fd();
                 self.start_receiving(fd);
             }
-            ToWorker::Resume { session, lines } => self.resume(session, lines),
-            ToWorker::Replay { session, lines } => self.replay(session, lines),
-            ToWorker::Answer { session, query } => self.answer(session, query),
-            ToWorker::Drain { timeout_ms } => self.start_drain(Duration::from_millis(timeout_ms)),
-            ToWorker::Exit => {
+            ToWorker::Room(RoomUpdate::Resume { session, lines }) => self.resume(session, lines),
+            ToWorker::Room(RoomUpdate::Replay { session, lines }) => self.replay(session, lines),
+            ToWorker::Room(RoomUpdate::Answer { session, query }) => self.answer(session, query),
+            ToWorker::Control(WorkerOrder::Drain { timeout_ms }) => {
+                self.start_drain(Duration::from_millis(timeout_ms))
+            }
+            ToWorker::Control(WorkerOrder::Exit) => {
                 info!("hand-off complete; exiting");
                 self.life.exit_by(ExitCode::SUCCESS, Instant::now() + CLOSE_GRACE);
             }
-            ToWorker::Shutdown => {
+            ToWorker::Control(WorkerOrder::Shutdown) => {
                 info!("shutdown requested");
                 self.begin_exit("* server shutting down", ExitCode::SUCCESS);
             }
-            ToWorker::Setup { .. } => warn!("unexpected second setup frame; ignored"),
+            ToWorker::Control(WorkerOrder::Setup { .. }) => {
+                warn!("unexpected second setup frame; ignored")
+            }
         }
     }
 
     fn on_admitted(&mut self, conn: ConnId, session: SessionId, welcome: String) {
         let Some(key) = self.accept.joining.remove(&conn) else {
             // The client went away while the hub was admitting it.
-            self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Closed });
+            self.bus
+                .send(&ToHub::Room(RoomRequest::Leave { session, reason: LeaveReason::Closed }));
             return;
         };
         let client = &mut self.clients[key];
         if client.phase != Phase::Joining {
-            self.bus.send(&ToHub::Leave { session, reason: LeaveReason::Closed });
+            self.bus
+                .send(&ToHub::Room(RoomRequest::Leave { session, reason: LeaveReason::Closed }));
             return;
         }
         client.session = Some(session);

@@ -3,13 +3,14 @@
 
 use super::Worker;
 use crate::bus::frame::{self, HEADER_LEN};
-use crate::bus::{ToHub, ToWorker};
+use crate::bus::{ToHub, ToWorker, WorkerOrder, WorkerReport};
+use crate::cloexec;
 use crate::config::Config;
 use crate::signals::{self, Signals};
 use mio::net::{TcpListener, UnixStream};
 use nix::sys::signal::Signal;
 use std::io::Read;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, RawFd};
 
 /// The command line of `chatd worker` (written by the supervisor, not by people).
 #[derive(Debug, Clone, clap::Args)]
@@ -31,11 +32,13 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     let listeners: Vec<TcpListener> = args
         .listen_fds
         .iter()
+        // SAFETY: as for the bus: passed across exec for us alone, each named once.
         .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
         .map(TcpListener::from_std)
         .collect();
-    for fd in args.listen_fds.iter().chain([&args.bus_fd]) {
-        set_cloexec(*fd);
+    // Inherited descriptors must not leak into anything this process might start.
+    for fd in listeners.iter().map(AsFd::as_fd).chain([bus.as_fd()]) {
+        cloexec::set(fd).map_err(|e| format!("close-on-exec: {e}"))?;
     }
     let (config_text, config_path) = read_setup(&bus)?;
     let config = Config::parse(&config_text, &config_path).map_err(|e| e.to_string())?;
@@ -48,13 +51,13 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     let signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
     let mut worker = Worker::new(config, UnixStream::from_std(bus), listeners, signals)
         .map_err(|e| format!("event loop: {e}"))?;
-    worker.bus.send(&ToHub::Hello {
+    worker.bus.send(&ToHub::Control(WorkerReport::Hello {
         slot: args.slot,
         pid: std::process::id(),
         generation: args.generation,
         handoff: crate::bus::handoff::VERSION,
         version: env!("CARGO_PKG_VERSION").to_string(),
-    });
+    }));
     log::debug!("generation {} up with {} listeners", args.generation, worker.accept.listeners());
     // Connections may have queued on the slot's listeners while no worker served it.
     worker.accept_all();
@@ -74,19 +77,10 @@ fn read_setup(bus: &std::os::unix::net::UnixStream) -> Result<(String, String), 
     bytes.resize(4 + len, 0);
     reader.read_exact(&mut bytes[HEADER_LEN..]).map_err(|e| format!("reading setup: {e}"))?;
     match frame::decode::<ToWorker>(&bytes) {
-        Ok(Some((ToWorker::Setup { config, config_path, .. }, _))) => Ok((config, config_path)),
+        Ok(Some((ToWorker::Control(WorkerOrder::Setup { config, config_path, .. }), _))) => {
+            Ok((config, config_path))
+        }
         Ok(_) => Err("the first bus frame is not a setup frame".into()),
         Err(e) => Err(format!("setup frame: {e}")),
-    }
-}
-
-/// Inherited descriptors must not leak into anything this process might start.
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
     }
 }

@@ -3,6 +3,7 @@
 //! itself.
 
 use super::*;
+use crate::bus::{WorkerReport, message::SessionId};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -32,7 +33,7 @@ impl Harness {
             Signals::new(&[]).unwrap(),
         )
         .unwrap();
-        let hub = BusConn::new(UnixStream::from_std(theirs));
+        let hub = BusConn::new(UnixStream::from_std(theirs), Peer::Worker { slot: 0, pid: 0 });
         Harness { worker, events: Events::with_capacity(64), hub, addr }
     }
 
@@ -46,7 +47,7 @@ impl Harness {
         loop {
             self.hub.fill().unwrap();
             while let Some(msg) = self.hub.next_message::<ToHub>().unwrap() {
-                if msg != ToHub::Heartbeat {
+                if msg != ToHub::Control(WorkerReport::Heartbeat) {
                     return msg;
                 }
             }
@@ -86,15 +87,18 @@ fn a_connection_joins_through_the_hub_talks_and_is_told_when_the_server_stops() 
     let mut h = Harness::new();
     let mut client = TcpStream::connect(h.addr).unwrap();
     client.set_nonblocking(true).unwrap();
-    let ToHub::Join { conn, addr } = h.sent_to_hub() else { panic!("expected a join") };
+    let ToHub::Room(RoomRequest::Join { conn, addr }) = h.sent_to_hub() else {
+        panic!("expected a join")
+    };
     assert_eq!(addr, client.local_addr().unwrap());
 
-    h.send(&ToWorker::Admitted { conn, session: 7, welcome: "* welcome".into() });
+    let session = SessionId(7);
+    h.send(&ToWorker::Room(RoomUpdate::Admitted { conn, session, welcome: "* welcome".into() }));
     assert_eq!(h.line_for(&mut client), "* welcome");
     client.write_all(b"hello\r\n").unwrap();
-    assert_eq!(h.sent_to_hub(), ToHub::Say { session: 7, text: "hello".into() });
+    assert_eq!(h.sent_to_hub(), ToHub::Room(RoomRequest::Say { session, text: "hello".into() }));
 
-    h.send(&ToWorker::Shutdown);
+    h.send(&ToWorker::Control(WorkerOrder::Shutdown));
     assert_eq!(h.line_for(&mut client), "* server shutting down");
     drop(client);
     let deadline = Instant::now() + DEADLINE;

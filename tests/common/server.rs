@@ -116,8 +116,8 @@ pub fn parse_listen_line(line: &str) -> Option<(SocketAddr, usize)> {
 // Server
 // ---------------------------------------------------------------------------------------------
 
-/// Builds a test config (TOML, SPEC §5). Defaults: `listen = ["127.0.0.1:0"]`, `workers = 4`,
-/// and the control socket inside the server's temporary directory.
+/// Builds a test config (TOML, docs/configuration.md). Defaults: `listen = ["127.0.0.1:0"]`,
+/// `workers = 4`, and the control socket inside the server's temporary directory.
 #[derive(Clone, Debug)]
 pub struct ServerBuilder {
     listen: Vec<String>,

@@ -1,8 +1,8 @@
-//! End-to-end tests of the rolling reload (SPEC §3.1): sessions handed from one worker
-//! generation to the next without a disconnect or a lost, duplicated or reordered room line,
-//! under load; a broken config changing nothing; a changed worker count; an upgraded binary
-//! picked up from disk; the drain path when hand-off is off; SIGHUP; connection attempts while
-//! the worker count changes; reloads in a quiet room; a new worker crashing mid-hand-off.
+//! End-to-end tests of the rolling reload (docs/control.md, "Reload"): sessions handed from one
+//! worker generation to the next without a disconnect or a lost, duplicated or reordered room line,
+//! under load; a broken config changing nothing; a changed worker count; an upgraded binary picked
+//! up from disk; the drain path when hand-off is off; SIGHUP; connection attempts while the worker
+//! count changes; reloads in a quiet room; a new worker crashing mid-hand-off.
 //!
 //! Everything runs against the real binary over loopback sockets, and every wait ends on a
 //! readiness signal (a line read, a `chatd status --json` answer, a log line) or fails after a
