@@ -10,6 +10,7 @@
 mod hub;
 mod reload;
 mod spawn;
+mod stats;
 mod workers;
 
 use crate::bus::WorkerOrder;
@@ -111,6 +112,8 @@ pub struct Supervisor {
     next_tick: Instant,
     last_watchdog: Instant,
     last_reload: Option<ReloadOutcome>,
+    /// Metrics: the supervisor's own counts and the `/metrics` endpoint.
+    stats: stats::Stats,
 }
 
 /// Entry point of `chatd serve`.
@@ -178,10 +181,12 @@ impl Supervisor {
             next_tick: now + TICK,
             last_watchdog: now,
             last_reload: None,
+            stats: stats::Stats::default(),
             config,
             config_path: config_path.to_path_buf(),
             config_text,
         };
+        supervisor.start_metrics()?;
         for slot in 0..supervisor.slots.len() {
             supervisor.start_worker(slot)?;
         }
@@ -351,6 +356,7 @@ impl Supervisor {
             crate::memory::trim();
         }
         self.check_heartbeats(now, (late > STALL).then_some(late));
+        self.publish_metrics();
         if self.run_state == RunState::Running {
             self.update_status();
             if let Some(interval) = self.watchdog {

@@ -37,8 +37,8 @@ pub enum Phase {
 
 /// What one read did.
 pub enum Input {
-    /// Bytes went into the decoder.
-    Data,
+    /// This many bytes went into the decoder.
+    Data(usize),
     /// Nothing to read right now.
     Empty,
     /// The client closed its side.
@@ -155,8 +155,10 @@ impl Client {
 
     /// Writes this client's queued bytes, then `share` (its part of the shared room buffer),
     /// with as few syscalls as the socket allows; what the socket does not take is queued.
-    pub fn flush_with(&mut self, share: &[u8]) -> io::Result<()> {
+    /// Returns the bytes written.
+    pub fn flush_with(&mut self, share: &[u8]) -> io::Result<usize> {
         let mut shared = 0;
+        let mut sent = 0;
         loop {
             let own = &self.out[self.out_pos..];
             let rest = &share[shared..];
@@ -171,17 +173,19 @@ impl Client {
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) if n <= own.len() => {
+                    sent += n;
                     self.mid_line = own[n - 1] != b'\n';
                     self.out_pos += n;
                 }
                 Ok(n) => {
+                    sent += n;
                     self.mid_line = rest[n - own.len() - 1] != b'\n';
                     shared += n - own.len();
                     self.out_pos = self.out.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.out.extend_from_slice(rest);
-                    return Ok(());
+                    return Ok(sent);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -192,7 +196,7 @@ impl Client {
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = Vec::new();
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// One read into `scratch`, fed to the decoder.
@@ -205,7 +209,7 @@ impl Client {
                 }
                 Ok(n) => {
                     self.decoder.feed(&scratch[..n]);
-                    Ok(Input::Data)
+                    Ok(Input::Data(n))
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.can_read = false;
