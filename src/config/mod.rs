@@ -538,7 +538,10 @@ fn read_metrics(root: &Section<'_>, server: &Server) -> Result<Metrics> {
         }
         // Host names are refused as in `server.listen`.
         v.parse().map(Some).map_err(|_| {
-            format!(r#"expected IP:PORT like "127.0.0.1:9101", or "" for none, found {}"#, quoted(v))
+            format!(
+                r#"expected IP:PORT like "127.0.0.1:9101", or "" for none, found {}"#,
+                quoted(v)
+            )
         })
     })?;
     if let Some(addr) = listen.filter(|addr| addr.port() != 0) {
@@ -546,7 +549,9 @@ fn read_metrics(root: &Section<'_>, server: &Server) -> Result<Metrics> {
             return Err(s.invalid(
                 "listen",
                 s.span_of(&["listen"]),
-                format!("{addr} is also in server.listen: the metrics need an address of their own"),
+                format!(
+                    "{addr} is also in server.listen: the metrics need an address of their own"
+                ),
             ));
         }
     }

@@ -70,8 +70,14 @@ pub enum LineKind {
 }
 
 impl LineKind {
-    pub const ALL: [LineKind; 6] =
-        [LineKind::Chat, LineKind::Me, LineKind::Join, LineKind::Leave, LineKind::Nick, LineKind::Notice];
+    pub const ALL: [LineKind; 6] = [
+        LineKind::Chat,
+        LineKind::Me,
+        LineKind::Join,
+        LineKind::Leave,
+        LineKind::Nick,
+        LineKind::Notice,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -225,7 +231,10 @@ mod tests {
         assert_eq!(room.lines_of(LineKind::Me), 1);
         assert_eq!(room.rejected_for(Rejection::PerIp), 1);
         let labels: Vec<&str> = Disconnect::ALL.iter().map(|d| d.label()).collect();
-        assert_eq!(labels, ["quit", "closed", "lost", "too_slow", "idle", "kicked", "banned", "server"]);
+        assert_eq!(
+            labels,
+            ["quit", "closed", "lost", "too_slow", "idle", "kicked", "banned", "server"]
+        );
         for (i, d) in Disconnect::ALL.iter().enumerate() {
             assert_eq!(*d as usize, i);
         }

@@ -122,7 +122,12 @@ impl Collector for Exposition {
             "Workers that died or hung and were replaced.",
             s.worker_restarts,
         )?;
-        gauge(&mut out, "chatd_generation", "The worker generation (1 + reloads done).", s.generation)?;
+        gauge(
+            &mut out,
+            "chatd_generation",
+            "The worker generation (1 + reloads done).",
+            s.generation,
+        )?;
         gauge(&mut out, "chatd_history_lines", "Room lines kept for /history.", s.history_lines)
     }
 }

@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(judge(post.as_bytes()), Some(Answer::MethodNotAllowed));
         assert_eq!(judge(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
         assert_eq!(judge(b"GET /met"), None);
-        assert_eq!(judge(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), Some(Answer::BadRequest));
+        assert_eq!(
+            judge(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Some(Answer::BadRequest)
+        );
         assert_eq!(judge(b"hello there\r\n\r\n"), Some(Answer::BadRequest));
         let long = format!("GET /metrics HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST));
         assert_eq!(judge(long.as_bytes()), Some(Answer::TooLarge));
@@ -263,14 +266,13 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_stops_when_dropped() {
-        let endpoint = Endpoint::start("127.0.0.1:0".parse().unwrap(), Snapshot::default()).unwrap();
+        let endpoint =
+            Endpoint::start("127.0.0.1:0".parse().unwrap(), Snapshot::default()).unwrap();
         let addr = endpoint.local_addr();
         let answer = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.contains("\nchatd_generation 0\n"), "{answer}");
-        let mut snapshot = Snapshot::default();
-        snapshot.generation = 7;
-        endpoint.publish(snapshot);
+        endpoint.publish(Snapshot { generation: 7, ..Snapshot::default() });
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").contains("\nchatd_generation 7\n"));
         let answer = get(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{answer}");

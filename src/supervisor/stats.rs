@@ -89,6 +89,7 @@ impl Supervisor {
         }
         self.stats.listen = listen;
         self.stats.endpoint = endpoint;
+        self.publish_metrics();
     }
 
     /// Hands the endpoint the numbers as they are now (once a second).
