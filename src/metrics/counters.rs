@@ -163,7 +163,7 @@ impl RoomCounters {
 }
 
 /// A histogram with fixed buckets (upper bounds in seconds), for reload durations: a reload
-/// takes from a fraction of a second (a quiet room) to minutes (a drain).
+/// takes from milliseconds (a quiet room) to minutes (a drain).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative); the last one counts those above every bound.
@@ -172,7 +172,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub const BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    pub const BOUNDS: [f64; 13] =
+        [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
     pub fn observe(&mut self, duration: Duration) {
         let seconds = duration.as_secs_f64();
@@ -255,8 +256,8 @@ mod tests {
         assert_eq!(h.count(), 3);
         assert!((h.sum() - 1000.8).abs() < 1e-9);
         let buckets = h.buckets();
-        assert_eq!(buckets[0], (0.1, 1));
-        assert_eq!(buckets[3], (1.0, 1));
+        assert_eq!(buckets[3], (0.1, 1));
+        assert_eq!(buckets[6], (1.0, 1));
         assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 2, "the last one is above all");
     }
 }

@@ -49,15 +49,17 @@ impl Endpoint {
         let addr = listener.local_addr()?;
         let latest: Shared = Arc::new(Mutex::new(Arc::new(snapshot)));
         let stop = Arc::new(AtomicBool::new(false));
+        // Built first, so that a failure below drops it, which stops the threads already started.
+        let endpoint = Endpoint { listener, addr, latest, stop };
         for n in 0..RESPONDERS {
-            let listener = listener.try_clone()?;
-            let latest = Arc::clone(&latest);
-            let stop = Arc::clone(&stop);
+            let listener = endpoint.listener.try_clone()?;
+            let latest = Arc::clone(&endpoint.latest);
+            let stop = Arc::clone(&endpoint.stop);
             thread::Builder::new()
                 .name(format!("metrics-{n}"))
                 .spawn(move || respond(&listener, &latest, &stop))?;
         }
-        Ok(Endpoint { listener, addr, latest, stop })
+        Ok(endpoint)
     }
 
     /// The address served (a port 0 resolved).
@@ -277,12 +279,24 @@ mod tests {
         let answer = get(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{answer}");
         assert!(answer.contains("\r\nAllow: GET\r\n"), "{answer}");
+        assert_eq!(responders(), RESPONDERS);
         drop(endpoint);
-        // Every thread let go of the listener: the address can be bound again.
+        // Every thread woke up from `accept` and ended; the address can be bound again.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpListener::bind(addr).is_err() {
-            assert!(Instant::now() < deadline, "{addr} still in use after the endpoint stopped");
+        while responders() > 0 {
+            assert!(Instant::now() < deadline, "responder threads still running after the stop");
             thread::sleep(Duration::from_millis(10));
         }
+        TcpListener::bind(addr).expect("the address is free again");
+    }
+
+    /// Threads of this process named like the responders (no other test starts any).
+    fn responders() -> usize {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .filter(|name| name.starts_with("metrics-"))
+            .count()
     }
 }

@@ -5,7 +5,8 @@
 //! accepts a client itself. Its event loop multiplexes the workers' bus connections, signals and
 //! control requests; everything else (restarts, heartbeat checks, status updates) runs on timers
 //! from the same loop, so the supervisor is single-threaded apart from the control socket's
-//! small reader threads.
+//! small reader threads and the `/metrics` responder's (`crate::metrics`), which only ever see
+//! a snapshot handed to them (`stats`).
 
 mod hub;
 mod reload;
