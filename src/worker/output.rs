@@ -161,11 +161,9 @@ impl Worker {
     /// on a backlog is never held back by the flush interval.
     pub(super) fn flush_backlog(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else { return };
-        if client.backlog() > 0 {
-            match client.flush_with(&[]) {
-                Ok(sent) => self.counters.bytes_sent += sent as u64,
-                Err(_) => self.lost(key),
-            }
+        let sent = |n: &usize| self.counters.bytes_sent += *n as u64;
+        if client.backlog() > 0 && client.flush_with(&[]).inspect(sent).is_err() {
+            self.lost(key);
         }
     }
 
@@ -259,11 +257,7 @@ impl Worker {
         // Too slow means the queue stayed over the limit through a flush: a reader that keeps up
         // is not cut off because one burst was bigger than its socket buffer.
         let was_over = client.backlog() > max_backlog;
-        let flushed = client.flush_with(share);
-        if let Ok(sent) = flushed {
-            self.counters.bytes_sent += sent as u64;
-        }
-        match flushed {
+        match client.flush_with(share).inspect(|n| self.counters.bytes_sent += *n as u64) {
             Ok(_) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),
             Ok(_) => {
                 if client.shut_write_if_flushed() {
