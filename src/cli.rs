@@ -39,7 +39,9 @@ pub enum Cmd {
     },
     /// Stop the running server (clients are told, output is flushed).
     Stop(ControlArgs),
-    /// Chat from a terminal: prints what the room says while you type; /quit or Ctrl-D leaves.
+    /// Chat from a terminal: a line editor with the room printed above it, reconnecting when
+    /// the connection drops; /quit or Ctrl-D leaves. With stdin not a terminal: sends stdin's
+    /// lines, prints what the server says, and exits after its answers.
     Client {
         /// Server address: HOST[:PORT], e.g. 127.0.0.1, [::1]:9999 (port 9999 if none).
         #[arg(default_value = "127.0.0.1:9999")]

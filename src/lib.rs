@@ -2,9 +2,13 @@
 //! in short, a message goes client → [`worker`] → [`bus`] → [`supervisor`]'s hub (numbered,
 //! rendered) → bus → every worker → every client.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod bad_frame;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod cloexec;
 pub mod config;
 pub mod control;
 pub mod listener;
@@ -14,4 +18,5 @@ pub mod protocol;
 pub mod signals;
 pub mod supervisor;
 pub mod systemd;
+pub mod tls;
 pub mod worker;

@@ -1,8 +1,10 @@
 //! The `chatd` binary: parses the command line and hands over to the library.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use chatd::cli::{Cli, Cmd, ControlArgs};
 use chatd::config::Config;
-use chatd::control::{self, Command};
+use chatd::control::{self, ControlCommand};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -23,15 +25,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Reload(args) => control_command(&args, Command::Reload, false),
-        Cmd::Status { control, json } => control_command(&control, Command::Status, json),
-        Cmd::Stop(args) => control_command(&args, Command::Stop, false),
+        Cmd::Reload(args) => control_command(&args, ControlCommand::Reload, false),
+        Cmd::Status { control, json } => control_command(&control, ControlCommand::Status, json),
+        Cmd::Stop(args) => control_command(&args, ControlCommand::Stop, false),
         Cmd::Client { address } => chatd::client::run(&address),
         Cmd::Worker(args) => chatd::worker::run(args),
     }
 }
 
-fn control_command(args: &ControlArgs, command: Command, json: bool) -> ExitCode {
+fn control_command(args: &ControlArgs, command: ControlCommand, json: bool) -> ExitCode {
     let socket = match args.socket_path() {
         Ok(socket) => socket,
         Err(e) => {

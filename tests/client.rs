@@ -206,3 +206,41 @@ fn sorted_nicks(nicks: &[&str]) -> String {
     nicks.sort_by_key(|n| n.to_lowercase());
     nicks.join(", ")
 }
+
+/// chatd never sends control characters, so a stand-in server does: whatever reaches stdout is
+/// text, even when stdout is a terminal.
+#[test]
+fn piped_output_never_carries_control_characters() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let mut child = Command::new(CHATD)
+        .args(["client", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn chatd client");
+    let (mut conn, _) = listener.accept().expect("the client connects");
+    conn.write_all(
+        b"\x1b]2;owned\x07\x1b[2Jhello \x1b[31mred\x1b[0m\x08\r\nbell\x07 \xc2\x9b1A\tend\r\n",
+    )
+    .expect("send");
+    // Read what the client says before closing: closing with its goodbye unread would reset
+    // the connection, and a reset may discard what the client has not read yet.
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    conn.set_read_timeout(Some(LINE_TIMEOUT)).expect("read timeout");
+    let _ = std::io::Read::read_to_end(&mut conn, &mut Vec::new());
+    drop(conn);
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = channel();
+    thread::spawn(move || {
+        let mut printed = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut printed);
+        let _ = tx.send(printed);
+    });
+    let printed = rx.recv_timeout(LINE_TIMEOUT).expect("the client's stdout to close");
+    assert_eq!(String::from_utf8_lossy(&printed), "hello red\nbell \tend\n");
+    let status =
+        wait_until(START_TIMEOUT, "the client to exit", || child.try_wait().ok().flatten());
+    assert!(status.success());
+}

@@ -1,6 +1,7 @@
-//! End-to-end tests of the multi-process core (SPEC §1–§4.1): connections spread over worker
-//! processes, one room with one total order, worker crashes, queued connections surviving a
-//! worker's death, shutdown, port 0 on IPv4 and IPv6, config checking, leave reasons.
+//! End-to-end tests of the multi-process core (docs/architecture.md, docs/protocol.md,
+//! docs/control.md): connections spread over worker processes, one room with one total order,
+//! worker crashes, queued connections surviving a worker's death, shutdown, port 0 on IPv4 and
+//! IPv6, config checking, leave reasons.
 
 mod common;
 
@@ -395,7 +396,8 @@ drain_timeout = "30s"
     assert_eq!(code, Some(0), "every key is optional, an empty file is valid: {out}");
 }
 
-/// §3: check-config reports *every* error with file:line:column, not only syntax and unknown keys.
+/// check-config reports *every* error with file:line:column, not only syntax and unknown keys
+/// (docs/configuration.md, "What is checked").
 #[test]
 fn check_config_rejects_bad_values() {
     let (code, out) = check_config("value.toml", "[server]\nworkers = 0\n");

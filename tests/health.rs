@@ -1,7 +1,7 @@
-//! Worker health seen from outside (SPEC §4.1 Health): a worker is blamed only for silence of
-//! its own. Here the supervisor itself is stalled (SIGSTOP) for longer than the heartbeat
-//! timeout while its workers go on heartbeating into the bus; once it runs again no worker may
-//! be taken for hung: same worker pids, every client still connected and chatting.
+//! Worker health seen from outside (docs/control.md, "Health"): a worker is blamed only for silence
+//! of its own. Here the supervisor itself is stalled (SIGSTOP) for longer than the heartbeat
+//! timeout while its workers go on heartbeating into the bus; once it runs again no worker may be
+//! taken for hung: same worker pids, every client still connected and chatting.
 
 mod common;
 

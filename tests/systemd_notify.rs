@@ -1,12 +1,11 @@
-//! The sd_notify protocol of `chatd serve` (SPEC §3), without systemd: each test binds the
-//! unix datagram socket systemd would, points `NOTIFY_SOCKET` at it and starts the real server.
-//! Every datagram is recorded with its arrival time, so the tests check what systemd would see:
-//! `READY=1` only once every worker accepts, `STATUS=` text and updates, `RELOADING=1` with
+//! The sd_notify protocol of `chatd serve` (docs/control.md, "systemd"), without systemd: each test
+//! binds the unix datagram socket systemd would, points `NOTIFY_SOCKET` at it and starts the real
+//! server. Every datagram is recorded with its arrival time, so the tests check what systemd would
+//! see: `READY=1` only once every worker accepts, `STATUS=` text and updates, `RELOADING=1` with
 //! `MONOTONIC_USEC=` then `READY=1` around a reload, `STOPPING=1` on SIGTERM, `WATCHDOG=1` pings
 //! only with `WATCHDOG_USEC`, and a hung worker replaced.
 //!
-//! The reload tests follow the spec (§3.1, §4.1); they fail while the server answers
-//! "reload is not supported by this version".
+//! The reload tests follow docs/control.md, "Reload" and "systemd".
 
 mod common;
 
@@ -133,8 +132,8 @@ impl Drop for NotifySocket {
     }
 }
 
-/// `STATUS=` must read exactly `N workers, M clients, generation G` (SPEC §3); returns the
-/// three numbers, or `None` for any other text (a failed reload's suffix included).
+/// `STATUS=` must read exactly `N workers, M clients, generation G` (docs/control.md, "systemd");
+/// returns the three numbers, or `None` for any other text (a failed reload's suffix included).
 fn parse_status(s: &str) -> Option<(u64, u64, u64)> {
     fn number(s: &str) -> Option<u64> {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
@@ -203,7 +202,8 @@ impl NotifiedServer {
         self.notify.wait_from(0, START_TIMEOUT, "READY=1", |n| n.has("READY", "1")).1
     }
 
-    /// The address from the `listening on IP:PORT with N workers` log line (SPEC §4.1).
+    /// The address from the `listening on IP:PORT with N workers` log line (docs/control.md,
+    /// "Status").
     fn listen_addr(&self) -> std::net::SocketAddr {
         wait_until(LINE_TIMEOUT, "the `listening on` log line", || {
             self.log.lock().unwrap().iter().find_map(|l| parse_listen_line(l)).map(|(a, _)| a)
@@ -472,10 +472,9 @@ fn watchdog_pings_and_hung_worker_is_replaced() {
     });
 }
 
-/// A successful reload (SPEC §3.1): `RELOADING=1` with `MONOTONIC_USEC=` (now, on
+/// A successful reload (docs/control.md, "Reload"): `RELOADING=1` with `MONOTONIC_USEC=` (now, on
 /// CLOCK_MONOTONIC), then `READY=1`, then STATUS= with generation 2; `chatd reload` returns 0
 /// after that; every worker is new; a connected client stays connected with its nick.
-/// Depends on reload being implemented.
 #[test]
 fn reload_sends_reloading_then_ready() {
     let server = NotifiedServer::start(
@@ -532,9 +531,9 @@ fn reload_sends_reloading_then_ready() {
     alice.expect_chat(&nick, "still here");
 }
 
-/// A reload with a broken config changes nothing (SPEC §3.1 (1)): `chatd reload` exits
-/// non-zero naming file:line:column, no `RELOADING=1` is sent, the workers stay, and STATUS=
-/// gets `; last reload failed: REASON` (SPEC §4.1). Depends on reload being implemented.
+/// A reload with a broken config changes nothing (docs/control.md, "Reload"): `chatd reload` exits
+/// non-zero naming file:line:column, no `RELOADING=1` is sent, the workers stay, and STATUS= gets
+/// `; last reload failed: REASON` (docs/control.md, "systemd").
 #[test]
 fn broken_config_reload_changes_nothing() {
     let server = NotifiedServer::start(ServerBuilder::new().workers(2), None);
@@ -567,7 +566,7 @@ fn broken_config_reload_changes_nothing() {
 
 /// `STATUS=` changes as soon as what it shows does, not on the next second's refresh: a reload
 /// that fails (an address taken by another process) is in it before `chatd reload` returns, and
-/// the `READY=1` ending a 4 → 1 reload counts the one worker left (SPEC §4.1).
+/// the `READY=1` ending a 4 → 1 reload counts the one worker left (docs/control.md, "systemd").
 #[test]
 fn status_follows_reloads_at_once() {
     let server = NotifiedServer::start(ServerBuilder::new().workers(4), None);

@@ -8,14 +8,21 @@
 //! hand-off channel this way, and an old worker hands each client socket to its successor.
 //! Descriptors travel with the first byte of their frame, so by the time a reader has the whole
 //! frame it has its descriptors too; they are queued in arrival order and taken with
-//! [`BusConn::take_fd`].
+//! [`BusConn::take_fd`]. A process at its open-files limit cannot receive a descriptor: the
+//! kernel drops it and flags the read (`MSG_CTRUNC`), and its place in the queue is kept empty,
+//! so the frame it came with finds no descriptor rather than the next frame's.
+//!
+//! Each connection knows its [`Peer`]: a frame that cannot be read is handled by the one
+//! policy of [`crate::bad_frame`], which names that peer, and the connection shuts itself down.
 
-use super::frame::{self, FrameError};
+use super::frame;
+use crate::bad_frame::{BadFrame, Peer};
 use mio::net::UnixStream;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// How much one `fill` reads before yielding, so one busy peer cannot starve the rest of the
@@ -39,6 +46,9 @@ pub enum Fill {
 
 pub struct BusConn {
     stream: UnixStream,
+    peer: Peer,
+    /// A bad frame arrived: nothing more is read from this peer.
+    broken: bool,
     rbuf: Vec<u8>,
     rpos: usize,
     rlen: usize,
@@ -46,14 +56,17 @@ pub struct BusConn {
     wpos: usize,
     /// Descriptors to attach when the write position reaches the given offset of `wbuf`.
     out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
-    in_fds: VecDeque<OwnedFd>,
+    /// Received descriptors in arrival order; `None` for one the kernel could not deliver.
+    in_fds: VecDeque<Option<OwnedFd>>,
     fill_budget: usize,
 }
 
 impl BusConn {
-    pub fn new(stream: UnixStream) -> BusConn {
+    pub fn new(stream: UnixStream, peer: Peer) -> BusConn {
         BusConn {
             stream,
+            peer,
+            broken: false,
             rbuf: Vec::new(),
             rpos: 0,
             rlen: 0,
@@ -69,8 +82,8 @@ impl BusConn {
     /// bites: everything it reads in one turn goes out to every client before the next read,
     /// so a burst (a thousand joins at once) reaches clients as a stream, not as one lump
     /// bigger than their socket buffers.
-    pub fn with_fill_budget(stream: UnixStream, budget: usize) -> BusConn {
-        BusConn { fill_budget: budget, ..BusConn::new(stream) }
+    pub fn with_fill_budget(stream: UnixStream, peer: Peer, budget: usize) -> BusConn {
+        BusConn { fill_budget: budget, ..BusConn::new(stream, peer) }
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {
@@ -153,6 +166,9 @@ impl BusConn {
 
     /// Reads what the peer has sent, up to the read budget.
     pub fn fill(&mut self) -> io::Result<Fill> {
+        if self.broken {
+            return Ok(Fill::Closed);
+        }
         let mut read = 0;
         loop {
             self.make_room();
@@ -171,12 +187,20 @@ impl BusConn {
                 Err(e) => return Err(e.into()),
             };
             let bytes = msg.bytes;
-            if let Ok(cmsgs) = msg.cmsgs() {
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                // Descriptors came with this read and none could be installed (every frame
+                // carries one): the frame will find its place empty.
+                log::warn!(
+                    "bus: a descriptor passed to this process was lost (out of descriptors?)"
+                );
+                self.in_fds.push_back(None);
+            } else if let Ok(cmsgs) = msg.cmsgs() {
                 for cmsg in cmsgs {
                     if let ControlMessageOwned::ScmRights(fds) = cmsg {
                         // SAFETY: the kernel just installed these descriptors for us.
-                        self.in_fds
-                            .extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        self.in_fds.extend(
+                            fds.into_iter().map(|fd| Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+                        );
                     }
                 }
             }
@@ -213,19 +237,36 @@ impl BusConn {
     }
 
     /// Next complete message from what `fill` read.
-    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        match frame::decode(&self.rbuf[self.rpos..self.rlen])? {
-            Some((msg, used)) => {
+    ///
+    /// A frame that cannot be read (malformed, oversized, another version) is logged with the
+    /// peer and shuts the connection down: the peer sees it closed, this side reads nothing
+    /// more from it, and the caller drops the peer as it would on EOF.
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, BadFrame> {
+        if self.broken {
+            return Ok(None);
+        }
+        match frame::decode(&self.rbuf[self.rpos..self.rlen]) {
+            Ok(Some((msg, used))) => {
                 self.rpos += used;
                 Ok(Some(msg))
             }
-            None => Ok(None),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                self.rpos = 0;
+                self.rlen = 0;
+                self.in_fds.clear();
+                // Already closed by the peer, or about to be dropped: either way it is over.
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(BadFrame::new(&self.peer, e))
+            }
         }
     }
 
-    /// The next descriptor that arrived with a frame.
+    /// The next descriptor that arrived with a frame; `None` when the kernel could not deliver
+    /// it (or none came).
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
-        self.in_fds.pop_front()
+        self.in_fds.pop_front().flatten()
     }
 }
 
@@ -233,3 +274,6 @@ fn write_plain(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
     use std::io::Write;
     (&*stream).write(bytes)
 }
+
+#[cfg(test)]
+mod tests;

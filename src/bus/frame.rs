@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Version of the frame layout and of the messages in [`super::message`]. Bump it whenever
 /// either changes shape.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Bytes before the body: length (4) + version (1).
 pub const HEADER_LEN: usize = 5;
@@ -103,14 +103,23 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Fra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::message::{LeaveReason, ToHub, ToWorker};
+    use crate::bus::message::{
+        LeaveReason, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker, WorkerOrder, WorkerReport,
+    };
+
+    fn direct(lines: Vec<String>) -> ToWorker {
+        ToWorker::Room(RoomUpdate::Direct { session: SessionId(1), lines })
+    }
 
     #[test]
     fn round_trip_and_partial_input() {
         let msgs = vec![
-            ToHub::Say { session: 7, text: "héllo".into() },
-            ToHub::Leave { session: 7, reason: LeaveReason::Quit(Some("bye".into())) },
-            ToHub::Heartbeat,
+            ToHub::Room(RoomRequest::Say { session: SessionId(7), text: "héllo".into() }),
+            ToHub::Room(RoomRequest::Leave {
+                session: SessionId(7),
+                reason: LeaveReason::Quit(Some("bye".into())),
+            }),
+            ToHub::Control(WorkerReport::Heartbeat),
         ];
         let mut bytes = Vec::new();
         for m in &msgs {
@@ -137,7 +146,7 @@ mod tests {
         assert_eq!(decode::<ToHub>(&[0, 0, 0, 0, 1]), Err(FrameError::BadLength(0)));
         let huge = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
         assert!(matches!(decode::<ToHub>(&huge), Err(FrameError::BadLength(_))));
-        let mut frame = encode(&ToWorker::Shutdown).unwrap();
+        let mut frame = encode(&ToWorker::Control(WorkerOrder::Shutdown)).unwrap();
         frame[4] = VERSION + 1;
         assert_eq!(decode::<ToWorker>(&frame), Err(FrameError::Version(VERSION + 1)));
         let garbage = [2, 0, 0, 0, VERSION, 250];
@@ -147,11 +156,11 @@ mod tests {
     #[test]
     fn refuses_to_write_a_frame_over_the_limit() {
         let mut out = vec![1, 2, 3];
-        let big = ToWorker::Direct { session: 1, lines: vec!["x".repeat(MAX_FRAME_LEN)] };
+        let big = direct(vec!["x".repeat(MAX_FRAME_LEN)]);
         assert!(matches!(encode_into(&big, &mut out), Err(FrameError::TooLarge(_))));
         // Nothing half-written is left behind.
         assert_eq!(out, vec![1, 2, 3]);
-        let fits = ToWorker::Direct { session: 1, lines: vec!["x".repeat(MAX_FRAME_LEN - 64)] };
+        let fits = direct(vec!["x".repeat(MAX_FRAME_LEN - 64)]);
         encode_into(&fits, &mut out).unwrap();
         assert!(decode::<ToWorker>(&out[3..]).unwrap().is_some());
     }

@@ -6,30 +6,95 @@
 //! to forget: they fail on any change of the encoding, and the fix is to bump
 //! [`super::frame::VERSION`] (bus messages) or [`super::handoff::VERSION`] (hand-off records)
 //! and then update the bytes here.
+//!
+//! Every variant of every enum that travels has its example here, and the tests check that
+//! none is missing: a new variant without golden bytes fails too.
 
 use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer};
-use super::message::{LeaveReason, Query, RoomEvent, ToHub, ToWorker};
+use super::message::{
+    ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker,
+    WorkerOrder, WorkerReport,
+};
 use crate::protocol::decoder::LineDecoder;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The number of variants of the enum `T`, found by asking its deserializer: a valid variant
+/// index alone decodes (unit variant) or asks for more bytes; the first invalid one is refused.
+fn variant_count<T: DeserializeOwned>() -> u8 {
+    (0..127)
+        .find(|&i| match postcard::from_bytes::<T>(&[i]) {
+            Ok(_) | Err(postcard::Error::DeserializeUnexpectedEnd) => false,
+            Err(_) => true,
+        })
+        .expect("fewer than 127 variants")
+}
+
 /// Compares each message's encoding (hex of the frame without its length) with the expected
-/// one, and reports every change at once.
+/// one, reports every change at once, and records which variants the examples cover.
 #[derive(Default)]
 struct Golden {
     changed: Vec<String>,
+    /// Variant indexes seen, by enum.
+    seen: BTreeMap<&'static str, BTreeSet<u8>>,
 }
 
 impl Golden {
-    fn check<T: serde::Serialize + std::fmt::Debug>(&mut self, msg: &T, expected: &str) {
-        let frame = encode(msg).expect("small messages fit");
-        let got = hex(&frame[4..]);
+    fn compare(&mut self, what: &dyn Debug, got: String, expected: &str) {
         if got != expected {
-            self.changed.push(format!("{msg:?}\n    now {got}"));
+            self.changed.push(format!("{what:?}\n    now {got}"));
         }
+    }
+
+    /// Records the variant of `value`: an enum's encoding starts with its variant index.
+    fn saw<T: Serialize>(&mut self, value: &T) {
+        let bytes = postcard::to_allocvec(value).expect("serializes");
+        self.seen.entry(std::any::type_name::<T>()).or_default().insert(bytes[0]);
+    }
+
+    fn frame<T: Serialize + Debug>(&mut self, msg: &T, expected: &str) {
+        self.saw(msg);
+        let frame = encode(msg).expect("small messages fit");
+        self.compare(msg, hex(&frame[4..]), expected);
+    }
+
+    fn hub_frame(&mut self, msg: ToHub, expected: &str) {
+        match &msg {
+            ToHub::Control(m) => self.saw(m),
+            ToHub::Room(m) => self.saw(m),
+        }
+        self.frame(&msg, expected);
+    }
+
+    fn worker_frame(&mut self, msg: ToWorker, expected: &str) {
+        match &msg {
+            ToWorker::Control(m) => self.saw(m),
+            ToWorker::Room(m) => self.saw(m),
+        }
+        self.frame(&msg, expected);
+    }
+
+    /// A part of messages, on its own (postcard bytes, no frame).
+    fn part<T: Serialize + Debug>(&mut self, value: T, expected: &str) {
+        self.saw(&value);
+        let bytes = postcard::to_allocvec(&value).expect("serializes");
+        self.compare(&value, hex(&bytes), expected);
+    }
+
+    /// Fails unless the examples cover every variant of `T`.
+    fn covers<T: DeserializeOwned>(&self) {
+        let name = std::any::type_name::<T>();
+        let seen = self.seen.get(name).cloned().unwrap_or_default();
+        let all: BTreeSet<u8> = (0..variant_count::<T>()).collect();
+        let missing: Vec<u8> = all.difference(&seen).copied().collect();
+        assert!(missing.is_empty(), "{name}: no golden bytes for variants {missing:?}");
     }
 
     fn verify(self, version: u32) {
@@ -42,37 +107,114 @@ impl Golden {
     }
 }
 
+const S: SessionId = SessionId(5);
+
+fn lines(line: &str) -> Vec<String> {
+    vec![line.to_string()]
+}
+
 #[test]
 fn bus_messages_keep_their_bytes() {
-    assert_eq!(VERSION, 2, "the version changed: update the golden bytes below");
+    assert_eq!(VERSION, 3, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
-    let hello = ToHub::Hello { slot: 1, pid: 2, generation: 3, handoff: 4, version: "0.1".into() };
-    g.check(&hello, "02000102030403302e31");
-    g.check(&ToHub::Heartbeat, "0201");
-    g.check(&ToHub::Join { conn: 5, addr: "127.0.0.1:9".parse().unwrap() }, "020205007f00000109");
-    g.check(&ToHub::Say { session: 6, text: "hi".into() }, "020306026869");
-    g.check(
-        &ToHub::Leave { session: 7, reason: LeaveReason::Quit(Some("b".into())) },
-        "02080700010162",
+
+    let hello =
+        WorkerReport::Hello { slot: 1, pid: 2, generation: 3, handoff: 4, version: "0.1".into() };
+    g.hub_frame(ToHub::Control(hello), "0300000102030403302e31");
+    g.hub_frame(ToHub::Control(WorkerReport::Heartbeat), "030001");
+    g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "03000206");
+    g.hub_frame(ToHub::Control(WorkerReport::Draining), "030003");
+
+    let addr = "127.0.0.1:9".parse().expect("address");
+    g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "03010004007f00000109");
+    g.hub_frame(ToHub::Room(RoomRequest::Say { session: S, text: "hi".into() }), "03010105026869");
+    g.hub_frame(ToHub::Room(RoomRequest::Me { session: S, text: "w".into() }), "030102050177");
+    g.hub_frame(ToHub::Room(RoomRequest::Nick { session: S, nick: "n".into() }), "03010305016e");
+    let msg = RoomRequest::Msg { session: S, to: "t".into(), text: "x".into() };
+    g.hub_frame(ToHub::Room(msg), "0301040501740178");
+    let query = RoomRequest::Query { session: S, query: Query::History(Some(3)) };
+    g.hub_frame(ToHub::Room(query), "03010505010103");
+    let leave = RoomRequest::Leave { session: S, reason: LeaveReason::Quit(Some("b".into())) };
+    g.hub_frame(ToHub::Room(leave), "0301060500010162");
+    g.hub_frame(ToHub::Room(RoomRequest::Adopt { session: S, last_seq: 9 }), "0301070509");
+
+    let setup =
+        WorkerOrder::Setup { slot: 1, generation: 2, config: "c".into(), config_path: "p".into() };
+    g.worker_frame(ToWorker::Control(setup), "030000010201630170");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Shutdown), "030001");
+    g.worker_frame(ToWorker::Control(WorkerOrder::HandOff), "030002");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Receive), "030003");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Drain { timeout_ms: 300 }), "030004ac02");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Exit), "030005");
+
+    g.worker_frame(ToWorker::Room(RoomUpdate::Sync { seq: 7 }), "03010007");
+    let snapshot =
+        RoomUpdate::Snapshot { members: vec![(SessionId(1), "a".into())], history: lines("h") };
+    g.worker_frame(ToWorker::Room(snapshot), "03010101010161010168");
+    let admitted =
+        RoomUpdate::Admitted { conn: ConnId(1), session: SessionId(2), welcome: "w".into() };
+    g.worker_frame(ToWorker::Room(admitted), "03010201020177");
+    g.worker_frame(
+        ToWorker::Room(RoomUpdate::Refused { conn: ConnId(3), line: "r".into() }),
+        "030103030172",
     );
-    g.check(&ToHub::Adopt { session: 8, last_seq: 9 }, "020a0809");
-    g.check(&ToHub::Query { session: 5, query: Query::History(Some(3)) }, "020705010103");
-    g.check(&ToWorker::Answer { session: 5, query: Query::Who }, "020d0500");
-    let room = ToWorker::Room {
+    let line = RoomUpdate::Line {
         seq: 10,
-        skip: Some(11),
+        skip: Some(SessionId(11)),
         line: "l".into(),
-        event: RoomEvent::Nick { session: 11, nick: "n".into() },
+        event: RoomEvent::Nick { session: SessionId(11), nick: "n".into() },
     };
-    g.check(&room, "02050a010b016c040b016e");
-    g.check(
-        &ToWorker::Snapshot { members: vec![(1, "a".into())], history: vec!["h".into()] },
-        "020201010161010168",
+    g.worker_frame(ToWorker::Room(line), "0301040a010b016c040b016e");
+    g.worker_frame(
+        ToWorker::Room(RoomUpdate::Direct { session: S, lines: lines("d") }),
+        "03010505010164",
     );
-    g.check(&ToWorker::Admitted { conn: 1, session: 2, welcome: "w".into() }, "020301020177");
-    g.check(&ToWorker::Replay { session: 3, lines: vec!["r".into()] }, "020c03010172");
-    g.check(&ToWorker::Resume { session: 3, lines: Vec::new() }, "020b0300");
+    g.worker_frame(ToWorker::Room(RoomUpdate::Left { session: S }), "03010605");
+    g.worker_frame(
+        ToWorker::Room(RoomUpdate::Resume { session: S, lines: Vec::new() }),
+        "0301070500",
+    );
+    g.worker_frame(
+        ToWorker::Room(RoomUpdate::Replay { session: S, lines: lines("r") }),
+        "03010805010172",
+    );
+    g.worker_frame(
+        ToWorker::Room(RoomUpdate::Answer { session: S, query: Query::Who }),
+        "0301090500",
+    );
+
+    g.part(LeaveReason::Quit(None), "0000");
+    g.part(LeaveReason::Closed, "01");
+    g.part(LeaveReason::Lost, "02");
+    g.part(LeaveReason::TooSlow, "03");
+    g.part(LeaveReason::Idle, "04");
+    g.part(LeaveReason::Restart, "05");
+    g.part(RoomEvent::Chat, "00");
+    g.part(RoomEvent::Me, "01");
+    g.part(RoomEvent::Join { session: S, nick: "j".into() }, "0205016a");
+    g.part(RoomEvent::Leave { session: S }, "0305");
+    g.part(RoomEvent::Nick { session: S, nick: "n".into() }, "0405016e");
+    g.part(Query::Who, "00");
+    g.part(Query::History(None), "0100");
+
+    g.covers::<ToHub>();
+    g.covers::<WorkerReport>();
+    g.covers::<RoomRequest>();
+    g.covers::<ToWorker>();
+    g.covers::<WorkerOrder>();
+    g.covers::<RoomUpdate>();
+    g.covers::<LeaveReason>();
+    g.covers::<RoomEvent>();
+    g.covers::<Query>();
     g.verify(u32::from(VERSION));
+}
+
+#[test]
+fn variant_count_counts_every_variant() {
+    assert_eq!(variant_count::<Query>(), 2);
+    assert_eq!(variant_count::<LeaveReason>(), 6);
+    assert_eq!(variant_count::<ToWorker>(), 2);
+    assert_eq!(variant_count::<RoomUpdate>(), 10);
 }
 
 #[test]
@@ -80,7 +222,7 @@ fn handoff_records_keep_their_bytes() {
     assert_eq!(handoff::VERSION, 1, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = SessionState {
-        session: 1,
+        session: SessionId(1),
         decoder: LineDecoder::new(16),
         output: b"o".to_vec(),
         mid_line: true,
@@ -90,7 +232,9 @@ fn handoff_records_keep_their_bytes() {
         leaving: false,
         eof: false,
     };
-    g.check(&Transfer::Session(state), "0200011000000000016f010201000000000000f83f030000");
-    g.check(&Transfer::Left { session: 4 }, "020204");
+    g.frame(&Transfer::Session(state), "0300011000000000016f010201000000000000f83f030000");
+    g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "030104010164");
+    g.frame(&Transfer::Left { session: SessionId(4) }, "030204");
+    g.covers::<Transfer>();
     g.verify(handoff::VERSION);
 }

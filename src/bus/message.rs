@@ -1,5 +1,12 @@
 //! The messages of the bus.
 //!
+//! Each direction has one envelope with two kinds of message, and the split follows who handles
+//! them. Control messages are about the worker process itself (it is up, alive, told to hand
+//! off, drain or exit): the supervisor's worker management sends and reads them. Room messages
+//! are about the room and its sessions: on the supervisor's side only the hub
+//! (`supervisor::hub`) reads and writes them, so the types keep worker management out of the
+//! room and the room out of worker management.
+//!
 //! The hub is the single authority on the room: it numbers events, owns the nick registry and
 //! presence, and renders every line a client will read, so a line's text is decided once and is
 //! identical on every worker. Every room event also says what it did to the room
@@ -13,10 +20,40 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Room-wide identity of a connected client, assigned by the hub when it admits the client.
-pub type SessionId = u64;
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
 
 /// A worker-local handle for a connection that the hub has not admitted yet.
-pub type ConnId = u64;
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl SessionId {
+    /// The id handed out after this one.
+    pub fn next(self) -> SessionId {
+        SessionId(self.0 + 1)
+    }
+}
+
+impl ConnId {
+    /// The id handed out after this one.
+    pub fn next(self) -> ConnId {
+        ConnId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Why a client left the room, as shown in `* NICK left (REASON)`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -68,20 +105,58 @@ pub enum Query {
     History(Option<usize>),
 }
 
-/// Worker → hub.
+/// Worker → supervisor.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToHub {
+    Control(WorkerReport),
+    Room(RoomRequest),
+}
+
+/// Supervisor → worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    Control(WorkerOrder),
+    Room(RoomUpdate),
+}
+
+/// Worker → supervisor, about the worker process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum WorkerReport {
     /// The worker is up and accepting on its slot's listeners. `handoff` is the version of
     /// [`super::handoff::Transfer`] it speaks; `version` the release it runs.
-    Hello {
-        slot: usize,
-        pid: u32,
-        generation: u64,
-        handoff: u32,
-        version: String,
-    },
+    Hello { slot: usize, pid: u32, generation: u64, handoff: u32, version: String },
     /// Sent every second; a worker that stays silent is presumed hung.
     Heartbeat,
+    /// Hand-off, old worker: every session has been sent to the successor.
+    HandoffDone { sessions: usize },
+    /// Hand-off, old worker: the hand-off could not start (its channel did not arrive, as
+    /// happens to a process at its open-files limit); it drains instead.
+    Draining,
+}
+
+/// Supervisor → worker, about the worker process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum WorkerOrder {
+    /// First frame a worker reads: who it is and the config text it must run with (the text the
+    /// supervisor validated, not whatever is on disk by then).
+    Setup { slot: usize, generation: u64, config: String, config_path: String },
+    /// Tell every client the server is going down, flush, exit.
+    Shutdown,
+    /// Reload, old worker: stop accepting and send every session over the hand-off channel
+    /// attached to this frame.
+    HandOff,
+    /// Reload, new worker: sessions will arrive on the hand-off channel attached to this frame.
+    Receive,
+    /// Reload without hand-off, old worker: stop accepting, keep serving the clients for at
+    /// most `timeout_ms`, then ask them to reconnect.
+    Drain { timeout_ms: u64 },
+    /// Hand-off finished and the hub routes everything to the successor: exit.
+    Exit,
+}
+
+/// Worker → hub: what clients ask of the room.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RoomRequest {
     /// A new connection asks to enter the room.
     Join {
         conn: ConnId,
@@ -104,9 +179,9 @@ pub enum ToHub {
         to: String,
         text: String,
     },
-    /// `/who` or `/history`: the hub only echoes it back ([`ToWorker::Answer`]), so the worker
-    /// answers from its copy of the room at the asker's place in the room's order, after the
-    /// effect of whatever the asker sent before.
+    /// `/who` or `/history`: the hub only echoes it back ([`RoomUpdate::Answer`]), so the
+    /// worker answers from its copy of the room at the asker's place in the room's order, after
+    /// the effect of whatever the asker sent before.
     Query {
         session: SessionId,
         query: Query,
@@ -115,27 +190,20 @@ pub enum ToHub {
         session: SessionId,
         reason: LeaveReason,
     },
-    /// Hand-off, old worker: every session has been sent to the successor.
-    HandoffDone {
-        sessions: usize,
-    },
     /// Hand-off, new worker: this session is now here; it has seen every room event up to
-    /// `last_seq`.
+    /// `last_seq`. The hub routes the session here from now on and replays what it missed.
     Adopt {
         session: SessionId,
         last_seq: u64,
     },
 }
 
-/// Hub → worker.
+/// Hub → worker: the room as it happens.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum ToWorker {
-    /// First frame a worker reads: who it is and the config text it must run with (the text the
-    /// supervisor validated, not whatever is on disk by then).
-    Setup { slot: usize, generation: u64, config: String, config_path: String },
+pub enum RoomUpdate {
     /// Answer to Hello: the last room sequence number numbered so far. Everything the worker
     /// receives after this is newer; it is the worker's position until the next room event.
-    /// It starts the room's state as of `seq`: the [`ToWorker::Snapshot`] frames that follow
+    /// It starts the room's state as of `seq`: the [`RoomUpdate::Snapshot`] frames that follow
     /// replace whatever the worker had.
     Sync { seq: u64 },
     /// Part of the room's state at the last `Sync`: who is in the room and the history, oldest
@@ -147,33 +215,21 @@ pub enum ToWorker {
     /// The connection may not enter; the line is its last.
     Refused { conn: ConnId, line: String },
     /// A numbered room line for every client except `skip`.
-    Room { seq: u64, skip: Option<SessionId>, line: String, event: RoomEvent },
+    Line { seq: u64, skip: Option<SessionId>, line: String, event: RoomEvent },
     /// Lines for one client only (errors, private messages); long ones come in several frames.
     Direct { session: SessionId, lines: Vec<String> },
     /// The hub processed the session's Leave: nothing more will come for it, so the worker can
     /// flush and close. (Waiting for this lets the answers to a client's last requests, say
     /// `/who` piped into `nc` before EOF, still reach it.)
     Left { session: SessionId },
-    /// Tell every client the server is going down, flush, exit.
-    Shutdown,
-    /// Reload, old worker: stop accepting and send every session over the hand-off channel
-    /// attached to this frame.
-    HandOff,
-    /// Reload, new worker: sessions will arrive on the hand-off channel attached to this frame.
-    Receive,
     /// After `Adopt`: the room events the session missed while moving (those after its
     /// `last_seq`), after which it is back in the room. When they do not fit one frame, the
     /// first ones come in `Replay` frames before it.
     Resume { session: SessionId, lines: Vec<String> },
     /// The first part of a long `Resume`.
     Replay { session: SessionId, lines: Vec<String> },
-    /// The echo of a [`ToHub::Query`]: answer it now, from the worker's copy of the room.
+    /// The echo of a [`RoomRequest::Query`]: answer it now, from the worker's copy of the room.
     Answer { session: SessionId, query: Query },
-    /// Reload without hand-off, old worker: stop accepting, keep serving the clients for at
-    /// most `timeout_ms`, then ask them to reconnect.
-    Drain { timeout_ms: u64 },
-    /// Hand-off finished and the hub routes everything to the successor: exit.
-    Exit,
 }
 
 /// Line bytes per frame when a list of lines is split over several frames: far below

@@ -4,7 +4,8 @@
 //! supervisor holds the other. Nothing lives on disk, so nothing can connect to the bus from
 //! outside, and a worker's death shows up as an EOF on exactly its pair.
 //!
-//! * [`message`]: what travels, as Rust enums.
+//! * [`message`]: what travels, as Rust enums: control messages for worker management, room
+//!   messages for the hub.
 //! * [`frame`]: how a message becomes bytes (length prefix, version byte, postcard body).
 //! * [`conn`]: a non-blocking, buffered frame stream for an event loop, with fd passing.
 //! * [`handoff`]: what an old worker sends its successor on reload.
@@ -17,4 +18,7 @@ pub mod handoff;
 pub mod message;
 
 pub use conn::BusConn;
-pub use message::{LeaveReason, SessionId, ToHub, ToWorker};
+pub use message::{
+    ConnId, LeaveReason, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker, WorkerOrder,
+    WorkerReport,
+};

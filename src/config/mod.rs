@@ -1,9 +1,9 @@
-//! The TOML configuration (SPEC §5): what every key means, its default, and what values it accepts.
+//! The TOML configuration (docs/configuration.md): what every key means, its default, and what values it accepts.
 //!
 //! Everything is checked here, at load time, so that a mistake is reported by `chatd serve`,
 //! `chatd check-config` or `chatd reload` with `FILE:LINE:COLUMN`, and never surfaces later as a
 //! worker failing to bind or a chat line failing to render. Both `serve` and `reload` go through
-//! [`Config::load`]; a reload with an invalid file changes nothing (SPEC §3.1).
+//! [`Config::load`]; a reload with an invalid file changes nothing (docs/control.md, "Reload").
 //!
 //! The file is read by walking toml's spanned parse tree rather than through serde derive: that
 //! keeps the position of every key and value at hand, so each message points at the right spot
@@ -79,7 +79,7 @@ pub struct Socket {
     pub send_buffer: usize,
 }
 
-/// `[chat]`: what the room looks like and the per-client limits of SPEC §4.
+/// `[chat]`: what the room looks like and the per-client limits of docs/protocol.md, "Limits and bad input".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chat {
     /// Send a client's own messages back to it, in their place in the room order.
@@ -122,7 +122,7 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// `[reload]`: how a rolling reload treats live sessions (SPEC §3.1).
+/// `[reload]`: how a rolling reload treats live sessions (docs/control.md, "Reload").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reload {
     /// Hand live sessions to the new worker; `false` drains the old worker instead.

@@ -1,6 +1,6 @@
 //! `chatd reload|status|stop`: the command-line side of the control socket.
 
-use super::{Command, Reply, Status};
+use super::{ControlCommand, Reply, Status};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Uid, User};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,13 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Sends one request and returns the server's reply, or a message saying why there is none.
-pub fn request(path: &Path, command: Command) -> Result<Reply, String> {
+pub fn request(path: &Path, command: ControlCommand) -> Result<Reply, String> {
     let mut stream = UnixStream::connect(path)
         .map_err(|e| format!("cannot reach chatd at {}: {e}", path.display()))?;
     check_server(&stream, path)?;
     let timeout = match command {
-        Command::Reload => Duration::from_secs(600),
-        Command::Status | Command::Stop => Duration::from_secs(30),
+        ControlCommand::Reload => Duration::from_secs(600),
+        ControlCommand::Status | ControlCommand::Stop => Duration::from_secs(30),
     };
     stream
         .set_read_timeout(Some(timeout))
@@ -29,7 +29,7 @@ pub fn request(path: &Path, command: Command) -> Result<Reply, String> {
     }
     let reply: Reply =
         serde_json::from_str(&line).map_err(|e| format!("unreadable answer from chatd: {e}"))?;
-    if command == Command::Stop && reply.ok {
+    if command == ControlCommand::Stop && reply.ok {
         // The server keeps this connection open until its process ends: `chatd stop` returns
         // only once the server is gone.
         let mut rest = Vec::new();

@@ -10,29 +10,30 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-/// What a control client can ask.
+/// What a control client can ask: `chatd reload|status|stop` (a chat client's `/nick` and such
+/// are `protocol::command::Command`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub enum ControlCommand {
     Status,
     Reload,
     Stop,
 }
 
-impl Command {
-    pub fn parse(word: &str) -> Option<Command> {
+impl ControlCommand {
+    pub fn parse(word: &str) -> Option<ControlCommand> {
         match word.trim() {
-            "status" => Some(Command::Status),
-            "reload" => Some(Command::Reload),
-            "stop" => Some(Command::Stop),
+            "status" => Some(ControlCommand::Status),
+            "reload" => Some(ControlCommand::Reload),
+            "stop" => Some(ControlCommand::Stop),
             _ => None,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Command::Status => "status",
-            Command::Reload => "reload",
-            Command::Stop => "stop",
+            ControlCommand::Status => "status",
+            ControlCommand::Reload => "reload",
+            ControlCommand::Stop => "stop",
         }
     }
 }

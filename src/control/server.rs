@@ -9,10 +9,11 @@
 //! written and keeps the connection open until the process exits, so the client's EOF marks
 //! the server's end.
 
-use super::{Command, Reply};
+use super::{ControlCommand, Reply};
+use crate::bad_frame::{BadFrame, Peer};
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{UnixCredentials, getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -23,12 +24,15 @@ use std::time::Duration;
 
 /// A control request waiting for the event loop.
 pub struct Request {
-    pub command: Command,
+    pub command: ControlCommand,
     /// Where the event loop sends the answer; the client's thread waits on it.
     pub reply: Sender<Reply>,
     /// Signalled once the answer has been written to the client (or could not be).
     pub written: Receiver<()>,
 }
+
+/// A request is one short word: reading stops here, and a longer line is a bad frame.
+const MAX_REQUEST: u64 = 256;
 
 /// Longest a request may wait for the supervisor, a reload with thousands of sessions included.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -109,11 +113,8 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Only root and the user the service runs as may control it.
-fn peer_allowed(stream: &UnixStream) -> bool {
-    match getsockopt(stream, PeerCredentials) {
-        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
-        Err(_) => false,
-    }
+fn allowed(cred: &UnixCredentials) -> bool {
+    cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw()
 }
 
 fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
@@ -127,7 +128,7 @@ fn serve(stream: UnixStream, tx: &Sender<Request>, waker: &mio::Waker) {
         warn!("control: cannot answer: {e}");
     }
     let _ = written_tx.send(());
-    if command == Some(Command::Stop) && reply.ok {
+    if command == Some(ControlCommand::Stop) && reply.ok {
         // The answer to `stop` goes out once the workers are gone; the connection stays open
         // until the process exits, so the client's EOF means the server is gone.
         loop {
@@ -141,47 +142,60 @@ fn answer(
     tx: &Sender<Request>,
     waker: &mio::Waker,
     written: Receiver<()>,
-) -> Option<(Option<Command>, Reply)> {
-    if !peer_allowed(stream) {
-        warn!("control: refused a client that is neither root nor the service user");
+) -> Option<(Option<ControlCommand>, Reply)> {
+    let Ok(cred) = getsockopt(stream, PeerCredentials) else {
+        warn!("control: refused a client whose credentials cannot be read");
+        return Some((None, Reply::failed("permission denied")));
+    };
+    let peer = Peer::ControlClient { pid: cred.pid(), uid: cred.uid() };
+    if !allowed(&cred) {
+        warn!("{peer}: refused: neither root nor the service user");
         return Some((None, Reply::failed("permission denied")));
     }
     if stream.set_read_timeout(Some(Duration::from_secs(10))).is_err() {
         return Some((None, Reply::failed("internal error")));
     }
     let mut line = String::new();
-    let mut reader = BufReader::new(stream.take_limited());
-    match reader.read_line(&mut line) {
+    let mut reader = BufReader::new(io::Read::take(stream, MAX_REQUEST));
+    // What was wrong, and the reply when it should not say the same (docs/control.md: any
+    // line that is no request is answered as an unknown request).
+    let (reason, reply) = match reader.read_line(&mut line) {
         Ok(0) => return None,
-        Ok(_) => {}
+        Ok(n) if n as u64 == MAX_REQUEST && !line.ends_with('\n') => (
+            format!("request longer than {MAX_REQUEST} bytes"),
+            Some(format!("unknown request {:?}", line.trim())),
+        ),
+        Ok(_) => match ControlCommand::parse(&line) {
+            Some(command) => return Some((Some(command), forward(command, tx, waker, written))),
+            None => (format!("unknown request {:?}", line.trim()), None),
+        },
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            (format!("unreadable request: {e}"), None)
+        }
         Err(e) => {
-            warn!("control: unreadable request: {e}");
+            warn!("{peer}: no request: {e}");
             return Some((None, Reply::failed(format!("unreadable request: {e}"))));
         }
-    }
-    let Some(command) = Command::parse(&line) else {
-        warn!("control: malformed request {:?}", line.trim());
-        return Some((None, Reply::failed(format!("unknown request {:?}", line.trim()))));
     };
+    // The connection closes after the reply.
+    let bad = BadFrame::new(&peer, reason);
+    Some((None, Reply::failed(reply.unwrap_or_else(|| bad.reason().to_owned()))))
+}
+
+/// Hands a request to the event loop and waits for its answer.
+fn forward(
+    command: ControlCommand,
+    tx: &Sender<Request>,
+    waker: &mio::Waker,
+    written: Receiver<()>,
+) -> Reply {
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     if tx.send(Request { command, reply: reply_tx, written }).is_err() || waker.wake().is_err() {
-        return Some((Some(command), Reply::failed("server is shutting down")));
+        return Reply::failed("server is shutting down");
     }
-    let reply = reply_rx
+    reply_rx
         .recv_timeout(ANSWER_TIMEOUT)
-        .unwrap_or_else(|_| Reply::failed("no answer from the server"));
-    Some((Some(command), reply))
-}
-
-/// A request is one short line; reading is capped so a client cannot make us buffer more.
-trait TakeLimited {
-    fn take_limited(&self) -> io::Take<&UnixStream>;
-}
-
-impl TakeLimited for UnixStream {
-    fn take_limited(&self) -> io::Take<&UnixStream> {
-        io::Read::take(self, 256)
-    }
+        .unwrap_or_else(|_| Reply::failed("no answer from the server"))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! test and lets the supervisor decide how frames reach the workers.
 
 use crate::bus::message::{
-    ConnId, LINES_PER_FRAME_BYTES, LeaveReason, RoomEvent, SessionId, ToHub, ToWorker,
+    ConnId, LINES_PER_FRAME_BYTES, LeaveReason, RoomEvent, RoomRequest, RoomUpdate, SessionId,
     split_by_size, split_lines,
 };
 use crate::config::{Config, HistoryEvents};
@@ -28,14 +28,23 @@ use std::time::{Duration, Instant};
 
 /// The supervisor's handle for one worker process (not its slot: during a reload a slot has an
 /// old and a new worker, and sessions move between them).
-pub type WorkerId = usize;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub usize);
 
-/// Where the hub's messages go; implemented by the supervisor over the bus connections.
+impl WorkerId {
+    /// The id handed out after this one.
+    pub fn next(self) -> WorkerId {
+        WorkerId(self.0 + 1)
+    }
+}
+
+/// Where the hub's messages go; implemented by the supervisor over the bus connections. The
+/// hub speaks only room messages: the control of worker processes is not its business.
 pub trait Outbox {
     /// To one worker.
-    fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker);
+    fn to_worker(&mut self, worker: WorkerId, msg: RoomUpdate);
     /// To every worker (encoded once).
-    fn to_all(&mut self, msg: &ToWorker);
+    fn to_all(&mut self, msg: RoomUpdate);
 }
 
 /// Room events kept for sessions that move between workers on reload, whatever `history` says:
@@ -113,7 +122,7 @@ impl Hub {
         Hub {
             settings: Settings::from(config),
             seq: 0,
-            next_session: 1,
+            next_session: SessionId(1),
             next_guest: 1,
             members: HashMap::new(),
             nicks: HashMap::new(),
@@ -134,17 +143,17 @@ impl Hub {
     /// Brings a worker that just said Hello up to date: the sequence number, then who is in the
     /// room and the history, in frames of bounded size. Room events sent after these are newer.
     pub fn sync(&self, worker: WorkerId, out: &mut impl Outbox) {
-        out.to_worker(worker, &ToWorker::Sync { seq: self.seq });
+        out.to_worker(worker, RoomUpdate::Sync { seq: self.seq });
         let mut members: Vec<(SessionId, String)> =
             self.members.iter().map(|(s, m)| (*s, m.nick.to_string())).collect();
         members.sort_unstable_by_key(|(s, _)| *s);
         let history: Vec<String> = self.history.iter().map(|l| l.to_string()).collect();
         let member_runs = split_by_size(members, LINES_PER_FRAME_BYTES, |(_, n)| n.len() + 8);
         for members in member_runs.into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, &ToWorker::Snapshot { members, history: Vec::new() });
+            out.to_worker(worker, RoomUpdate::Snapshot { members, history: Vec::new() });
         }
         for history in split_lines(history).into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, &ToWorker::Snapshot { members: Vec::new(), history });
+            out.to_worker(worker, RoomUpdate::Snapshot { members: Vec::new(), history });
         }
     }
 
@@ -158,13 +167,11 @@ impl Hub {
         self.members.values().filter(|m| m.worker == worker).count()
     }
 
-    /// Handles one request from `worker`. Hello and Heartbeat are the
-    /// supervisor's business and are ignored here.
-    pub fn handle(&mut self, worker: WorkerId, msg: ToHub, out: &mut impl Outbox) {
+    /// Handles one request from `worker`.
+    pub fn handle(&mut self, worker: WorkerId, msg: RoomRequest, out: &mut impl Outbox) {
         match msg {
-            ToHub::Hello { .. } | ToHub::Heartbeat => {}
-            ToHub::Join { conn, addr } => self.join(worker, conn, addr, out),
-            ToHub::Say { session, text } => {
+            RoomRequest::Join { conn, addr } => self.join(worker, conn, addr, out),
+            RoomRequest::Say { session, text } => {
                 let Some(member) = self.members.get(&session) else { return };
                 let time = self.clock.now(&self.settings.time_format);
                 let mut line = String::with_capacity(text.len() + 32);
@@ -181,24 +188,25 @@ impl Hub {
                 let skip = (!self.settings.echo).then_some(session);
                 self.publish(skip, line, RoomEvent::Chat, out);
             }
-            ToHub::Me { session, text } => {
+            RoomRequest::Me { session, text } => {
                 let time = self.now();
                 let Some(member) = self.members.get(&session) else { return };
                 let line = format!("{time} * {} {}", member.nick, text);
                 let skip = (!self.settings.echo).then_some(session);
                 self.publish(skip, line, RoomEvent::Me, out);
             }
-            ToHub::Nick { session, nick } => self.rename(worker, session, nick, out),
-            ToHub::Msg { session, to, text } => self.private(worker, session, &to, &text, out),
-            ToHub::Query { session, query } => {
+            RoomRequest::Nick { session, nick } => self.rename(worker, session, nick, out),
+            RoomRequest::Msg { session, to, text } => {
+                self.private(worker, session, &to, &text, out)
+            }
+            RoomRequest::Query { session, query } => {
                 // Echoed to wherever the session is now; a session that left gets nothing.
                 if let Some(member) = self.members.get(&session) {
-                    out.to_worker(member.worker, &ToWorker::Answer { session, query });
+                    out.to_worker(member.worker, RoomUpdate::Answer { session, query });
                 }
             }
-            ToHub::Leave { session, reason } => self.leave(session, &reason, out),
-            ToHub::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
-            ToHub::HandoffDone { .. } => {}
+            RoomRequest::Leave { session, reason } => self.leave(session, &reason, out),
+            RoomRequest::Adopt { session, last_seq } => self.adopt(worker, session, last_seq, out),
         }
     }
 
@@ -215,17 +223,17 @@ impl Hub {
     fn join(&mut self, worker: WorkerId, conn: ConnId, addr: SocketAddr, out: &mut impl Outbox) {
         let ip = addr.ip();
         if self.members.len() >= self.settings.max_clients {
-            out.to_worker(worker, &ToWorker::Refused { conn, line: "! server full".into() });
+            out.to_worker(worker, RoomUpdate::Refused { conn, line: "! server full".into() });
             return;
         }
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if self.settings.max_clients_per_ip > 0 && from_ip >= self.settings.max_clients_per_ip {
             let line = "! too many connections from your address".to_string();
-            out.to_worker(worker, &ToWorker::Refused { conn, line });
+            out.to_worker(worker, RoomUpdate::Refused { conn, line });
             return;
         }
         let session = self.next_session;
-        self.next_session += 1;
+        self.next_session = session.next();
         let nick = self.guest_nick();
         self.nicks.insert(nick.to_ascii_lowercase(), session);
         self.per_ip.insert(ip, from_ip + 1);
@@ -237,7 +245,7 @@ impl Hub {
             "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
             self.settings.name
         );
-        out.to_worker(worker, &ToWorker::Admitted { conn, session, welcome });
+        out.to_worker(worker, RoomUpdate::Admitted { conn, session, welcome });
         let line = format!("* {nick} joined ({online} online)");
         self.publish(Some(session), line, RoomEvent::Join { session, nick }, out);
     }
@@ -306,7 +314,7 @@ impl Hub {
         }
         let line = format!("* {} left ({reason})", member.nick);
         self.publish(Some(session), line, RoomEvent::Leave { session }, out);
-        out.to_worker(member.worker, &ToWorker::Left { session });
+        out.to_worker(member.worker, RoomUpdate::Left { session });
     }
 
     /// A session moved to `worker` on reload: route to it from now on, and replay what the
@@ -320,7 +328,7 @@ impl Hub {
     ) {
         let Some(member) = self.members.get_mut(&session) else {
             // It left while moving; the new worker still waits for its resume.
-            out.to_worker(worker, &ToWorker::Resume { session, lines: Vec::new() });
+            out.to_worker(worker, RoomUpdate::Resume { session, lines: Vec::new() });
             return;
         };
         member.worker = worker;
@@ -342,9 +350,9 @@ impl Hub {
         let mut runs = split_lines(lines);
         let last = runs.pop().unwrap_or_default();
         for lines in runs {
-            out.to_worker(worker, &ToWorker::Replay { session, lines });
+            out.to_worker(worker, RoomUpdate::Replay { session, lines });
         }
-        out.to_worker(worker, &ToWorker::Resume { session, lines: last });
+        out.to_worker(worker, RoomUpdate::Resume { session, lines: last });
     }
 
     /// Numbers a room line, keeps it for history and replay, and sends it to every worker.
@@ -360,7 +368,7 @@ impl Hub {
             HistoryEvents::Chat => event.is_talk(),
             HistoryEvents::All => true,
         };
-        out.to_all(&ToWorker::Room { seq: self.seq, skip, line: line.clone(), event });
+        out.to_all(RoomUpdate::Line { seq: self.seq, skip, line: line.clone(), event });
         let line: Rc<str> = line.into();
         if keep && self.settings.history > 0 {
             self.history.push_back(line.clone());
@@ -442,283 +450,9 @@ impl Clock {
 /// Lines for one client, in as many frames as they need.
 fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Vec<String>) {
     for lines in split_lines(lines) {
-        out.to_worker(worker, &ToWorker::Direct { session, lines });
+        out.to_worker(worker, RoomUpdate::Direct { session, lines });
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Default)]
-    struct Recorder {
-        sent: Vec<(Option<usize>, ToWorker)>,
-    }
-
-    impl Outbox for Recorder {
-        fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
-            self.sent.push((Some(worker), msg.clone()));
-        }
-        fn to_all(&mut self, msg: &ToWorker) {
-            self.sent.push((None, msg.clone()));
-        }
-    }
-
-    fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
-        let mut config = Config::default();
-        edit(&mut config);
-        Hub::new(&config)
-    }
-
-    fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
-        let mut out = Recorder::default();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        hub.handle(worker, ToHub::Join { conn: port as u64, addr }, &mut out);
-        let session = out
-            .sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                ToWorker::Admitted { session, .. } => Some(*session),
-                _ => None,
-            })
-            .expect("admitted");
-        (session, out)
-    }
-
-    fn room_lines(out: &Recorder) -> Vec<(u64, String)> {
-        out.sent
-            .iter()
-            .filter_map(|(_, m)| match m {
-                ToWorker::Room { seq, line, .. } => Some((*seq, line.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn join_welcomes_and_announces_to_others() {
-        let mut hub = hub(|_| {});
-        let (first, _) = admit(&mut hub, 0, 1000);
-        let (second, out) = admit(&mut hub, 1, 1001);
-        assert_ne!(first, second);
-        match &out.sent[0] {
-            (Some(1), ToWorker::Admitted { welcome, .. }) => assert_eq!(
-                welcome,
-                "* Welcome to chatd. You are guest-2. 2 online. Type /help for commands."
-            ),
-            other => panic!("unexpected {other:?}"),
-        }
-        assert_eq!(
-            out.sent[1].1,
-            ToWorker::Room {
-                seq: 2,
-                skip: Some(second),
-                line: "* guest-2 joined (2 online)".into(),
-                event: RoomEvent::Join { session: second, nick: "guest-2".into() },
-            }
-        );
-    }
-
-    #[test]
-    fn nicknames_are_unique_case_insensitively() {
-        let mut hub = hub(|_| {});
-        let (a, _) = admit(&mut hub, 0, 1);
-        let (b, _) = admit(&mut hub, 1, 2);
-        let mut out = Recorder::default();
-        hub.handle(0, ToHub::Nick { session: a, nick: "Alice".into() }, &mut out);
-        assert_eq!(room_lines(&out)[0].1, "* guest-1 is now known as Alice");
-        let mut out = Recorder::default();
-        hub.handle(1, ToHub::Nick { session: b, nick: "alice".into() }, &mut out);
-        assert_eq!(
-            out.sent,
-            vec![(
-                Some(1),
-                ToWorker::Direct { session: b, lines: vec!["! nickname 'alice' is taken".into()] }
-            )]
-        );
-        // The freed name can be taken after its owner leaves.
-        hub.handle(0, ToHub::Leave { session: a, reason: LeaveReason::Closed }, &mut out);
-        let mut out = Recorder::default();
-        hub.handle(1, ToHub::Nick { session: b, nick: "alice".into() }, &mut out);
-        assert_eq!(room_lines(&out)[0].1, "* guest-2 is now known as alice");
-    }
-
-    #[test]
-    fn limits_are_room_wide() {
-        let mut hub = hub(|c| {
-            c.server.max_clients = 3;
-            c.server.max_clients_per_ip = 2;
-        });
-        admit(&mut hub, 0, 1);
-        admit(&mut hub, 1, 2);
-        let mut out = Recorder::default();
-        hub.handle(2, ToHub::Join { conn: 9, addr: "127.0.0.1:3".parse().unwrap() }, &mut out);
-        assert_eq!(
-            out.sent,
-            vec![(
-                Some(2),
-                ToWorker::Refused {
-                    conn: 9,
-                    line: "! too many connections from your address".into()
-                }
-            )]
-        );
-        let mut out = Recorder::default();
-        hub.handle(2, ToHub::Join { conn: 10, addr: "127.0.0.2:3".parse().unwrap() }, &mut out);
-        assert!(matches!(out.sent[0].1, ToWorker::Admitted { .. }));
-        let mut out = Recorder::default();
-        hub.handle(2, ToHub::Join { conn: 11, addr: "127.0.0.3:3".parse().unwrap() }, &mut out);
-        assert_eq!(
-            out.sent,
-            vec![(Some(2), ToWorker::Refused { conn: 11, line: "! server full".into() })]
-        );
-    }
-
-    #[test]
-    fn worker_loss_announces_its_members_in_order() {
-        let mut hub = hub(|_| {});
-        admit(&mut hub, 0, 1);
-        admit(&mut hub, 1, 2);
-        admit(&mut hub, 1, 3);
-        let mut out = Recorder::default();
-        hub.worker_lost(1, &mut out);
-        let lines: Vec<String> = room_lines(&out).into_iter().map(|(_, l)| l).collect();
-        assert_eq!(
-            lines,
-            vec!["* guest-2 left (connection lost)", "* guest-3 left (connection lost)"]
-        );
-        assert_eq!(hub.online(), 1);
-        assert_eq!(hub.online_on(1), 0);
-    }
-
-    #[test]
-    fn chat_history_and_private_messages() {
-        let mut hub = hub(|c| c.chat.time_format = "T".into());
-        let (a, _) = admit(&mut hub, 0, 1);
-        let (b, _) = admit(&mut hub, 1, 2);
-        let mut out = Recorder::default();
-        hub.handle(0, ToHub::Say { session: a, text: "hello".into() }, &mut out);
-        hub.handle(0, ToHub::Me { session: a, text: "waves".into() }, &mut out);
-        assert_eq!(
-            room_lines(&out),
-            vec![(3, "T <guest-1> hello".into()), (4, "T * guest-1 waves".into())]
-        );
-        let mut out = Recorder::default();
-        hub.handle(
-            1,
-            ToHub::Msg { session: b, to: "GUEST-1".into(), text: "psst".into() },
-            &mut out,
-        );
-        assert_eq!(
-            out.sent,
-            vec![
-                (
-                    Some(0),
-                    ToWorker::Direct { session: a, lines: vec!["T [pm from guest-2] psst".into()] }
-                ),
-                (
-                    Some(1),
-                    ToWorker::Direct { session: b, lines: vec!["T [pm to guest-1] psst".into()] }
-                ),
-            ]
-        );
-    }
-
-    fn snapshot(hub: &Hub) -> (u64, Vec<(SessionId, String)>, Vec<String>, usize) {
-        let mut out = Recorder::default();
-        hub.sync(3, &mut out);
-        let (mut seq, mut members, mut history) = (0, Vec::new(), Vec::new());
-        for (_, msg) in &out.sent {
-            match msg {
-                ToWorker::Sync { seq: s } => seq = *s,
-                ToWorker::Snapshot { members: m, history: h } => {
-                    members.extend(m.iter().cloned());
-                    history.extend(h.iter().cloned());
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        (seq, members, history, out.sent.len())
-    }
-
-    #[test]
-    fn history_keeps_talk_unless_all_events_are_asked_for() {
-        for (events, expected) in [
-            (HistoryEvents::Chat, vec!["T <guest-1> hi", "T * guest-1 waves"]),
-            (
-                HistoryEvents::All,
-                vec![
-                    "* guest-1 joined (1 online)",
-                    "T <guest-1> hi",
-                    "* guest-2 joined (2 online)",
-                    "* guest-2 left (connection closed)",
-                    "T * guest-1 waves",
-                ],
-            ),
-        ] {
-            let mut hub = hub(|c| {
-                c.chat.time_format = "T".into();
-                c.chat.history_events = events;
-            });
-            let (a, _) = admit(&mut hub, 0, 1);
-            let mut out = Recorder::default();
-            hub.handle(0, ToHub::Say { session: a, text: "hi".into() }, &mut out);
-            let (b, _) = admit(&mut hub, 0, 2);
-            hub.handle(0, ToHub::Leave { session: b, reason: LeaveReason::Closed }, &mut out);
-            hub.handle(0, ToHub::Me { session: a, text: "waves".into() }, &mut out);
-            let (seq, members, history, _) = snapshot(&hub);
-            assert_eq!(seq, 5);
-            assert_eq!(members, vec![(a, "guest-1".to_string())]);
-            assert_eq!(history, expected);
-        }
-    }
-
-    #[test]
-    fn a_new_worker_gets_a_large_room_in_bounded_frames() {
-        let mut hub = hub(|c| c.chat.history = 100_000);
-        let (a, _) = admit(&mut hub, 0, 1);
-        let mut out = Recorder::default();
-        let text = "x".repeat(1000);
-        for _ in 0..20_000 {
-            hub.handle(0, ToHub::Say { session: a, text: text.clone() }, &mut out);
-        }
-        let mut out = Recorder::default();
-        hub.sync(1, &mut out);
-        let mut total = 0;
-        for (_, msg) in &out.sent {
-            let frame = crate::bus::frame::encode(msg).expect("every frame fits");
-            assert!(frame.len() <= 2 * LINES_PER_FRAME_BYTES);
-            if let ToWorker::Snapshot { history, .. } = msg {
-                total += history.len();
-            }
-        }
-        assert_eq!(total, 20_000);
-        assert!(out.sent.len() > 10);
-    }
-
-    #[test]
-    fn a_long_replay_is_split_and_ends_with_resume() {
-        let mut hub = hub(|_| {});
-        let (a, _) = admit(&mut hub, 0, 1);
-        let (b, _) = admit(&mut hub, 0, 2);
-        let mut out = Recorder::default();
-        let text = "y".repeat(1000);
-        for _ in 0..5_000 {
-            hub.handle(0, ToHub::Say { session: a, text: text.clone() }, &mut out);
-        }
-        let mut out = Recorder::default();
-        hub.handle(1, ToHub::Adopt { session: b, last_seq: 2 }, &mut out);
-        let mut lines = 0;
-        for (i, (_, msg)) in out.sent.iter().enumerate() {
-            let last = i + 1 == out.sent.len();
-            match msg {
-                ToWorker::Replay { lines: l, .. } if !last => lines += l.len(),
-                ToWorker::Resume { lines: l, .. } if last => lines += l.len(),
-                other => panic!("unexpected {other:?} at {i}"),
-            }
-            assert!(crate::bus::frame::encode(msg).is_ok());
-        }
-        assert!(out.sent.len() > 1);
-        assert_eq!(lines, 5_000);
-    }
-}
+mod tests;

@@ -12,10 +12,10 @@ mod reload;
 mod spawn;
 mod workers;
 
-use crate::bus::ToWorker;
+use crate::bus::WorkerOrder;
 use crate::config::Config;
 use crate::control::server::{ControlSocket, Request};
-use crate::control::{Command, ReloadOutcome, Reply, Status, WorkerStatus};
+use crate::control::{ControlCommand, ReloadOutcome, Reply, Status, WorkerStatus};
 use crate::listener;
 use crate::signals::Signals;
 use crate::systemd::Notifier;
@@ -93,7 +93,7 @@ pub struct Supervisor {
     listen: Vec<SocketAddr>,
     /// Workers of slots a reload removed, waiting to hand their sessions over.
     removed_workers: Vec<WorkerId>,
-    reload: Option<reload::Reload>,
+    reload: Option<reload::RollingReload>,
     slots: Vec<Slot>,
     workers: BTreeMap<WorkerId, WorkerProc>,
     next_worker: WorkerId,
@@ -165,7 +165,7 @@ impl Supervisor {
             reload: None,
             slots,
             workers: BTreeMap::new(),
-            next_worker: 0,
+            next_worker: WorkerId(0),
             generation: 1,
             signals,
             control,
@@ -201,7 +201,7 @@ impl Supervisor {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     CONTROL => {}
-                    Token(t) if t >= WORKER_BASE => self.read_bus(t - WORKER_BASE),
+                    Token(t) if t >= WORKER_BASE => self.read_bus(WorkerId(t - WORKER_BASE)),
                     Token(_) => {}
                 }
             }
@@ -263,11 +263,11 @@ impl Supervisor {
 
     fn on_control(&mut self, request: Request) {
         let reply = match request.command {
-            Command::Status => Reply::status(self.status()),
+            ControlCommand::Status => Reply::status(self.status()),
             // Answered when the reload is over.
-            Command::Reload => return self.reload(Some(request.reply)),
+            ControlCommand::Reload => return self.reload(Some(request.reply)),
             // Answered when the workers are gone.
-            Command::Stop => {
+            ControlCommand::Stop => {
                 info!("stop requested on the control socket");
                 self.stop();
                 self.stop_requests.push((request.reply, request.written));
@@ -291,7 +291,7 @@ impl Supervisor {
             slot.restart_at = None;
         }
         for worker in self.workers.values_mut() {
-            worker.retire(&ToWorker::Shutdown);
+            worker.retire(WorkerOrder::Shutdown);
         }
     }
 

@@ -1,4 +1,5 @@
-//! The rolling reload (SPEC §3.1), as a small state machine driven by the supervisor's loop.
+//! The rolling reload (docs/control.md, "Reload"), as a small state machine driven by the
+//! supervisor's loop.
 //!
 //! A reload validates the new config, then rolls the slots one at a time: start the new
 //! generation's worker on the slot's existing listeners, wait until it accepts, then tell the
@@ -11,7 +12,7 @@
 
 use super::workers::{Lifecycle, Mailboxes};
 use super::{RunState, Slot, Supervisor, WorkerId};
-use crate::bus::ToWorker;
+use crate::bus::{ToWorker, WorkerOrder};
 use crate::config::Config;
 use crate::control::{ReloadOutcome, Reply};
 use crate::listener;
@@ -39,7 +40,8 @@ enum Progress {
     HandingOff { to: WorkerId },
 }
 
-pub(super) struct Reload {
+/// A reload in progress (the `[reload]` settings it follows are `config::Reload`).
+pub(super) struct RollingReload {
     reply: Option<Sender<Reply>>,
     steps: VecDeque<Step>,
     current: Option<(Step, Progress)>,
@@ -48,7 +50,7 @@ pub(super) struct Reload {
     started: Instant,
 }
 
-impl Reload {
+impl RollingReload {
     /// The reload cannot finish (the server is stopping).
     pub(super) fn abandon(self, why: &str) {
         if let Some(tx) = self.reply {
@@ -104,7 +106,8 @@ impl Supervisor {
         for (index, old) in std::mem::take(&mut self.removed_workers).into_iter().enumerate() {
             steps.push_back(Step::Retire { old, target: index % self.slots.len() });
         }
-        self.reload = Some(Reload { reply, steps, current: None, retired_listeners, started });
+        self.reload =
+            Some(RollingReload { reply, steps, current: None, retired_listeners, started });
         self.advance_reload();
     }
 
@@ -226,8 +229,8 @@ impl Supervisor {
                 if self.config.reload.handoff && old_version == Some(new_version) {
                     match UnixStream::pair() {
                         Ok((a, b)) => {
-                            self.send_fd(old, ToWorker::HandOff, a.into());
-                            self.send_fd(new, ToWorker::Receive, b.into());
+                            self.send_fd(old, WorkerOrder::HandOff, a.into());
+                            self.send_fd(new, WorkerOrder::Receive, b.into());
                             if let Some(w) = self.workers.get_mut(&old) {
                                 w.state = Lifecycle::HandingOff { done: false };
                             }
@@ -241,7 +244,7 @@ impl Supervisor {
                 }
                 let timeout_ms = self.config.reload.drain_timeout.as_millis() as u64;
                 if let Some(w) = self.workers.get_mut(&old) {
-                    w.retire(&ToWorker::Drain { timeout_ms });
+                    w.retire(WorkerOrder::Drain { timeout_ms });
                 }
                 true
             }
@@ -249,11 +252,15 @@ impl Supervisor {
                 let Some(old) = old else { return true };
                 let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open());
                 let Some(worker) = self.workers.get_mut(&old) else { return true };
+                if worker.state == Lifecycle::Draining {
+                    // It could not take the hand-off: as in a drain, the step is over.
+                    return true;
+                }
                 let done = worker.state == Lifecycle::HandingOff { done: true };
                 if receiver_alive && (!done || self.hub.online_on(old) > 0) {
                     return false;
                 }
-                worker.retire(&ToWorker::Exit);
+                worker.retire(WorkerOrder::Exit);
                 if !receiver_alive {
                     // The new worker died with sessions in transit: their sockets went with it.
                     // The slot restarts as after any crash; the room sees those clients leave.
@@ -265,13 +272,13 @@ impl Supervisor {
         }
     }
 
-    fn send_fd(&mut self, id: WorkerId, msg: ToWorker, fd: OwnedFd) {
+    fn send_fd(&mut self, id: WorkerId, order: WorkerOrder, fd: OwnedFd) {
         if let Some(w) = self.workers.get_mut(&id) {
-            w.conn.send_with_fds(&msg, vec![fd]);
+            w.conn.send_with_fds(&ToWorker::Control(order), vec![fd]);
         }
     }
 
-    fn finish_reload(&mut self, reload: Reload) {
+    fn finish_reload(&mut self, reload: RollingReload) {
         drop(reload.retired_listeners);
         let elapsed = reload.started.elapsed();
         info!("reload to generation {} done in {:.3}s", self.generation, elapsed.as_secs_f64());

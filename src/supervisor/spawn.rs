@@ -5,10 +5,12 @@
 //! exactly two kinds of descriptors, named on its command line: its end of a fresh bus
 //! socketpair, and its slot's listening sockets. Everything else is close-on-exec.
 
-use crate::bus::{BusConn, ToWorker};
+use crate::bad_frame::Peer;
+use crate::bus::{BusConn, ToWorker, WorkerOrder};
+use crate::cloexec;
 use socket2::Socket;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,7 +28,7 @@ pub fn spawn_worker(
     slot: usize,
     generation: u64,
     listeners: &[Socket],
-    setup: &ToWorker,
+    setup: WorkerOrder,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let bus_fd = theirs.as_raw_fd();
@@ -47,29 +49,24 @@ pub fn spawn_worker(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null());
-    // SAFETY: the closure runs between fork and exec and only calls fcntl, which is
-    // async-signal-safe; `inherit` was allocated before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            for fd in &inherit {
-                clear_cloexec(*fd)?;
-            }
-            Ok(())
-        });
-    }
+    let keep_open = move || {
+        for &fd in &inherit {
+            // SAFETY: `fd` is open in the child: the fork copied the parent's descriptors, and
+            // the parent keeps the listeners and `theirs` open until `spawn` returns.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            cloexec::clear(fd)?;
+        }
+        Ok(())
+    };
+    // SAFETY: `keep_open` runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: `cloexec::clear` is two fcntl calls, and `inherit` was allocated
+    // before the fork.
+    unsafe { command.pre_exec(keep_open) };
     let child = command.spawn()?;
     drop(theirs);
     ours.set_nonblocking(true)?;
-    let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours));
-    conn.send(setup);
+    let peer = Peer::Worker { slot, pid: child.id() };
+    let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours), peer);
+    conn.send(&ToWorker::Control(setup));
     Ok(Spawned { child, conn })
-}
-
-fn clear_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl calls on a descriptor number; no memory is touched.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::bus::BusConn;
 use crate::bus::conn::Fill;
-use crate::bus::{ToHub, ToWorker, frame};
+use crate::bus::{RoomUpdate, ToHub, ToWorker, WorkerOrder, WorkerReport, frame};
 use crate::config::duration;
 use log::{error, info, warn};
 use mio::{Interest, Token};
@@ -80,15 +80,15 @@ impl WorkerProc {
     }
 
     /// Tells it to go (`Exit`, `Shutdown`) or to drain; its end is expected from now on.
-    pub fn retire(&mut self, msg: &ToWorker) {
+    pub fn retire(&mut self, order: WorkerOrder) {
         if !self.bus_open() {
             return;
         }
-        self.conn.send(msg);
-        self.state = match msg {
-            ToWorker::Drain { .. } => Lifecycle::Draining,
+        self.state = match order {
+            WorkerOrder::Drain { .. } => Lifecycle::Draining,
             _ => Lifecycle::Retiring,
         };
+        self.conn.send(&ToWorker::Control(order));
     }
 }
 
@@ -96,14 +96,14 @@ impl WorkerProc {
 pub(super) struct Mailboxes<'a>(pub(super) &'a mut BTreeMap<WorkerId, WorkerProc>);
 
 impl Outbox for Mailboxes<'_> {
-    fn to_worker(&mut self, worker: WorkerId, msg: &ToWorker) {
+    fn to_worker(&mut self, worker: WorkerId, msg: RoomUpdate) {
         if let Some(w) = self.0.get_mut(&worker).filter(|w| w.bus_open()) {
-            w.conn.send(msg);
+            w.conn.send(&ToWorker::Room(msg));
         }
     }
 
-    fn to_all(&mut self, msg: &ToWorker) {
-        let frame = match frame::encode(msg) {
+    fn to_all(&mut self, msg: RoomUpdate) {
+        let frame = match frame::encode(&ToWorker::Room(msg)) {
             Ok(frame) => frame,
             Err(e) => return error!("bus: {e}"),
         };
@@ -116,7 +116,7 @@ impl Outbox for Mailboxes<'_> {
 impl Supervisor {
     /// Forks the worker for `slot` with the current config and generation.
     pub(super) fn start_worker(&mut self, slot: usize) -> Result<(), String> {
-        let setup = ToWorker::Setup {
+        let setup = WorkerOrder::Setup {
             slot,
             generation: self.generation,
             config: self.config_text.clone(),
@@ -127,17 +127,17 @@ impl Supervisor {
             slot,
             self.generation,
             &self.slots[slot].listeners,
-            &setup,
+            setup,
         )
         .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;
         let id = self.next_worker;
-        self.next_worker += 1;
+        self.next_worker = id.next();
         let mut conn = spawned.conn;
         self.poll
             .registry()
             .register(
                 conn.stream(),
-                Token(WORKER_BASE + id),
+                Token(WORKER_BASE + id.0),
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("cannot watch worker bus: {e}"))?;
@@ -180,39 +180,18 @@ impl Supervisor {
             let msg = match worker.conn.next_message::<ToHub>() {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
-                Err(e) => {
-                    error!(
-                        "slot {}: malformed bus frame from pid {}: {e}",
-                        worker.slot, worker.pid
-                    );
+                Err(_) => {
+                    // Logged with the worker's name; the bus is already shut down.
                     self.drop_worker(id);
                     return;
                 }
             };
             worker.last_heartbeat = Instant::now();
             match msg {
-                ToHub::Hello { pid, handoff, version, .. } => {
-                    if worker.state == Lifecycle::Starting {
-                        worker.state = Lifecycle::Ready;
-                    }
-                    worker.handoff_version = handoff;
-                    worker.version = version;
-                    info!("slot {}: worker pid {pid} ready", worker.slot);
-                    self.hub.sync(id, &mut Mailboxes(&mut self.workers));
-                    self.check_started();
-                    self.update_status();
+                ToHub::Control(report) => self.on_report(id, report),
+                ToHub::Room(request) => {
+                    self.hub.handle(id, request, &mut Mailboxes(&mut self.workers))
                 }
-                ToHub::Heartbeat => {}
-                ToHub::HandoffDone { sessions } => {
-                    info!(
-                        "slot {}: pid {} handed over {sessions} sessions",
-                        worker.slot, worker.pid
-                    );
-                    if let Lifecycle::HandingOff { done } = &mut worker.state {
-                        *done = true;
-                    }
-                }
-                msg => self.hub.handle(id, msg, &mut Mailboxes(&mut self.workers)),
             }
         }
         match fill {
@@ -222,6 +201,40 @@ impl Supervisor {
                 self.drop_worker(id);
             }
             Ok(_) => {}
+        }
+    }
+
+    /// What a worker says about itself.
+    fn on_report(&mut self, id: WorkerId, report: WorkerReport) {
+        let Some(worker) = self.workers.get_mut(&id) else { return };
+        match report {
+            WorkerReport::Hello { pid, handoff, version, .. } => {
+                if worker.state == Lifecycle::Starting {
+                    worker.state = Lifecycle::Ready;
+                }
+                worker.handoff_version = handoff;
+                worker.version = version;
+                info!("slot {}: worker pid {pid} ready", worker.slot);
+                self.hub.sync(id, &mut Mailboxes(&mut self.workers));
+                self.check_started();
+                self.update_status();
+            }
+            WorkerReport::Heartbeat => {}
+            WorkerReport::HandoffDone { sessions } => {
+                info!("slot {}: pid {} handed over {sessions} sessions", worker.slot, worker.pid);
+                if let Lifecycle::HandingOff { done } = &mut worker.state {
+                    *done = true;
+                }
+            }
+            WorkerReport::Draining => {
+                warn!(
+                    "slot {}: pid {} cannot hand its sessions over; it drains instead",
+                    worker.slot, worker.pid
+                );
+                if let Lifecycle::HandingOff { .. } = worker.state {
+                    worker.state = Lifecycle::Draining;
+                }
+            }
         }
     }
 

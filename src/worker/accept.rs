@@ -1,35 +1,142 @@
 //! Accepting connections on the slot's listeners.
 //!
-//! Accept errors that concern one connection are skipped; running out of descriptors pauses
-//! accepting briefly (logged once) instead of spinning on a listener that stays readable.
+//! Accept errors that concern one connection are skipped. A worker never takes its last
+//! [`FD_RESERVE`] descriptors for clients: when one more connection would, it pauses accepting
+//! (logged once) and looks again a little later, so that it neither spins on a listener that
+//! stays readable nor leaves a reload without the descriptors it needs. Running out anyway
+//! (`EMFILE`, or `ENFILE` for the whole system) pauses the same way.
 
 use super::client::Client;
-use super::{CLIENT_BASE, EMFILE_PAUSE, Worker};
-use crate::bus::ToHub;
+use super::{CLIENT_BASE, LISTENER_BASE, Worker};
+use crate::bus::message::ConnId;
+use crate::bus::{RoomRequest, ToHub};
 use log::{debug, warn};
-use mio::{Interest, Token};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use nix::sys::resource::{Resource, getrlimit};
+use std::collections::HashMap;
+use std::fmt::Display;
 use std::io;
-use std::time::Instant;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Pause after the process ran out of file descriptors, before accepting again.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Descriptors below its open-files limit (`RLIMIT_NOFILE`) that a worker does not use for
+/// clients it accepts, so that a reload can still reach a worker that serves as many clients as
+/// the limit allows. A reload passes descriptors over the bus, and one that finds no free
+/// descriptor number is lost on the way: the hand-off then could not even start. The reserve
+/// covers the hand-off channel an old worker is given (one), the channels a new worker receives
+/// sessions on (one per old worker handing over to it: more than one when a reload removes
+/// slots), and leaves the rest for sessions coming in beyond what the new worker had room for
+/// and for any file the process opens briefly. Adopted sessions may use it; accepted
+/// connections may not.
+pub(super) const FD_RESERVE: usize = 8;
+
+/// The worker's side of accepting: its listeners, whether it accepts, and the connections
+/// accepted but not yet admitted by the hub.
+pub(super) struct Acceptor {
+    listeners: Vec<TcpListener>,
+    /// False once the worker stopped accepting for good (reload, exit).
+    open: bool,
+    /// Out of descriptors: no accepting until then.
+    pub paused_until: Option<Instant>,
+    out_of_fds_logged: bool,
+    /// The descriptors the process held when the worker was built (standard streams, bus,
+    /// listeners, event loop, signals), sorted: the base of [`Worker::fds_in_use`].
+    fds_at_start: Vec<RawFd>,
+    next_conn: ConnId,
+    /// Connections waiting for the hub's answer to their `Join`.
+    pub joining: HashMap<ConnId, usize>,
+}
+
+impl Acceptor {
+    /// Registers `listeners` with the event loop.
+    pub fn new(registry: &Registry, mut listeners: Vec<TcpListener>) -> io::Result<Acceptor> {
+        for (i, listener) in listeners.iter_mut().enumerate() {
+            if LISTENER_BASE + i >= CLIENT_BASE {
+                return Err(io::Error::other("too many listen addresses"));
+            }
+            registry.register(listener, Token(LISTENER_BASE + i), Interest::READABLE)?;
+        }
+        let fds_at_start = open_fds(&listeners);
+        Ok(Acceptor {
+            listeners,
+            open: true,
+            paused_until: None,
+            out_of_fds_logged: false,
+            fds_at_start,
+            next_conn: ConnId(1),
+            joining: HashMap::new(),
+        })
+    }
+
+    /// A fresh worker-local connection id.
+    pub fn conn_id(&mut self) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn = conn.next();
+        conn
+    }
+
+    pub fn listeners(&self) -> usize {
+        self.listeners.len()
+    }
+}
+
+/// The descriptors open in this process, sorted: the entries of `/proc/self/fd` but the one
+/// listing them. Without `/proc`, every number below the lowest free one, which is right while
+/// the numbers in use have no gaps (as in a freshly started worker).
+fn open_fds(listeners: &[TcpListener]) -> Vec<RawFd> {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let listed: Vec<RawFd> =
+            dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        // The listing has the directory's own descriptor too, closed by now.
+        let mut open: Vec<RawFd> = listed.into_iter().filter(|&fd| fd_is_open(fd)).collect();
+        open.sort_unstable();
+        return open;
+    }
+    let lowest_free = listeners
+        .first()
+        .and_then(|l| l.as_fd().try_clone_to_owned().ok())
+        .map_or(0, |fd| fd.as_raw_fd());
+    (0..lowest_free).collect()
+}
+
+/// Whether `fd` is an open descriptor of this process.
+fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; a number that is not open is an error.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// The soft limit on open descriptors, read each time: it may be changed from outside
+/// (`prlimit`).
+fn fd_limit() -> usize {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .map_or(usize::MAX, |(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+}
 
 impl Worker {
-    /// Accepts everything queued on one listener.
+    /// Accepts everything queued on one listener, while descriptors are left.
     pub(super) fn accept(&mut self, index: usize) {
-        if !self.accepting || self.accept_paused_until.is_some() {
+        if !self.accept.open || self.accept.paused_until.is_some() {
             return;
         }
+        let limit = fd_limit();
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let in_use = self.fds_in_use(limit);
+            if in_use + 1 + FD_RESERVE > limit {
+                let why =
+                    format!("{in_use} open of {limit} allowed, {FD_RESERVE} kept for reloads");
+                return self.pause_accepting(why);
+            }
+            let Some(listener) = self.accept.listeners.get(index) else { return };
             match listener.accept() {
                 Ok((stream, addr)) => self.admit(stream, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if !self.emfile_logged {
-                        warn!("out of file descriptors; pausing accept ({e})");
-                        self.emfile_logged = true;
-                    }
-                    self.accept_paused_until = Some(Instant::now() + EMFILE_PAUSE);
-                    return;
+                    return self.pause_accepting(e);
                 }
                 // The connection died in the queue (ECONNABORTED and friends): next one.
                 Err(e) => debug!("accept: {e}"),
@@ -37,22 +144,52 @@ impl Worker {
         }
     }
 
+    /// Descriptors the worker holds: those it started with, a socket per client and a hand-off
+    /// channel per reload under way.
+    fn fds_in_use(&self, limit: usize) -> usize {
+        // Those above the limit (inherited ones, say) take no number a new descriptor could get.
+        let at_start = self.accept.fds_at_start.partition_point(|&fd| (fd as usize) < limit);
+        at_start + self.clients.len() + self.handoff.channels()
+    }
+
+    /// No accepting for a while: connections wait in the listener's queue meanwhile.
+    fn pause_accepting(&mut self, why: impl Display) {
+        if !self.accept.out_of_fds_logged {
+            warn!("out of file descriptors; pausing accept ({why})");
+            self.accept.out_of_fds_logged = true;
+        }
+        self.accept.paused_until = Some(Instant::now() + EMFILE_PAUSE);
+    }
+
     /// Stops accepting for good (reload or exit). A last sweep takes what is already queued
     /// so it is served (or handed over) rather than left to the kernel.
     pub(super) fn stop_accepting(&mut self) {
-        if !self.accepting {
+        if !self.accept.open {
             return;
         }
         self.accept_all();
-        self.accepting = false;
-        for listener in &mut self.listeners {
+        self.close_listeners();
+    }
+
+    /// Stops accepting at once, leaving whatever is queued to the slot's next worker.
+    pub(super) fn close_listeners(&mut self) {
+        self.accept.open = false;
+        for listener in &mut self.accept.listeners {
             let _ = self.poll.registry().deregister(listener);
         }
     }
 
     pub(super) fn accept_all(&mut self) {
-        for index in 0..self.listeners.len() {
+        for index in 0..self.accept.listeners.len() {
             self.accept(index);
+        }
+    }
+
+    /// The pause after running out of descriptors is over: try again.
+    pub(super) fn resume_accepting_if_due(&mut self, now: Instant) {
+        if self.accept.paused_until.is_some_and(|at| at <= now) {
+            self.accept.paused_until = None;
+            self.accept_all();
         }
     }
 
@@ -72,10 +209,9 @@ impl Worker {
             warn!("cannot watch connection from {addr}: {e}");
             return;
         }
-        let conn = self.next_conn;
-        self.next_conn += 1;
+        let conn = self.accept.conn_id();
         entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
-        self.joining.insert(conn, key);
-        self.bus.send(&ToHub::Join { conn, addr });
+        self.accept.joining.insert(conn, key);
+        self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
     }
 }

@@ -9,18 +9,43 @@
 
 use super::Worker;
 use super::room_state::{DEFAULT_HISTORY_REQUEST, RoomState};
-use crate::bus::ToHub;
 use crate::bus::handoff::Transfer;
 use crate::bus::message::LeaveReason;
-use crate::bus::message::{Query, SessionId, split_lines};
+use crate::bus::message::{ConnId, Query, SessionId, split_lines};
+use crate::bus::{RoomRequest, ToHub};
 use crate::config::Config;
 use crate::protocol::command::{self, Command};
 use crate::protocol::decoder::Decoded;
 use client_io::Input;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use super::client as client_io;
+
+/// One read from a client takes at most this much.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The worker's input state: the read buffer, and the clients whose input waits.
+pub(super) struct Intake {
+    /// Clients waiting for the bus to drain before their input is processed.
+    stalled: Vec<usize>,
+    /// Rate-limited clients by the time they may send again.
+    throttled: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
+    /// What one read from a client lands in.
+    pub scratch: Vec<u8>,
+}
+
+impl Intake {
+    pub fn new() -> Intake {
+        Intake { stalled: Vec::new(), throttled: BinaryHeap::new(), scratch: vec![0; READ_CHUNK] }
+    }
+
+    /// When the first rate-limited client may send again.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.throttled.peek().map(|Reverse((at, _, _))| *at)
+    }
+}
 
 impl Worker {
     /// Processes what a client sent, reading more while it may.
@@ -28,7 +53,7 @@ impl Worker {
         loop {
             let Some(client) = self.clients.get_mut(key) else { return };
             if client.is_closing() {
-                if client.can_read && client.discard_input(&mut self.scratch) {
+                if client.can_read && client.discard_input(&mut self.input.scratch) {
                     client.eof = true;
                     if client.backlog() == 0 {
                         self.remove(key);
@@ -40,7 +65,7 @@ impl Worker {
                 return;
             }
             if self.bus.pending_out() > super::BUS_HIGH_WATER {
-                self.stalled.push(key);
+                self.input.stalled.push(key);
                 return;
             }
             if client.decoder.has_pending() {
@@ -48,7 +73,7 @@ impl Worker {
                 if let Some(bucket) = client.bucket.as_mut() {
                     if let Err(wait) = bucket.take(now) {
                         client.throttled = true;
-                        self.throttled.push(Reverse((now + wait, key, client.conn)));
+                        self.input.throttled.push(Reverse((now + wait, key, client.conn)));
                         return;
                     }
                 }
@@ -72,7 +97,7 @@ impl Worker {
             if !client.can_read {
                 return;
             }
-            match client.read_input(&mut self.scratch) {
+            match client.read_input(&mut self.input.scratch) {
                 Ok(Input::Data) | Ok(Input::Empty) => {}
                 Ok(Input::Eof) => {
                     client.eof = true;
@@ -86,15 +111,40 @@ impl Worker {
         }
     }
 
+    /// Rate-limited clients whose wait is over read on.
+    pub(super) fn wake_throttled(&mut self, now: Instant) {
+        while let Some(Reverse((at, key, conn))) = self.input.throttled.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.input.throttled.pop();
+            if let Some(client) = self.clients.get_mut(key).filter(|c| c.conn == conn) {
+                client.throttled = false;
+                self.service(key);
+            }
+        }
+    }
+
+    /// The bus has room again: clients that waited for it read on.
+    pub(super) fn resume_stalled(&mut self) {
+        if !self.input.stalled.is_empty() {
+            for key in std::mem::take(&mut self.input.stalled) {
+                self.service(key);
+            }
+        }
+    }
+
     fn on_line(&mut self, key: usize, line: String) {
         let Some(session) = self.clients.get(key).and_then(|c| c.session) else { return };
         let request = match command::parse(&line) {
-            Ok(Command::Say(text)) => ToHub::Say { session, text },
-            Ok(Command::Me(text)) => ToHub::Me { session, text },
-            Ok(Command::Nick(nick)) => ToHub::Nick { session, nick },
-            Ok(Command::Who) => ToHub::Query { session, query: Query::Who },
-            Ok(Command::Msg { to, text }) => ToHub::Msg { session, to, text },
-            Ok(Command::History(count)) => ToHub::Query { session, query: Query::History(count) },
+            Ok(Command::Say(text)) => RoomRequest::Say { session, text },
+            Ok(Command::Me(text)) => RoomRequest::Me { session, text },
+            Ok(Command::Nick(nick)) => RoomRequest::Nick { session, nick },
+            Ok(Command::Who) => RoomRequest::Query { session, query: Query::Who },
+            Ok(Command::Msg { to, text }) => RoomRequest::Msg { session, to, text },
+            Ok(Command::History(count)) => {
+                RoomRequest::Query { session, query: Query::History(count) }
+            }
             Ok(Command::Help) => {
                 let help: Vec<String> = command::HELP.iter().map(|h| format!("* {h}")).collect();
                 self.send_lines(key, &help);
@@ -109,14 +159,14 @@ impl Worker {
                 return;
             }
         };
-        self.bus.send(&request);
+        self.bus.send(&ToHub::Room(request));
     }
 
     /// The hub echoed a `/who` or `/history`: answer it from this worker's copy of the room,
     /// which now holds every room event up to the question's place in the order. A session
     /// handed to the next worker meanwhile gets its answer forwarded.
     pub(super) fn answer(&mut self, session: SessionId, query: Query) {
-        if self.moved.contains(&session) {
+        if self.handoff.moved.contains(&session) {
             let mut lines = Vec::new();
             write_answer(&mut self.room_state, &self.config, &query, |line| {
                 lines.push(line.to_owned())

@@ -175,12 +175,15 @@ mod tests {
     #[test]
     fn who_follows_joins_renames_and_leaves_and_is_cached() {
         let mut room = RoomState::new(10, HistoryEvents::Chat);
-        join(&mut room, 1, "guest-1");
-        join(&mut room, 2, "bob");
-        join(&mut room, 3, "Alice");
+        join(&mut room, SessionId(1), "guest-1");
+        join(&mut room, SessionId(2), "bob");
+        join(&mut room, SessionId(3), "Alice");
         assert_eq!(room.who(1 << 20), "* 3 online: Alice, bob, guest-1");
-        room.apply(RoomEvent::Nick { session: 1, nick: "Carol".into() }, "renamed".into());
-        room.apply(RoomEvent::Leave { session: 2 }, "left".into());
+        room.apply(
+            RoomEvent::Nick { session: SessionId(1), nick: "Carol".into() },
+            "renamed".into(),
+        );
+        room.apply(RoomEvent::Leave { session: SessionId(2) }, "left".into());
         assert_eq!(room.who(1 << 20), "* 2 online: Alice, Carol");
         // Talk does not change presence; the cached answer stays.
         room.apply(RoomEvent::Chat, "12:00 <Alice> hi".into());
@@ -199,7 +202,7 @@ mod tests {
     fn who_is_cut_to_the_budget() {
         let mut room = RoomState::new(0, HistoryEvents::Chat);
         for i in 0..1000 {
-            join(&mut room, i, &format!("user{i:04}"));
+            join(&mut room, SessionId(i), &format!("user{i:04}"));
         }
         let line = room.who(2000).to_string();
         assert!(line.len() <= 2000, "{}", line.len());
@@ -210,18 +213,18 @@ mod tests {
     #[test]
     fn history_keeps_talk_by_default_and_everything_on_request() {
         let mut room = RoomState::new(3, HistoryEvents::Chat);
-        join(&mut room, 1, "a");
+        join(&mut room, SessionId(1), "a");
         for i in 0..5 {
             room.apply(RoomEvent::Chat, format!("line {i}"));
         }
-        room.apply(RoomEvent::Leave { session: 1 }, "* a left".into());
+        room.apply(RoomEvent::Leave { session: SessionId(1) }, "* a left".into());
         assert_eq!(room.recent(10, 1 << 20), vec!["line 2", "line 3", "line 4"]);
         assert_eq!(room.recent(1, 1 << 20), vec!["line 4"]);
         // Only the newest lines that fit the budget.
         assert_eq!(room.recent(3, 16), vec!["line 3", "line 4"]);
 
         let mut all = RoomState::new(3, HistoryEvents::All);
-        join(&mut all, 1, "a");
+        join(&mut all, SessionId(1), "a");
         all.apply(RoomEvent::Me, "* a waves".into());
         assert_eq!(all.recent(10, 1 << 20), vec!["* a joined", "* a waves"]);
     }
@@ -229,11 +232,11 @@ mod tests {
     #[test]
     fn a_snapshot_replaces_what_was_there() {
         let mut room = RoomState::new(5, HistoryEvents::Chat);
-        join(&mut room, 9, "stale");
+        join(&mut room, SessionId(9), "stale");
         room.apply(RoomEvent::Chat, "stale line".into());
         room.reset();
-        room.load(vec![(1, "a".into())], vec!["old".into()]);
-        room.load(vec![(2, "b".into())], vec!["older".into()]);
+        room.load(vec![(SessionId(1), "a".into())], vec!["old".into()]);
+        room.load(vec![(SessionId(2), "b".into())], vec!["older".into()]);
         assert_eq!(room.who(1 << 20), "* 2 online: a, b");
         assert_eq!(room.recent(5, 1 << 20), vec!["old", "older"]);
     }

@@ -1,19 +1,16 @@
 //! Worker start-up: adopt the descriptors the supervisor passed across exec, read the setup
 //! frame, and build the event loop.
 
-use super::{BUS, CLIENT_BASE, LISTENER_BASE, SIGNALS, TICK, Worker};
+use super::Worker;
 use crate::bus::frame::{self, HEADER_LEN};
-use crate::bus::{BusConn, ToHub, ToWorker};
+use crate::bus::{ToHub, ToWorker, WorkerOrder, WorkerReport};
+use crate::cloexec;
 use crate::config::Config;
 use crate::signals::{self, Signals};
 use mio::net::{TcpListener, UnixStream};
-use mio::{Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use slab::Slab;
-use std::collections::{BinaryHeap, HashMap};
 use std::io::Read;
-use std::os::fd::{FromRawFd, RawFd};
-use std::time::Instant;
+use std::os::fd::{AsFd, FromRawFd, RawFd};
 
 /// The command line of `chatd worker` (written by the supervisor, not by people).
 #[derive(Debug, Clone, clap::Args)]
@@ -35,11 +32,13 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     let listeners: Vec<TcpListener> = args
         .listen_fds
         .iter()
+        // SAFETY: as for the bus: passed across exec for us alone, each named once.
         .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
         .map(TcpListener::from_std)
         .collect();
-    for fd in args.listen_fds.iter().chain([&args.bus_fd]) {
-        set_cloexec(*fd);
+    // Inherited descriptors must not leak into anything this process might start.
+    for fd in listeners.iter().map(AsFd::as_fd).chain([bus.as_fd()]) {
+        cloexec::set(fd).map_err(|e| format!("close-on-exec: {e}"))?;
     }
     let (config_text, config_path) = read_setup(&bus)?;
     let config = Config::parse(&config_text, &config_path).map_err(|e| e.to_string())?;
@@ -49,70 +48,17 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
     for signal in [Signal::SIGINT, Signal::SIGHUP] {
         signals::ignore(signal).map_err(|e| format!("signals: {e}"))?;
     }
-    let mut signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
-    let poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
-    let mut bus = BusConn::with_fill_budget(UnixStream::from_std(bus), super::BUS_READ_BUDGET);
-    let registry = poll.registry();
-    registry
-        .register(bus.stream(), BUS, Interest::READABLE | Interest::WRITABLE)
-        .and_then(|_| registry.register(signals.source(), SIGNALS, Interest::READABLE))
+    let signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
+    let mut worker = Worker::new(config, UnixStream::from_std(bus), listeners, signals)
         .map_err(|e| format!("event loop: {e}"))?;
-    let mut listeners = listeners;
-    for (i, listener) in listeners.iter_mut().enumerate() {
-        if LISTENER_BASE + i >= CLIENT_BASE {
-            return Err("too many listen addresses".into());
-        }
-        registry
-            .register(listener, Token(LISTENER_BASE + i), Interest::READABLE)
-            .map_err(|e| format!("event loop: {e}"))?;
-    }
-    bus.send(&ToHub::Hello {
+    worker.bus.send(&ToHub::Control(WorkerReport::Hello {
         slot: args.slot,
         pid: std::process::id(),
         generation: args.generation,
         handoff: crate::bus::handoff::VERSION,
         version: env!("CARGO_PKG_VERSION").to_string(),
-    });
-    log::debug!("generation {} up with {} listeners", args.generation, listeners.len());
-    let room_state =
-        super::room_state::RoomState::new(config.chat.history, config.chat.history_events);
-    let mut worker = Worker {
-        poll,
-        config,
-        bus,
-        bus_more: false,
-        signals,
-        listeners,
-        accepting: true,
-        accept_paused_until: None,
-        emfile_logged: false,
-        clients: Slab::new(),
-        joining: HashMap::new(),
-        sessions: HashMap::new(),
-        next_conn: 1,
-        dirty: Vec::new(),
-        stalled: Vec::new(),
-        lingering: Vec::new(),
-        room_bytes_since_tick: 0,
-        trim_due: false,
-        last_flush: Instant::now(),
-        flush_cycle: super::FLUSH_INTERVAL,
-        pass: None,
-        flush_at: None,
-        throttled: BinaryHeap::new(),
-        room: Vec::new(),
-        scratch: vec![0; super::READ_CHUNK],
-        last_seq: 0,
-        room_state,
-        outgoing: None,
-        moved: Default::default(),
-        incoming: Slab::new(),
-        incoming_more: false,
-        drain_deadline: None,
-        next_tick: Instant::now() + TICK,
-        next_heartbeat: Instant::now() + TICK,
-        exiting: None,
-    };
+    }));
+    log::debug!("generation {} up with {} listeners", args.generation, worker.accept.listeners());
     // Connections may have queued on the slot's listeners while no worker served it.
     worker.accept_all();
     Ok(worker)
@@ -131,19 +77,10 @@ fn read_setup(bus: &std::os::unix::net::UnixStream) -> Result<(String, String), 
     bytes.resize(4 + len, 0);
     reader.read_exact(&mut bytes[HEADER_LEN..]).map_err(|e| format!("reading setup: {e}"))?;
     match frame::decode::<ToWorker>(&bytes) {
-        Ok(Some((ToWorker::Setup { config, config_path, .. }, _))) => Ok((config, config_path)),
+        Ok(Some((ToWorker::Control(WorkerOrder::Setup { config, config_path, .. }), _))) => {
+            Ok((config, config_path))
+        }
         Ok(_) => Err("the first bus frame is not a setup frame".into()),
         Err(e) => Err(format!("setup frame: {e}")),
-    }
-}
-
-/// Inherited descriptors must not leak into anything this process might start.
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
     }
 }

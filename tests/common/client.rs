@@ -253,7 +253,7 @@ impl Client {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Line formats (defaults of SPEC §2)
+// Line formats (the defaults of docs/protocol.md, "Lines out")
 // ---------------------------------------------------------------------------------------------
 
 /// `* Welcome to chatd. You are NICK. K online. Type /help for commands.` → (NICK, K).

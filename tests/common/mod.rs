@@ -3,8 +3,9 @@
 //! These tests drive the **real binary over real sockets**: they start `chatd serve` (the
 //! supervisor, which forks its workers) with a throw-away config in a temporary directory,
 //! listen on loopback port 0, and talk to it with plain TCP clients, exactly like a user's
-//! `nc` would. Nothing here links to the crate's internals, so the tests check the contract in
-//! `SPEC.md`, not the implementation.
+//! `nc` would. Nothing here links to the crate's internals, so the tests check the contract the
+//! docs state (docs/protocol.md, docs/control.md, docs/configuration.md), not the
+//! implementation.
 //!
 //! What lives here, so every test file speaks the same language (`common::X` works for every
 //! item below, whichever file holds it):

@@ -116,8 +116,8 @@ pub fn parse_listen_line(line: &str) -> Option<(SocketAddr, usize)> {
 // Server
 // ---------------------------------------------------------------------------------------------
 
-/// Builds a test config (TOML, SPEC §5). Defaults: `listen = ["127.0.0.1:0"]`, `workers = 4`,
-/// and the control socket inside the server's temporary directory.
+/// Builds a test config (TOML, docs/configuration.md). Defaults: `listen = ["127.0.0.1:0"]`,
+/// `workers = 4`, and the control socket inside the server's temporary directory.
 #[derive(Clone, Debug)]
 pub struct ServerBuilder {
     listen: Vec<String>,
@@ -125,6 +125,7 @@ pub struct ServerBuilder {
     server: Vec<String>,
     chat: Vec<String>,
     extra: Vec<String>,
+    open_files: Option<u64>,
 }
 
 impl Default for ServerBuilder {
@@ -141,7 +142,15 @@ impl ServerBuilder {
             server: Vec::new(),
             chat: Vec::new(),
             extra: Vec::new(),
+            open_files: None,
         }
+    }
+
+    /// Starts the server with this soft `RLIMIT_NOFILE` (the hard limit stays): the supervisor
+    /// and every worker it starts inherit it, as under systemd's `LimitNOFILE=`.
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
     }
 
     /// Replaces the listen addresses (e.g. `&["127.0.0.1:0", "[::1]:0"]`).
@@ -204,7 +213,7 @@ impl ServerBuilder {
         let dir = tempfile::tempdir().expect("create temp dir");
         let control = dir.path().join("control.sock");
         let config = self.render(&control);
-        Server::start_in(dir, &config, self.listen.len())
+        Server::start_limited(dir, &config, self.listen.len(), self.open_files)
     }
 }
 
@@ -225,6 +234,16 @@ impl Server {
     /// (up to [`START_TIMEOUT`]) for `expected_listen` `listening on` log lines. The caller
     /// should point `server.control_socket` into `dir`, since tests run in parallel.
     pub fn start_in(dir: TempDir, config: &str, expected_listen: usize) -> Server {
+        Server::start_limited(dir, config, expected_listen, None)
+    }
+
+    /// [`Server::start_in`], with a soft open-files limit when `open_files` is set.
+    fn start_limited(
+        dir: TempDir,
+        config: &str,
+        expected_listen: usize,
+        open_files: Option<u64>,
+    ) -> Server {
         let config_path = dir.path().join("chatd.toml");
         fs::write(&config_path, config).expect("write config");
         let mut cmd = Command::new(CHATD);
@@ -240,6 +259,24 @@ impl Server {
         // Never talk to a systemd that may be running the test runner itself.
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
             cmd.env_remove(var);
+        }
+        if let Some(limit) = open_files {
+            let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit writes one rlimit through the pointer we pass.
+            let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
+            assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+            let wanted = libc::rlimit { rlim_cur: limit.min(current.rlim_max), ..current };
+            // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
+            // async-signal-safe; `wanted` is a plain value copied into it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn chatd serve");
         let log = Arc::new(Log::default());

@@ -105,13 +105,16 @@ fn out_of_file_descriptors_keeps_serving_without_busy_loop() {
             .any(|e| e.local.port() == port && e.state != TCP_LISTEN && owned.contains(&e.inode));
         (!busy).then_some(())
     });
-    // Lower the worker's open-files limit (soft and hard) so that exactly CAPACITY more fit: a
-    // new descriptor takes the lowest free number, which must be below the limit (descriptors
-    // already open above it stay usable).
+    // Lower the worker's open-files limit (soft and hard) so that exactly CAPACITY more clients
+    // fit: a new descriptor takes the lowest free number, which must be below the limit
+    // (descriptors already open above it stay usable), and the worker keeps FD_RESERVE of them
+    // for reloads (docs/operations.md, "More connections: LimitNOFILE").
     const CAPACITY: usize = 8;
+    const FD_RESERVE: usize = 8;
     let fds = open_fds(worker);
-    let limit = (CAPACITY..)
-        .find(|&l| l - fds.iter().filter(|&&fd| (fd as usize) < l).count() == CAPACITY)
+    let free = CAPACITY + FD_RESERVE;
+    let limit = (free..)
+        .find(|&l| l - fds.iter().filter(|&&fd| (fd as usize) < l).count() == free)
         .unwrap();
     let capacity = CAPACITY;
     eprintln!("worker {worker}: open fds {fds:?}; limit {limit}");

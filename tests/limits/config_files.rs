@@ -1,8 +1,8 @@
-//! Config paths and files that are not what they should be (SPEC §4, §4.1): a FIFO, a device,
-//! a directory or an oversized file as config get a clear error at once from every command that
-//! reads a config; a `control_socket` naming a file that is not a socket is a config error and
-//! the file is left alone; and `reload|status|stop` name a config that is not TOML instead of
-//! trying the default socket.
+//! Config paths and files that are not what they should be (docs/configuration.md, "What is
+//! checked"; docs/operations.md, "Status"): a FIFO, a device, a directory or an oversized file as
+//! config get a clear error at once from every command that reads a config; a `control_socket`
+//! naming a file that is not a socket is a config error and the file is left alone; and
+//! `reload|status|stop` name a config that is not TOML instead of trying the default socket.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -79,7 +79,7 @@ fn malformed_control_requests_are_refused_and_the_server_keeps_running() {
     a.send_line("still chatting");
     a.expect_chat(&nick_a, "still chatting");
 
-    // SPEC §4: a malformed control frame is logged — each of them.
+    // docs/control.md, "The control socket": a malformed request is logged — each of them.
     server.wait_for_log("bogus", LINE_TIMEOUT);
     let logged: Vec<String> = server
         .log_lines()
@@ -94,10 +94,10 @@ fn malformed_control_requests_are_refused_and_the_server_keeps_running() {
     );
 }
 
-/// `chatd stop` on an idle server answers and returns once the server is gone (SPEC §3), every
-/// time: the answer used to race the supervisor's exit and was lost most of the time. Half of
-/// the rounds speak to the control socket directly, to check the connection's EOF comes only
-/// with the server's exit.
+/// `chatd stop` on an idle server answers and returns once the server is gone (docs/control.md,
+/// "Commands"), every time: the answer used to race the supervisor's exit and was lost most of the
+/// time. Half of the rounds speak to the control socket directly, to check the connection's EOF
+/// comes only with the server's exit.
 #[test]
 fn stop_answers_and_returns_once_the_server_exited() {
     for round in 0..20 {

@@ -1,4 +1,5 @@
-//! End-to-end tests of SPEC §4 (limits and bad input — always a clear reaction, never a crash):
+//! End-to-end tests of limits and bad input — always a clear reaction, never a crash
+//! (docs/protocol.md, "Limits and bad input"; docs/configuration.md, "What is checked"):
 //! overlong lines (and a 10 MB one), rate limiting by back-pressure, slow consumers, idle
 //! clients, `max_clients`, `max_clients_per_ip`, running out of file descriptors, a listen address
 //! another process holds, malformed control requests, and config files and control sockets that

@@ -110,7 +110,7 @@ fn never_reading_client_is_cut_off_and_the_room_goes_on() {
     eprintln!("slow client read {} lines before {end}", lines.len());
     assert!(matches!(end, ReadError::Eof), "slow client: expected EOF, got {end}");
     assert_eq!(lines.last().map(String::as_str), Some("* disconnected: too slow"));
-    // Whatever it got before the end must be whole lines (SPEC §2: one event per line): the
+    // Whatever it got before the end must be whole lines (docs/protocol.md, "Lines out"): the
     // talker's chat lines as sent, in order, and at most a last `* disconnected: too slow`.
     for (i, l) in lines.iter().enumerate() {
         let whole_chat = parse_chat(l).is_some_and(|p| p.nick == nick_t && p.text == texts[i]);

@@ -1,6 +1,6 @@
-//! Every command of SPEC §2 and its errors: `/nick`, `/who`, `/me`, `/msg`, `/history`,
-//! `/help`, `/quit` (and a bare `quit`), unknown commands, and an unfinished last line on close.
-//! Errors must reach the sender only, which the tests prove with a room-wide barrier.
+//! Every command of docs/protocol.md, "Commands", and its errors: `/nick`, `/who`, `/me`, `/msg`,
+//! `/history`, `/help`, `/quit` (and a bare `quit`), unknown commands, and an unfinished last line
+//! on close. Errors must reach the sender only, which the tests prove with a room-wide barrier.
 
 use crate::common::*;
 use crate::room::{Room, expect_timed, lines_until, room_server};

@@ -1,4 +1,4 @@
-//! End-to-end tests of the line protocol (SPEC §2, §4.1): every command and its errors, the
+//! End-to-end tests of the line protocol (docs/protocol.md): every command and its errors, the
 //! configurable chat line, history, joining, and input sanitising — against the real binary,
 //! with clients spread over several worker processes wherever the room is involved.
 //!

@@ -112,10 +112,10 @@ fn broken_config_reload_changes_nothing() {
     room.chat(3, "after the good reload");
 }
 
-/// `chatd status` tells how the last reload went (SPEC §4.1): `--json` has `last_reload`
-/// (`null`, then `{"ok": false, "error", "duration_s"}`, then ok), the supervisor's `pid` and
-/// `uptime_s`, each worker's `version`, and the placeholders of listeners and cluster this
-/// release has none of; the table shows the same, the failure's reason included.
+/// `chatd status` tells how the last reload went (docs/control.md, "Status"): `--json` has
+/// `last_reload` (`null`, then `{"ok": false, "error", "duration_s"}`, then ok), the supervisor's
+/// `pid` and `uptime_s`, each worker's `version`, and the placeholders of listeners and cluster
+/// this release has none of; the table shows the same, the failure's reason included.
 #[test]
 fn status_reports_the_last_reload() {
     let builder = room_server(2);

@@ -313,11 +313,11 @@ fn back_to_back_reloads_in_a_quiet_room() {
 // A new worker dying in the middle of a hand-off
 // ---------------------------------------------------------------------------------------------
 
-/// The new worker of slot 0 is killed as soon as it is ready, while the old one hands it 750
-/// or so sessions. That is a worker crash (SPEC §3.1: it may cost the sessions it held or
+/// The new worker of slot 0 is killed as soon as it is ready, while the old one hands it 750 or so
+/// sessions. That is a worker crash (docs/control.md, "Health": it may cost the sessions it held or
 /// that were in transit to it), but the reload must still end with an answer, the room must see
-/// every lost client leave (status counts exactly the clients still connected), and the next
-/// reload must work.
+/// every lost client leave (status counts exactly the clients still connected), and the next reload
+/// must work.
 #[test]
 fn new_worker_crash_during_handoff_does_not_wedge_the_reload() {
     const CLIENTS: usize = 1500;
@@ -374,12 +374,12 @@ fn new_worker_crash_during_handoff_does_not_wedge_the_reload() {
     assert_eq!(after.clients as usize, open, "clients after the next reload");
 }
 
-/// During a reload a slot always has a worker serving it (SPEC §4.1 Health). Slot 0's new
-/// worker is killed the moment it reports ready, eight reloads in a row: by then the old worker
-/// has been told to hand over and no longer accepts (the kill lands mid-hand-off or just after
-/// it), so the new worker is the slot's only server. Its replacement must accept at once every
-/// time — a newcomer is welcomed within 3 s — not after a crash backoff that doubles with
-/// each of these young deaths.
+/// During a reload a slot always has a worker serving it (docs/control.md, "Health"). Slot 0's new
+/// worker is killed the moment it reports ready, eight reloads in a row: by then the old worker has
+/// been told to hand over and no longer accepts (the kill lands mid-hand-off or just after it), so
+/// the new worker is the slot's only server. Its replacement must accept at once every time — a
+/// newcomer is welcomed within 3 s — not after a crash backoff that doubles with each of these
+/// young deaths.
 #[test]
 fn a_slot_keeps_serving_while_its_new_workers_die() {
     const ROUNDS: u64 = 8;

@@ -1,8 +1,8 @@
-//! End-to-end tests of the rolling reload (SPEC §3.1): sessions handed from one worker
-//! generation to the next without a disconnect or a lost, duplicated or reordered room line,
-//! under load; a broken config changing nothing; a changed worker count; an upgraded binary
-//! picked up from disk; the drain path when hand-off is off; SIGHUP; connection attempts while
-//! the worker count changes; reloads in a quiet room; a new worker crashing mid-hand-off.
+//! End-to-end tests of the rolling reload (docs/control.md, "Reload"): sessions handed from one
+//! worker generation to the next without a disconnect or a lost, duplicated or reordered room line,
+//! under load; a broken config changing nothing; a changed worker count; an upgraded binary picked
+//! up from disk; the drain path when hand-off is off; SIGHUP; connection attempts while the worker
+//! count changes; reloads in a quiet room; a new worker crashing mid-hand-off.
 //!
 //! Everything runs against the real binary over loopback sockets, and every wait ends on a
 //! readiness signal (a line read, a `chatd status --json` answer, a log line) or fails after a
@@ -13,8 +13,8 @@
 //! clients read by a few poll(2) threads, and connect loops). Then the tests, by what they
 //! check: `handoff.rs` (sessions moved to the next generation: under load, on SIGHUP, in a
 //! quiet room, when a new worker dies mid-hand-off), `config.rs` (a broken config, hand-off
-//! switched off), `worker_count.rs` (fewer or more workers, connecting meanwhile) and
-//! `upgrade.rs` (a new binary on disk).
+//! switched off), `worker_count.rs` (fewer or more workers, connecting meanwhile),
+//! `upgrade.rs` (a new binary on disk) and `open_files.rs` (a worker out of file descriptors).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -26,6 +26,7 @@ mod room;
 
 mod config;
 mod handoff;
+mod open_files;
 mod upgrade;
 mod worker_count;
 

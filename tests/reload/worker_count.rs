@@ -84,9 +84,10 @@ fn tcp_migrate_req() -> bool {
 
 /// A loop connecting (and reading each welcome) as fast as it can while the worker count goes
 /// 4 → 2 → 4 → 2 → 4. Growing never closes a listener, so every attempt during a grow must
-/// succeed. Shrinking closes the removed slots' listeners; SPEC §1 relies on
-/// `net.ipv4.tcp_migrate_req = 1` to move what is still queued on them, so attempts during a
-/// shrink must all succeed only where that is set (otherwise the failures are reported).
+/// succeed. Shrinking closes the removed slots' listeners; chatd relies on
+/// `net.ipv4.tcp_migrate_req = 1` (docs/operations.md, "The sysctl") to move what is still
+/// queued on them, so attempts during a shrink must all succeed only where that is set
+/// (otherwise the failures are reported).
 #[test]
 fn connection_attempts_during_worker_count_changes() {
     let server = room_server(4).start();

@@ -1,11 +1,11 @@
-//! The packaging (SPEC §6), end to end under a real systemd: the test builds the Debian package
-//! (`cargo deb`, around the binary under test), boots a throw-away systemd with the
-//! repository's `tests/tools/systemd-sandbox`, installs the package there with `dpkg -i` and
-//! drives the service the way an operator does: `systemctl start` (returns after READY=1), TCP
-//! clients chatting from the host, `StatusText`, `systemctl reload` (good and broken config), a
-//! hung worker, a crashed supervisor (Restart=on-failure), `systemctl stop`, the hardening in
-//! effect, an upgrade (reinstall: the running service is reloaded, not restarted) and
-//! `dpkg --purge`. A second sandbox checks that `systemd-analyze verify` is clean.
+//! The packaging (docs/operations.md), end to end under a real systemd: the test builds the Debian
+//! package (`cargo deb`, around the binary under test), boots a throw-away systemd with the
+//! repository's `tests/tools/systemd-sandbox`, installs the package there with `dpkg -i` and drives
+//! the service the way an operator does: `systemctl start` (returns after READY=1), TCP clients
+//! chatting from the host, `StatusText`, `systemctl reload` (good and broken config), a hung
+//! worker, a crashed supervisor (Restart=on-failure), `systemctl stop`, the hardening in effect, an
+//! upgrade (reinstall: the running service is reloaded, not restarted) and `dpkg --purge`. A second
+//! sandbox checks that `systemd-analyze verify` is clean.
 //!
 //! Booting a sandbox needs root (and the Debian packages systemd and util-linux, which
 //! `packaging/ci-setup.sh` installs). Run as root, the sandbox tests always run: a sandbox that

@@ -1,5 +1,5 @@
-//! Checks of the packaged files that need no systemd: the packaged config is the repository's
-//! but for the control socket, the unit carries the settings SPEC §6 asks for, and the
+//! Checks of the packaged files that need no systemd: the packaged config is the repository's but
+//! for the control socket, the unit carries the settings docs/operations.md relies on, and the
 //! maintainer scripts are executable POSIX sh.
 
 use std::fs;
@@ -61,7 +61,8 @@ fn packaged_config_matches_repo_config() {
     assert!(out.status.success(), "packaging/chatd.toml: {}", output_text(&out));
 }
 
-/// The unit says what SPEC §6 asks for (checked again, as systemd sees it, in the sandbox).
+/// The unit has the settings docs/operations.md and docs/control.md rely on (checked again, as
+/// systemd sees it, in the sandbox).
 #[test]
 fn unit_file_has_the_contract_settings() {
     let unit = fs::read_to_string(Path::new(MANIFEST_DIR).join("packaging/chatd.service")).unwrap();
