@@ -121,9 +121,8 @@ impl Client {
     }
 
     /// Drops queued output except the rest of a line already partly written, so a final notice
-    /// starts on a line of its own. The buffer itself goes too: a client cut as too slow may
-    /// hold up to `max_backlog_bytes` of it, and it stays connected for a while to read its
-    /// last lines.
+    /// starts on a line of its own. The dropped backlog's memory goes back at once: a client cut
+    /// as too slow lingers for seconds, and hundreds of them must not keep theirs meanwhile.
     pub fn discard_output(&mut self) {
         let rest = &self.out[self.out_pos..];
         let keep = if self.mid_line {
@@ -183,6 +182,7 @@ impl Client {
                     self.out_pos = self.out.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.compact();
                     self.out.extend_from_slice(rest);
                     return Ok(());
                 }
@@ -196,6 +196,17 @@ impl Client {
             self.out = Vec::new();
         }
         Ok(())
+    }
+
+    /// Drops the bytes already written once they are half the queue or more. A client that
+    /// keeps up without ever quite catching up never empties its queue, and without this would
+    /// hold everything it was sent since it last did, however small its backlog. Each byte is
+    /// moved at most once more on average.
+    fn compact(&mut self) {
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
     }
 
     /// One read into `scratch`, fed to the decoder.
