@@ -146,6 +146,16 @@ fn packaged_service_end_to_end() {
     sb.wait_prop("StatusText", &format!("{WORKERS} workers, 2 clients, generation 1"));
     let main_pid: u64 = sb.prop("MainPID").parse().unwrap();
 
+    // --- the sysctl: where systemd-sysctl could not set it (a container), chatd says so.
+    let migrate_req = sb.read("/proc/sys/net/ipv4/tcp_migrate_req");
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    let warned = journal.lines().any(|l| l.contains("net.ipv4.tcp_migrate_req is 0"));
+    assert_eq!(
+        warned,
+        migrate_req.trim() == "0",
+        "tcp_migrate_req reads {migrate_req:?} in the sandbox; journal:\n{journal}"
+    );
+
     // --- hardening, as systemd applied it.
     for (prop, expected) in [
         ("Type", "notify"),
