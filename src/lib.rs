@@ -15,6 +15,7 @@ pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod moderation;
 pub mod protocol;
 pub mod signals;
 pub mod supervisor;

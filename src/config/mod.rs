@@ -13,6 +13,7 @@
 pub mod duration;
 mod error;
 mod file;
+mod operators;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use reader::{Result, Section, quoted};
 
 pub use error::ConfigError;
 pub use file::{MAX_BYTES, read as read_file};
+pub use operators::{DEFAULT_RESERVED_NICKS, Log, Moderation};
 
 /// Where `chatd serve` and the control commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
@@ -44,6 +46,8 @@ pub struct Config {
     pub chat: Chat,
     pub reload: Reload,
     pub metrics: Metrics,
+    pub log: Log,
+    pub moderation: Moderation,
 }
 
 /// `[server]`: processes, listeners and room-wide connection limits.
@@ -103,6 +107,8 @@ pub struct Chat {
     pub idle_timeout: Option<Duration>,
     /// Which room lines `/history` and `history_on_join` keep.
     pub history_events: HistoryEvents,
+    /// Nicks `/nick` refuses, lower-case: they are matched case-insensitively.
+    pub reserved_nicks: Vec<String>,
 }
 
 /// `chat.history_events`: by default history keeps what people said (chat and `/me`), so
@@ -179,6 +185,7 @@ impl Default for Chat {
             max_backlog_bytes: 1024 * 1024,
             idle_timeout: None,
             history_events: HistoryEvents::Chat,
+            reserved_nicks: DEFAULT_RESERVED_NICKS.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
 }
@@ -256,13 +263,18 @@ fn auto_workers() -> usize {
 }
 
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
-    let root = Section::root(doc, &["server", "socket", "chat", "reload", "metrics"])?;
+    let root = Section::root(
+        doc,
+        &["server", "socket", "chat", "reload", "metrics", "log", "moderation"],
+    )?;
     let server = read_server(&root)?;
     Ok(Config {
         socket: read_socket(&root)?,
         chat: read_chat(&root)?,
         reload: read_reload(&root)?,
         metrics: read_metrics(&root, &server)?,
+        log: operators::read_log(&root)?,
+        moderation: operators::read_moderation(&root)?,
         server,
     })
 }
@@ -414,6 +426,7 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
             "max_backlog_bytes",
             "idle_timeout",
             "history_events",
+            "reserved_nicks",
         ],
     )?;
     let d = Chat::default();
@@ -441,6 +454,7 @@ fn read_chat(root: &Section<'_>) -> Result<Chat> {
             "all" => Ok(HistoryEvents::All),
             _ => Err(format!(r#"expected "chat" or "all", found "{v}""#)),
         })?,
+        reserved_nicks: operators::read_reserved_nicks(&s)?,
     };
     // Cross-key checks point at whichever of the two keys the file sets.
     if chat.history_on_join > chat.history {

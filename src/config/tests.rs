@@ -101,7 +101,7 @@ fn shipped_config_documents_every_key() {
     };
     assert_eq!(keys("server").len(), 8);
     assert_eq!(keys("socket").len(), 4);
-    assert_eq!(keys("chat").len(), 10);
+    assert_eq!(keys("chat").len(), 11);
     assert_eq!(keys("reload").len(), 2);
     assert_eq!(keys("metrics").len(), 1);
 }
@@ -503,4 +503,13 @@ proptest! {
         }
         let _ = control_socket_from_text(&damaged, "t.toml");
     }
+}
+
+#[test]
+fn reserved_nicks_are_lower_cased_and_checked() {
+    let c = parse("[chat]\nreserved_nicks = [\"Ops\", \"root\"]\n");
+    assert_eq!(c.chat.reserved_nicks, ["ops", "root"]);
+    assert!(parse("[chat]\nreserved_nicks = []\n").chat.reserved_nicks.is_empty());
+    assert_error("[chat]\nreserved_nicks = [\"a b\"]\n", "2:19", &["chat.reserved_nicks", "'a b'"]);
+    assert_error("[chat]\nreserved_nicks = \"admin\"\n", "2:18", &["expected an array"]);
 }

@@ -74,6 +74,8 @@ struct Settings {
     time_format: String,
     max_clients: usize,
     max_clients_per_ip: usize,
+    /// Lower-case, like the keys of `Hub::nicks`.
+    reserved_nicks: Vec<String>,
 }
 
 impl Settings {
@@ -87,6 +89,7 @@ impl Settings {
             time_format: config.chat.time_format.clone(),
             max_clients: config.server.max_clients,
             max_clients_per_ip: config.server.max_clients_per_ip,
+            reserved_nicks: config.chat.reserved_nicks.clone(),
         }
     }
 }
@@ -290,6 +293,9 @@ impl Hub {
             return direct(out, worker, session, vec![format!("* you are already {nick}")]);
         }
         let key = nick.to_ascii_lowercase();
+        if self.settings.reserved_nicks.contains(&key) {
+            return direct(out, worker, session, vec![format!("! nickname '{nick}' is reserved")]);
+        }
         if self.nicks.get(&key).is_some_and(|owner| *owner != session) {
             return direct(out, worker, session, vec![format!("! nickname '{nick}' is taken")]);
         }
