@@ -189,6 +189,7 @@ fn bus_messages_keep_their_bytes() {
         ToWorker::Room(RoomUpdate::Answer { session: S, query: Query::Who }),
         "0301090500",
     );
+    g.worker_frame(ToWorker::Room(RoomUpdate::Log { line: "l".into() }), "03010a016c");
 
     g.part(LeaveReason::Quit(None), "0000");
     g.part(LeaveReason::Closed, "01");
@@ -196,11 +197,14 @@ fn bus_messages_keep_their_bytes() {
     g.part(LeaveReason::TooSlow, "03");
     g.part(LeaveReason::Idle, "04");
     g.part(LeaveReason::Restart, "05");
+    g.part(LeaveReason::Kicked(Some("r".into())), "06010172");
+    g.part(LeaveReason::Banned(None), "0700");
     g.part(RoomEvent::Chat, "00");
     g.part(RoomEvent::Me, "01");
     g.part(RoomEvent::Join { session: S, nick: "j".into() }, "0205016a");
     g.part(RoomEvent::Leave { session: S }, "0305");
     g.part(RoomEvent::Nick { session: S, nick: "n".into() }, "0405016e");
+    g.part(RoomEvent::Notice, "05");
     g.part(Query::Who, "00");
     g.part(Query::History(None), "0100");
 
@@ -219,9 +223,9 @@ fn bus_messages_keep_their_bytes() {
 #[test]
 fn variant_count_counts_every_variant() {
     assert_eq!(variant_count::<Query>(), 2);
-    assert_eq!(variant_count::<LeaveReason>(), 6);
+    assert_eq!(variant_count::<LeaveReason>(), 8);
     assert_eq!(variant_count::<ToWorker>(), 2);
-    assert_eq!(variant_count::<RoomUpdate>(), 10);
+    assert_eq!(variant_count::<RoomUpdate>(), 11);
 }
 
 #[test]

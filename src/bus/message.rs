@@ -65,6 +65,11 @@ pub enum LeaveReason {
     Idle,
     /// Closed by a draining worker at the end of a reload without hand-off.
     Restart,
+    /// `chatd kick`, with its reason.
+    Kicked(Option<String>),
+    /// `chatd ban` (or `[moderation] banned` on reload) matched the client's address; the room
+    /// sees it as a kick.
+    Banned(Option<String>),
 }
 
 impl fmt::Display for LeaveReason {
@@ -77,6 +82,10 @@ impl fmt::Display for LeaveReason {
             LeaveReason::TooSlow => f.write_str("too slow"),
             LeaveReason::Idle => f.write_str("idle"),
             LeaveReason::Restart => f.write_str("server restarting"),
+            LeaveReason::Kicked(None) | LeaveReason::Banned(None) => f.write_str("kicked"),
+            LeaveReason::Kicked(Some(reason)) | LeaveReason::Banned(Some(reason)) => {
+                write!(f, "kicked: {reason}")
+            }
         }
     }
 }
@@ -86,9 +95,19 @@ impl fmt::Display for LeaveReason {
 pub enum RoomEvent {
     Chat,
     Me,
-    Join { session: SessionId, nick: String },
-    Leave { session: SessionId },
-    Nick { session: SessionId, nick: String },
+    Join {
+        session: SessionId,
+        nick: String,
+    },
+    Leave {
+        session: SessionId,
+    },
+    Nick {
+        session: SessionId,
+        nick: String,
+    },
+    /// `chatd say`.
+    Notice,
 }
 
 impl RoomEvent {
@@ -259,6 +278,9 @@ pub enum RoomUpdate {
     Replay { session: SessionId, lines: Vec<String> },
     /// The echo of a [`RoomRequest::Query`]: answer it now, from the worker's copy of the room.
     Answer { session: SessionId, query: Query },
+    /// An audit line (a connect, a rename, a disconnect of one of the worker's sessions) for
+    /// the worker to log under its own name.
+    Log { line: String },
 }
 
 /// Line bytes per frame when a list of lines is split over several frames: far below

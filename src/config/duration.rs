@@ -18,7 +18,7 @@ pub(super) const UNITS: &str = "units: ms, s, m, h, d";
 pub(super) const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses `text` and checks it against [`MAX`]; the error says what was expected.
-pub(super) fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, String> {
     let duration =
         parse_unbounded(text).ok_or_else(|| format!("expected {FORMS}, found {}", quoted(text)))?;
     if duration > MAX {
@@ -34,6 +34,17 @@ pub fn display(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// How long something has lasted, to the coarsest two units: `42s`, `5m07s`, `1h02m`, `3d04h`.
+pub fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
 }
 
@@ -117,5 +128,13 @@ mod tests {
         assert_eq!(display(Duration::from_nanos(5_965_601_633)), "6.0s");
         assert_eq!(display(Duration::from_millis(250)), "250ms");
         assert_eq!(display(Duration::from_secs(10)), "10.0s");
+    }
+
+    #[test]
+    fn span_keeps_two_units() {
+        assert_eq!(span(Duration::from_millis(42_900)), "42s");
+        assert_eq!(span(Duration::from_secs(307)), "5m07s");
+        assert_eq!(span(Duration::from_secs(3720)), "1h02m");
+        assert_eq!(span(Duration::from_secs(3 * 86400 + 4 * 3600 + 59)), "3d04h");
     }
 }

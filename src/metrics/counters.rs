@@ -54,6 +54,8 @@ impl Disconnect {
             LeaveReason::TooSlow => Disconnect::TooSlow,
             LeaveReason::Idle => Disconnect::Idle,
             LeaveReason::Restart => Disconnect::Server,
+            LeaveReason::Kicked(_) => Disconnect::Kicked,
+            LeaveReason::Banned(_) => Disconnect::Banned,
         }
     }
 }
@@ -97,6 +99,7 @@ impl LineKind {
             RoomEvent::Join { .. } => LineKind::Join,
             RoomEvent::Leave { .. } => LineKind::Leave,
             RoomEvent::Nick { .. } => LineKind::Nick,
+            RoomEvent::Notice => LineKind::Notice,
         }
     }
 }

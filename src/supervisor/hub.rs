@@ -76,6 +76,8 @@ struct Settings {
     max_clients_per_ip: usize,
     /// Lower-case, like the keys of `Hub::nicks`.
     reserved_nicks: Vec<String>,
+    /// `log.connections`: audit lines for connects, renames and disconnects.
+    log_connections: bool,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
             max_clients: config.server.max_clients,
             max_clients_per_ip: config.server.max_clients_per_ip,
             reserved_nicks: config.chat.reserved_nicks.clone(),
+            log_connections: config.log.connections,
         }
     }
 }
@@ -101,6 +104,8 @@ struct Member {
     /// `IP:PORT` as `{addr}` shows it, rendered once.
     addr_text: Box<str>,
     worker: WorkerId,
+    /// When the hub admitted it.
+    since: Instant,
 }
 
 pub struct Hub {
@@ -241,7 +246,12 @@ impl Hub {
             self.members.iter().filter(|(_, m)| m.worker == worker).map(|(s, _)| *s).collect();
         lost.sort_unstable();
         for session in lost {
-            self.leave(session, &LeaveReason::Lost, out);
+            // The worker cannot log it any more: the supervisor does.
+            if let Some(line) = self.remove_member(session, &LeaveReason::Lost, out) {
+                if self.settings.log_connections {
+                    log::info!("{line}");
+                }
+            }
         }
     }
 
@@ -265,7 +275,9 @@ impl Hub {
         self.nicks.insert(nick.to_ascii_lowercase(), session);
         self.per_ip.insert(ip, from_ip + 1);
         let addr_text = addr.to_string().into_boxed_str();
-        let member = Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker };
+        let connect = format!("connect {addr_text} as {nick}");
+        let since = Instant::now();
+        let member = Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker, since };
         self.members.insert(session, member);
         let online = self.members.len();
         let welcome = format!(
@@ -275,6 +287,7 @@ impl Hub {
         out.to_worker(worker, RoomUpdate::Admitted { conn, session, welcome });
         let line = format!("* {nick} joined ({online} online)");
         self.publish(Some(session), line, RoomEvent::Join { session, nick }, out);
+        self.audit(worker, connect, out);
     }
 
     fn rename(
@@ -300,6 +313,8 @@ impl Hub {
             return direct(out, worker, session, vec![format!("! nickname '{nick}' is taken")]);
         }
         let old = member.nick.to_string();
+        let audit = format!("nick {old} -> {nick} ({})", member.addr_text);
+        let audit_worker = member.worker;
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(key, session);
         if let Some(member) = self.members.get_mut(&session) {
@@ -307,6 +322,7 @@ impl Hub {
         }
         let line = format!("* {old} is now known as {nick}");
         self.publish(None, line, RoomEvent::Nick { session, nick }, out);
+        self.audit(audit_worker, audit, out);
     }
 
     fn private(
@@ -333,7 +349,20 @@ impl Hub {
     }
 
     fn leave(&mut self, session: SessionId, reason: &LeaveReason, out: &mut impl Outbox) {
-        let Some(member) = self.members.remove(&session) else { return };
+        let worker = self.members.get(&session).map(|m| m.worker);
+        if let (Some(worker), Some(line)) = (worker, self.remove_member(session, reason, out)) {
+            self.audit(worker, line, out);
+        }
+    }
+
+    /// Takes a session out of the room and announces it; returns its audit line.
+    fn remove_member(
+        &mut self,
+        session: SessionId,
+        reason: &LeaveReason,
+        out: &mut impl Outbox,
+    ) -> Option<String> {
+        let member = self.members.remove(&session)?;
         self.counters.left(reason);
         self.nicks.remove(&member.nick.to_ascii_lowercase());
         let ip = member.ip;
@@ -346,6 +375,15 @@ impl Hub {
         let line = format!("* {} left ({reason})", member.nick);
         self.publish(Some(session), line, RoomEvent::Leave { session }, out);
         out.to_worker(member.worker, RoomUpdate::Left { session });
+        let after = crate::config::duration::span(member.since.elapsed());
+        Some(format!("disconnect {} {} ({reason}) after {after}", member.nick, member.addr_text))
+    }
+
+    /// Has `worker` log an audit line (`log.connections`), under its own name.
+    fn audit(&self, worker: WorkerId, line: String, out: &mut impl Outbox) {
+        if self.settings.log_connections {
+            out.to_worker(worker, RoomUpdate::Log { line });
+        }
     }
 
     /// A session moved to `worker` on reload: route to it from now on, and replay what the

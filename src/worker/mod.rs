@@ -317,6 +317,7 @@ impl Worker {
             ToWorker::Room(RoomUpdate::Resume { session, lines }) => self.resume(session, lines),
             ToWorker::Room(RoomUpdate::Replay { session, lines }) => self.replay(session, lines),
             ToWorker::Room(RoomUpdate::Answer { session, query }) => self.answer(session, query),
+            ToWorker::Room(RoomUpdate::Log { line }) => info!("{line}"),
             ToWorker::Control(WorkerOrder::Drain { timeout_ms }) => {
                 self.start_drain(Duration::from_millis(timeout_ms))
             }

@@ -91,7 +91,7 @@ impl RoomState {
             HistoryEvents::All => true,
         };
         match event {
-            RoomEvent::Chat | RoomEvent::Me => {}
+            RoomEvent::Chat | RoomEvent::Me | RoomEvent::Notice => {}
             RoomEvent::Join { session, nick } | RoomEvent::Nick { session, nick } => {
                 self.members.insert(session, Nick::new(nick));
                 self.who = None;

@@ -368,6 +368,10 @@ fn leaving_confirms_to_the_worker_and_frees_the_nick_and_the_address() {
                 }
             ),
             (Some(W0), RoomUpdate::Left { session: a }),
+            (
+                Some(W0),
+                RoomUpdate::Log { line: "disconnect ann 127.0.0.1:1 (quit: bye) after 0s".into() }
+            ),
         ]
     );
     // The same address may come back, and the nick is free again.
@@ -533,4 +537,33 @@ fn counts_lines_departures_and_refusals_for_the_metrics() {
     assert_eq!(c.disconnections_for(Disconnect::Quit), 0);
     assert_eq!(hub.history_len(), 2);
     assert_eq!(hub.online_by_worker(), HashMap::from([(W0, 1)]));
+}
+
+#[test]
+fn audit_lines_go_to_the_serving_worker_unless_turned_off() {
+    let logs = |out: &Recorder| -> Vec<(Option<WorkerId>, String)> {
+        out.sent
+            .iter()
+            .filter_map(|(w, m)| match m {
+                RoomUpdate::Log { line } => Some((*w, line.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut room = hub(|_| {});
+    let (a, out) = admit(&mut room, W1, 7);
+    assert_eq!(logs(&out), [(Some(W1), "connect 127.0.0.1:7 as guest-1".to_string())]);
+    let mut out = Recorder::default();
+    room.handle(W1, RoomRequest::Nick { session: a, nick: "alice".into() }, &mut out);
+    assert_eq!(logs(&out), [(Some(W1), "nick guest-1 -> alice (127.0.0.1:7)".to_string())]);
+    // A lost worker cannot log its sessions' end: the supervisor does, and sends nothing.
+    let mut out = Recorder::default();
+    room.worker_lost(W1, &mut out);
+    assert!(logs(&out).is_empty());
+
+    let mut quiet = hub(|c| c.log.connections = false);
+    let (b, out) = admit(&mut quiet, W0, 8);
+    let mut rest = Recorder::default();
+    quiet.handle(W0, RoomRequest::Leave { session: b, reason: LeaveReason::Closed }, &mut rest);
+    assert!(logs(&out).is_empty() && logs(&rest).is_empty());
 }
