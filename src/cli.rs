@@ -1,6 +1,8 @@
-//! The command line: `chatd serve | check-config | reload | status | stop | client`.
+//! The command line: `chatd serve | check-config | reload | status | stop | who | say | kick |
+//! ban | unban | bans | client`.
 //!
-//! `reload`, `status` and `stop` talk to a running server over its control socket.
+//! All but `serve`, `check-config` and `client` talk to a running server over its control
+//! socket.
 
 use crate::config;
 use clap::{Parser, Subcommand};
@@ -39,6 +41,59 @@ pub enum Cmd {
     },
     /// Stop the running server (clients are told, output is flushed).
     Stop(ControlArgs),
+    /// List every session: nick, address, worker slot, connected and idle time, queued output.
+    Who {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say TEXT to the room as `* notice: TEXT`.
+    Say {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// The notice; several words are joined with spaces.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Disconnect a client: it gets `* you were kicked[: REASON]`, the room sees it leave.
+    Kick {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// The client's nickname (any case).
+        nick: String,
+        /// Why, shown to the client and the room; several words are joined with spaces.
+        reason: Vec<String>,
+    },
+    /// Ban an address or prefix (ADDR or ADDR/PREFIX): clients from it are kicked, new
+    /// connections from it refused with `! you are banned`. Lasts until unbanned, or --for.
+    Ban {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// ADDR or ADDR/PREFIX, e.g. 203.0.113.7, 203.0.113.0/24, 2001:db8::/32.
+        target: String,
+        /// How long, e.g. 30m, 2h, 7d; without it the ban lasts until `chatd unban`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why, shown to the kicked clients and the room; several words are joined with spaces.
+        reason: Vec<String>,
+    },
+    /// Lift a ban given with `chatd ban` (the same ADDR or ADDR/PREFIX).
+    Unban {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// ADDR or ADDR/PREFIX, as banned.
+        target: String,
+    },
+    /// List the bans in force, with the time left.
+    Bans {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Chat from a terminal: a line editor with the room printed above it, reconnecting when
     /// the connection drops; /quit or Ctrl-D leaves. With stdin not a terminal: sends stdin's
     /// lines, prints what the server says, and exits after its answers.
@@ -52,7 +107,7 @@ pub enum Cmd {
     Worker(crate::worker::Args),
 }
 
-/// How `reload|status|stop` find the control socket: `--control`, else the config's
+/// How the control commands find the control socket: `--control`, else the config's
 /// `server.control_socket`, else the default (docs/operations.md).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {

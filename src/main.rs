@@ -28,9 +28,46 @@ fn main() -> ExitCode {
         Cmd::Reload(args) => control_command(&args, ControlCommand::Reload, false),
         Cmd::Status { control, json } => control_command(&control, ControlCommand::Status, json),
         Cmd::Stop(args) => control_command(&args, ControlCommand::Stop, false),
+        Cmd::Who { control, json } => control_command(&control, ControlCommand::Who, json),
+        Cmd::Say { control, text } => {
+            control_command(&control, ControlCommand::Say { text: text.join(" ") }, false)
+        }
+        Cmd::Kick { control, nick, reason } => {
+            let command = ControlCommand::Kick { nick, reason: words(reason) };
+            control_command(&control, command, false)
+        }
+        Cmd::Ban { control, target, duration, reason } => {
+            let duration_ms = match duration.as_deref().map(parse_ban_duration).transpose() {
+                Ok(ms) => ms,
+                Err(e) => {
+                    eprintln!("chatd ban: --for: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let command = ControlCommand::Ban { target, duration_ms, reason: words(reason) };
+            control_command(&control, command, false)
+        }
+        Cmd::Unban { control, target } => {
+            control_command(&control, ControlCommand::Unban { target }, false)
+        }
+        Cmd::Bans { control, json } => control_command(&control, ControlCommand::Bans, json),
         Cmd::Client { address } => chatd::client::run(&address),
         Cmd::Worker(args) => chatd::worker::run(args),
     }
+}
+
+/// A reason given as words; none when there are none.
+fn words(words: Vec<String>) -> Option<String> {
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// `chatd ban --for`: a duration as in the config file, longer than 0.
+fn parse_ban_duration(text: &str) -> Result<u64, String> {
+    let d = chatd::config::duration::parse(text)?;
+    if d.is_zero() {
+        return Err("a ban must last longer than 0s".into());
+    }
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn control_command(args: &ControlArgs, command: ControlCommand, json: bool) -> ExitCode {
@@ -41,7 +78,7 @@ fn control_command(args: &ControlArgs, command: ControlCommand, json: bool) -> E
             return ExitCode::FAILURE;
         }
     };
-    let reply = match control::client::request(&socket, command) {
+    let reply = match control::client::request(&socket, &command) {
         Ok(reply) => reply,
         Err(e) => {
             eprintln!("chatd {}: {e}", command.as_str());
@@ -57,6 +94,18 @@ fn control_command(args: &ControlArgs, command: ControlCommand, json: bool) -> E
         } else {
             print!("{}", control::client::format_status(status));
         }
+    }
+    let printed = match (&reply.who, &reply.bans) {
+        (Some(who), _) if json => serde_json::to_string(who),
+        (Some(who), _) => Ok(control::tables::format_who(who)),
+        (_, Some(bans)) if json => serde_json::to_string(bans),
+        (_, Some(bans)) => Ok(control::tables::format_bans(bans)),
+        _ => Ok(String::new()),
+    };
+    match printed {
+        Ok(text) if text.is_empty() => {}
+        Ok(text) => println!("{}", text.trim_end()),
+        Err(e) => eprintln!("chatd {}: {e}", command.as_str()),
     }
     match (&reply.message, reply.ok) {
         (Some(message), true) => println!("{message}"),

@@ -13,8 +13,8 @@
 use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer};
 use super::message::{
-    ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker,
-    WorkerCounters, WorkerOrder, WorkerReport,
+    ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, SessionLoad, ToHub,
+    ToWorker, WorkerCounters, WorkerOrder, WorkerReport,
 };
 use crate::protocol::decoder::LineDecoder;
 use serde::Serialize;
@@ -131,6 +131,9 @@ fn bus_messages_keep_their_bytes() {
     g.hub_frame(ToHub::Control(WorkerReport::Heartbeat { counters }), "0300010102ac020405");
     g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "03000206");
     g.hub_frame(ToHub::Control(WorkerReport::Draining), "030003");
+    let load = SessionLoad { session: S, idle_ms: 2, queued: 3 };
+    let sessions = WorkerReport::Sessions { id: 1, sessions: vec![load], last: true };
+    g.hub_frame(ToHub::Control(sessions), "030004010105020301");
 
     let addr = "127.0.0.1:9".parse().expect("address");
     g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "03010004007f00000109");
@@ -153,6 +156,7 @@ fn bus_messages_keep_their_bytes() {
     g.worker_frame(ToWorker::Control(WorkerOrder::Receive), "030003");
     g.worker_frame(ToWorker::Control(WorkerOrder::Drain { timeout_ms: 300 }), "030004ac02");
     g.worker_frame(ToWorker::Control(WorkerOrder::Exit), "030005");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Inspect { id: 7 }), "03000607");
 
     g.worker_frame(ToWorker::Room(RoomUpdate::Sync { seq: 7 }), "03010007");
     let snapshot =

@@ -152,6 +152,19 @@ pub enum WorkerReport {
     /// Hand-off, old worker: the hand-off could not start (its channel did not arrive, as
     /// happens to a process at its open-files limit); it drains instead.
     Draining,
+    /// Answer to [`WorkerOrder::Inspect`]: the worker's sessions, in frames of bounded size;
+    /// `last` on the final one.
+    Sessions { id: u64, sessions: Vec<SessionLoad>, last: bool },
+}
+
+/// What only the worker serving a session knows about it, for `chatd who`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLoad {
+    pub session: SessionId,
+    /// Since its last complete line.
+    pub idle_ms: u64,
+    /// Output waiting to be written to it, in bytes.
+    pub queued: u64,
 }
 
 /// What a worker counted since it started (`chatd_*_total` in `src/metrics/`). Cumulative, so a
@@ -200,6 +213,8 @@ pub enum WorkerOrder {
     Drain { timeout_ms: u64 },
     /// Hand-off finished and the hub routes everything to the successor: exit.
     Exit,
+    /// `chatd who`: report every session with [`WorkerReport::Sessions`], quoting `id`.
+    Inspect { id: u64 },
 }
 
 /// Worker → hub: what clients ask of the room.

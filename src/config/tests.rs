@@ -105,6 +105,7 @@ fn shipped_config_documents_every_key() {
     assert_eq!(keys("reload").len(), 2);
     assert_eq!(keys("metrics").len(), 1);
     assert_eq!(keys("log").len(), 1);
+    assert_eq!(keys("moderation").len(), 1);
 }
 
 #[test]
@@ -513,4 +514,18 @@ fn reserved_nicks_are_lower_cased_and_checked() {
     assert!(parse("[chat]\nreserved_nicks = []\n").chat.reserved_nicks.is_empty());
     assert_error("[chat]\nreserved_nicks = [\"a b\"]\n", "2:19", &["chat.reserved_nicks", "'a b'"]);
     assert_error("[chat]\nreserved_nicks = \"admin\"\n", "2:18", &["expected an array"]);
+}
+
+#[test]
+fn moderation_bans_are_addresses_or_prefixes() {
+    let c = parse("[moderation]\nbanned = [\"203.0.113.9/24\", \"::1\"]\n");
+    let banned: Vec<String> = c.moderation.banned.iter().map(ToString::to_string).collect();
+    assert_eq!(banned, ["203.0.113.0/24", "::1"]);
+    assert_error(
+        "[moderation]\nbanned = [\"::1\", \"x\"]\n",
+        "2:18",
+        &["moderation.banned", "'x'"],
+    );
+    assert_error("[moderation]\nbanned = [1]\n", "2:11", &["expected a string"]);
+    assert!(!parse("[log]\nconnections = false\n").log.connections);
 }

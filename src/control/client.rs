@@ -1,4 +1,5 @@
-//! `chatd reload|status|stop`: the command-line side of the control socket.
+//! `chatd reload|status|stop|who|say|kick|ban|unban|bans`: the command-line side of the
+//! control socket.
 
 use super::{ControlCommand, Reply, Status};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -9,17 +10,17 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Sends one request and returns the server's reply, or a message saying why there is none.
-pub fn request(path: &Path, command: ControlCommand) -> Result<Reply, String> {
+pub fn request(path: &Path, command: &ControlCommand) -> Result<Reply, String> {
     let mut stream = UnixStream::connect(path)
         .map_err(|e| format!("cannot reach chatd at {}: {e}", path.display()))?;
     check_server(&stream, path)?;
     let timeout = match command {
         ControlCommand::Reload => Duration::from_secs(600),
-        ControlCommand::Status | ControlCommand::Stop => Duration::from_secs(30),
+        _ => Duration::from_secs(30),
     };
     stream
         .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.write_all(format!("{}\n", command.as_str()).as_bytes()))
+        .and_then(|_| stream.write_all(format!("{}\n", command.to_line()).as_bytes()))
         .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
@@ -29,7 +30,7 @@ pub fn request(path: &Path, command: ControlCommand) -> Result<Reply, String> {
     }
     let reply: Reply =
         serde_json::from_str(&line).map_err(|e| format!("unreadable answer from chatd: {e}"))?;
-    if command == ControlCommand::Stop && reply.ok {
+    if *command == ControlCommand::Stop && reply.ok {
         // The server keeps this connection open until its process ends: `chatd stop` returns
         // only once the server is gone.
         let mut rest = Vec::new();

@@ -7,21 +7,53 @@
 
 pub mod client;
 pub mod server;
+pub mod tables;
 
 use serde::{Deserialize, Serialize};
 
-/// What a control client can ask: `chatd reload|status|stop` (a chat client's `/nick` and such
-/// are `protocol::command::Command`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a control client can ask: `chatd reload|status|stop` and the operators' commands (a
+/// chat client's `/nick` and such are `protocol::command::Command`).
+///
+/// On the socket, the three oldest are a bare word (`status`), as the first releases sent them;
+/// every command may also be one JSON object such as `{"command":"kick","nick":"bob"}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlCommand {
     Status,
     Reload,
     Stop,
+    /// Every session.
+    Who,
+    /// A notice to the room.
+    Say {
+        text: String,
+    },
+    Kick {
+        nick: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// `target` is `ADDR` or `ADDR/PREFIX`; no `duration_ms` = until lifted.
+    Ban {
+        target: String,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Unban {
+        target: String,
+    },
+    Bans,
 }
 
 impl ControlCommand {
-    pub fn parse(word: &str) -> Option<ControlCommand> {
-        match word.trim() {
+    pub fn parse(line: &str) -> Option<ControlCommand> {
+        let line = line.trim();
+        if line.starts_with('{') {
+            return serde_json::from_str(line).ok();
+        }
+        match line {
             "status" => Some(ControlCommand::Status),
             "reload" => Some(ControlCommand::Reload),
             "stop" => Some(ControlCommand::Stop),
@@ -29,13 +61,58 @@ impl ControlCommand {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// The request line, without its newline.
+    pub fn to_line(&self) -> String {
+        match self {
+            ControlCommand::Status | ControlCommand::Reload | ControlCommand::Stop => {
+                self.as_str().to_owned()
+            }
+            _ => serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
         match self {
             ControlCommand::Status => "status",
             ControlCommand::Reload => "reload",
             ControlCommand::Stop => "stop",
+            ControlCommand::Who => "who",
+            ControlCommand::Say { .. } => "say",
+            ControlCommand::Kick { .. } => "kick",
+            ControlCommand::Ban { .. } => "ban",
+            ControlCommand::Unban { .. } => "unban",
+            ControlCommand::Bans => "bans",
         }
     }
+}
+
+/// One session in `chatd who --json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WhoEntry {
+    pub nick: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    /// The worker slot serving it.
+    pub slot: usize,
+    /// `"tcp"`: TLS and web sessions are not in this release.
+    pub transport: String,
+    pub connected_s: u64,
+    /// `null` when its worker did not answer in time (it may be busy, or moving the session).
+    pub idle_s: Option<u64>,
+    /// Output waiting to be written to it, in bytes; `null` as `idle_s`.
+    pub queued_bytes: Option<u64>,
+}
+
+/// One ban in `chatd bans --json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BanEntry {
+    /// `ADDR` or `ADDR/PREFIX`.
+    pub target: String,
+    /// Seconds left; `null` = until lifted (or, for the config's, for good).
+    pub left_s: Option<u64>,
+    pub reason: Option<String>,
+    /// `"command"` (`chatd ban`) or `"config"` (`[moderation] banned`).
+    pub source: String,
 }
 
 /// One worker in `chatd status --json`.
@@ -96,18 +173,55 @@ pub struct Reply {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<Vec<WhoEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bans: Option<Vec<BanEntry>>,
 }
 
 impl Reply {
     pub fn done(message: impl Into<String>) -> Reply {
-        Reply { ok: true, message: Some(message.into()), status: None }
+        Reply { ok: true, message: Some(message.into()), ..Reply::empty() }
     }
 
     pub fn failed(message: impl Into<String>) -> Reply {
-        Reply { ok: false, message: Some(message.into()), status: None }
+        Reply { ok: false, message: Some(message.into()), ..Reply::empty() }
     }
 
     pub fn status(status: Status) -> Reply {
-        Reply { ok: true, message: None, status: Some(status) }
+        Reply { ok: true, status: Some(status), ..Reply::empty() }
+    }
+
+    pub fn who(who: Vec<WhoEntry>) -> Reply {
+        Reply { ok: true, who: Some(who), ..Reply::empty() }
+    }
+
+    pub fn bans(bans: Vec<BanEntry>) -> Reply {
+        Reply { ok: true, bans: Some(bans), ..Reply::empty() }
+    }
+
+    fn empty() -> Reply {
+        Reply { ok: true, message: None, status: None, who: None, bans: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_words_or_json() {
+        assert_eq!(ControlCommand::parse("status\n"), Some(ControlCommand::Status));
+        assert_eq!(ControlCommand::Reload.to_line(), "reload");
+        let kick = ControlCommand::Kick { nick: "bob".into(), reason: None };
+        assert_eq!(kick.to_line(), r#"{"command":"kick","nick":"bob","reason":null}"#);
+        assert_eq!(ControlCommand::parse(&kick.to_line()), Some(kick));
+        assert_eq!(
+            ControlCommand::parse(r#"{"command":"say","text":"hi"}"#).map(|c| c.as_str()),
+            Some("say")
+        );
+        assert_eq!(ControlCommand::parse(r#"{"command":"say","text":"hi","x":1}"#), None);
+        assert_eq!(ControlCommand::parse(r#"{"command":"who"}"#), Some(ControlCommand::Who));
+        assert_eq!(ControlCommand::parse("who"), None);
     }
 }

@@ -31,8 +31,9 @@ pub struct Request {
     pub written: Receiver<()>,
 }
 
-/// A request is one short word: reading stops here, and a longer line is a bad frame.
-const MAX_REQUEST: u64 = 256;
+/// A request is one line, a word or a JSON object (a `chatd say` text at most a few KiB):
+/// reading stops here, and a longer line is a bad frame.
+const MAX_REQUEST: u64 = 16 * 1024;
 
 /// Longest a request may wait for the supervisor, a reload with thousands of sessions included.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -166,7 +167,9 @@ fn answer(
             Some(format!("unknown request {:?}", line.trim())),
         ),
         Ok(_) => match ControlCommand::parse(&line) {
-            Some(command) => return Some((Some(command), forward(command, tx, waker, written))),
+            Some(command) => {
+                return Some((Some(command.clone()), forward(command, tx, waker, written)));
+            }
             None => (format!("unknown request {:?}", line.trim()), None),
         },
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {

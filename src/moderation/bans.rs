@@ -31,6 +31,11 @@ pub struct Bans {
 }
 
 impl Bans {
+    /// No bans but `[moderation] banned`.
+    pub fn configured_with(banned: &[Target]) -> Bans {
+        Bans { commanded: Vec::new(), configured: banned.to_vec() }
+    }
+
     /// Replaces the configured list (start, reload).
     pub fn configure(&mut self, banned: &[Target]) {
         self.configured = banned.to_vec();

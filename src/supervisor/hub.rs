@@ -20,6 +20,7 @@ use crate::bus::message::{
 };
 use crate::config::{Config, HistoryEvents};
 use crate::metrics::{Rejection, RoomCounters};
+use crate::moderation::Bans;
 use crate::protocol::command::is_valid_nick;
 use crate::protocol::template::{Template, Values};
 use std::collections::{HashMap, VecDeque};
@@ -126,6 +127,10 @@ pub struct Hub {
     history: VecDeque<Rc<str>>,
     /// What happened to the room, for the metrics.
     counters: RoomCounters,
+    /// Who may not join (`operators`).
+    bans: Bans,
+    /// A reload changed `[moderation] banned`: members it matches are still to be kicked.
+    bans_changed: bool,
 }
 
 impl Hub {
@@ -142,12 +147,16 @@ impl Hub {
             history: VecDeque::new(),
             clock: Clock::default(),
             counters: RoomCounters::default(),
+            bans: Bans::configured_with(&config.moderation.banned),
+            bans_changed: false,
         }
     }
 
     /// Applies a reloaded config; the room itself (members, history, numbering) carries on.
     pub fn reconfigure(&mut self, config: &Config) {
         self.settings = Settings::from(config);
+        self.bans_changed = self.bans.configured() != config.moderation.banned.as_slice();
+        self.bans.configure(&config.moderation.banned);
         self.trim_events();
         self.trim_history();
     }
@@ -257,6 +266,11 @@ impl Hub {
 
     fn join(&mut self, worker: WorkerId, conn: ConnId, addr: SocketAddr, out: &mut impl Outbox) {
         let ip = addr.ip();
+        if self.is_banned(ip) {
+            self.counters.rejected(Rejection::Banned);
+            out.to_worker(worker, RoomUpdate::Refused { conn, line: "! you are banned".into() });
+            return;
+        }
         if self.members.len() >= self.settings.max_clients {
             self.counters.rejected(Rejection::Full);
             out.to_worker(worker, RoomUpdate::Refused { conn, line: "! server full".into() });
@@ -524,5 +538,6 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
     }
 }
 
+mod operators;
 #[cfg(test)]
 mod tests;

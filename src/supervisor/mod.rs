@@ -9,6 +9,7 @@
 //! a snapshot handed to them (`stats`).
 
 mod hub;
+mod operators;
 mod reload;
 mod spawn;
 mod stats;
@@ -115,6 +116,8 @@ pub struct Supervisor {
     last_reload: Option<ReloadOutcome>,
     /// Metrics: the supervisor's own counts and the `/metrics` endpoint.
     stats: stats::Stats,
+    /// `chatd who` requests waiting for the workers.
+    operators: operators::Operators,
 }
 
 /// Entry point of `chatd serve`.
@@ -183,6 +186,7 @@ impl Supervisor {
             last_watchdog: now,
             last_reload: None,
             stats: stats::Stats::default(),
+            operators: operators::Operators::default(),
             config,
             config_path: config_path.to_path_buf(),
             config_text,
@@ -219,6 +223,7 @@ impl Supervisor {
             while let Ok(request) = self.control.try_recv() {
                 self.on_control(request);
             }
+            self.tend_operators();
             self.on_timers();
             if self.reload.is_some() {
                 self.advance_reload();
@@ -245,6 +250,9 @@ impl Supervisor {
             }
         }
         if let RunState::Stopping { deadline } = self.run_state {
+            next = next.min(deadline);
+        }
+        if let Some(deadline) = self.operators_deadline() {
             next = next.min(deadline);
         }
         next.saturating_duration_since(Instant::now())
@@ -279,6 +287,7 @@ impl Supervisor {
                 self.stop_requests.push((request.reply, request.written));
                 return;
             }
+            command => return self.on_operator(command, request.reply),
         };
         // The client may have given up waiting; nothing to do about it then.
         let _ = request.reply.send(reply);

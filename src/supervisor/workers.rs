@@ -238,6 +238,9 @@ impl Supervisor {
                     worker.state = Lifecycle::Draining;
                 }
             }
+            WorkerReport::Sessions { id: asked, sessions, last } => {
+                self.on_sessions(id, asked, sessions, last)
+            }
         }
     }
 

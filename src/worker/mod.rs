@@ -15,6 +15,7 @@ mod accept;
 mod client;
 mod handoff;
 mod input;
+mod inspect;
 mod lifecycle;
 mod output;
 pub mod rate;
@@ -329,6 +330,7 @@ impl Worker {
                 info!("shutdown requested");
                 self.begin_exit("* server shutting down", ExitCode::SUCCESS);
             }
+            ToWorker::Control(WorkerOrder::Inspect { id }) => self.inspect(id),
             ToWorker::Control(WorkerOrder::Setup { .. }) => {
                 warn!("unexpected second setup frame; ignored")
             }

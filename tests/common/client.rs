@@ -73,6 +73,24 @@ impl Client {
         Ok(Client { stream, buf: Vec::new(), label: label.to_string(), transcript: Vec::new() })
     }
 
+    /// Connects from `source` (any port), e.g. another loopback address such as 127.0.0.2, so
+    /// that tests can tell clients apart by address; panics on failure.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr, label: &str) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        socket.bind(&SocketAddr::new(source, 0).into()).expect("bind the source address");
+        socket
+            .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{label}: connect to {addr} from {source}: {e}"));
+        let stream = TcpStream::from(socket);
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream, buf: Vec::new(), label: label.to_string(), transcript: Vec::new() }
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }

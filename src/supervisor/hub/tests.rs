@@ -11,8 +11,8 @@ const W2: WorkerId = WorkerId(2);
 const W3: WorkerId = WorkerId(3);
 
 #[derive(Default)]
-struct Recorder {
-    sent: Vec<(Option<WorkerId>, RoomUpdate)>,
+pub(super) struct Recorder {
+    pub(super) sent: Vec<(Option<WorkerId>, RoomUpdate)>,
 }
 
 impl Outbox for Recorder {
@@ -24,13 +24,13 @@ impl Outbox for Recorder {
     }
 }
 
-fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
+pub(super) fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
     let mut config = Config::default();
     edit(&mut config);
     Hub::new(&config)
 }
 
-fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
+pub(super) fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
     let mut out = Recorder::default();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     hub.handle(worker, RoomRequest::Join { conn: ConnId(u64::from(port)), addr }, &mut out);
@@ -45,7 +45,7 @@ fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
     (session, out)
 }
 
-fn room_lines(out: &Recorder) -> Vec<(u64, String)> {
+pub(super) fn room_lines(out: &Recorder) -> Vec<(u64, String)> {
     out.sent
         .iter()
         .filter_map(|(_, m)| match m {
