@@ -1,4 +1,5 @@
-//! The control socket: how `chatd reload|status|stop` talk to a running supervisor.
+//! The control socket: how `chatd reload|status|stop` and the operators' commands (`who`,
+//! `say`, `kick`, `ban`, `unban`, `bans`) talk to a running supervisor.
 //!
 //! A Unix stream socket (mode 0600, peer credentials checked) carrying one request line and one
 //! JSON reply line per connection. It is served by a small thread of its own so that a
