@@ -193,6 +193,7 @@ impl Worker {
         self.on_timers();
         self.maybe_flush_clients();
         self.reap_lingering();
+        self.continue_handoff();
         self.flush_bus();
         self.flush_outgoing();
         if self.drained() {
@@ -210,7 +211,11 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Duration {
-        if self.bus_more || self.handoff.incoming_more || self.output.in_pass() {
+        if self.bus_more
+            || self.handoff.incoming_more
+            || self.handoff.outgoing_due()
+            || self.output.in_pass()
+        {
             return Duration::ZERO;
         }
         let deadlines = [
@@ -357,7 +362,7 @@ impl Worker {
         self.sessions.insert(session, key);
         self.mark_dirty(key);
         if self.handoff.is_handing_off() {
-            self.hand_off_ready();
+            self.queue_for_handoff(key);
         } else {
             self.service(key);
         }
