@@ -10,18 +10,19 @@
 //! sessions to a binary that would misread them (the reload drains instead).
 
 use super::message::SessionId;
-use crate::protocol::decoder::LineDecoder;
+use crate::protocol::decoder::PendingInput;
 use serde::{Deserialize, Serialize};
 
 /// Version of [`Transfer`] and [`SessionState`]; bump it when either changes shape.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// One live session as it leaves the old worker.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct SessionState {
     pub session: SessionId,
-    /// Unread input: the partial line and lines not yet processed.
-    pub decoder: LineDecoder,
+    /// Input not processed yet: lines not yet acted on, the partial line, an unfinished telnet
+    /// command (`LineDecoder::export`).
+    pub input: PendingInput,
     /// Output queued but not yet written to the socket.
     #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,

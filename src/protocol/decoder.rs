@@ -6,8 +6,10 @@
 //! CR that may turn out to precede the LF — so a hostile client costs no more memory than a
 //! chatty one, and an idle connection holds (almost) nothing.
 //!
-//! Its whole state is serializable because on reload a session, half-received line and telnet
-//! sequence included, moves to a worker in another process.
+//! On reload a session, half-received line and telnet command included, moves to a worker in
+//! another process: [`LineDecoder::export`] describes what the decoder holds as a
+//! [`PendingInput`] record, in terms of the protocol rather than of the decoder's fields, and
+//! [`LineDecoder::restore`] carries on from one.
 //!
 //! A line that arrives whole within one read — nearly all of them — is sanitized straight from
 //! the read buffer; only a line split across reads is copied into the decoder first.
@@ -39,9 +41,30 @@ pub enum Decoded {
     TooLong,
 }
 
+/// Everything a decoder holds between two reads, for the session hand-off (`bus::handoff`):
+/// what the client sent that is not a processed line yet. Restored with
+/// [`LineDecoder::restore`], a decoder goes on exactly as the exported one would have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInput {
+    /// Finished items not taken yet, oldest first.
+    pub ready: Vec<Decoded>,
+    /// The unfinished line so far: data bytes, telnet commands removed (`IAC IAC` as one 0xFF),
+    /// possibly ending inside a UTF-8 sequence or with the CR of a CR LF.
+    #[serde(with = "serde_bytes")]
+    pub partial: Vec<u8>,
+    /// The unfinished line is already too long (its `TooLong` is reported): everything up to
+    /// its LF is dropped. `partial` is empty then.
+    pub discarding: bool,
+    /// An unfinished telnet command, as the bytes that began it: empty outside one; `IAC`;
+    /// `IAC WILL` (any of WILL, WONT, DO, DONT: the option byte is still to come); `IAC SB`
+    /// (inside a subnegotiation); `IAC SB IAC` (inside one, after an IAC).
+    #[serde(with = "serde_bytes")]
+    pub telnet: Vec<u8>,
+}
+
 /// Where the telnet state machine is. Telnet sequences are removed from the stream before lines
 /// are split, so e.g. `IAC WILL <LF>` never ends a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Telnet {
     Data,
     /// After IAC.
@@ -60,7 +83,7 @@ enum Telnet {
 /// (`IAC IAC` is a literal 0xFF byte). `max_line_bytes` counts a line's bytes without its CR/LF,
 /// after telnet stripping. Finished items are read with [`Iterator::next`], which returns `None`
 /// whenever nothing is ready and more after the next [`feed`](LineDecoder::feed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineDecoder {
     max_line_bytes: usize,
     /// The current line so far, when it spans several reads. Never longer than
@@ -149,6 +172,46 @@ impl LineDecoder {
                 self.reject();
             }
         }
+    }
+
+    /// What this decoder holds, as a record to restore it from in another process.
+    pub fn export(&self) -> PendingInput {
+        let telnet = match self.telnet {
+            Telnet::Data => &[][..],
+            Telnet::Command => &[IAC][..],
+            Telnet::Option => &[IAC, WILL][..],
+            Telnet::Subnegotiation => &[IAC, SB][..],
+            Telnet::SubnegotiationCommand => &[IAC, SB, IAC][..],
+        };
+        PendingInput {
+            ready: self.ready.iter().cloned().collect(),
+            partial: self.partial.clone(),
+            discarding: self.discarding,
+            telnet: telnet.to_vec(),
+        }
+    }
+
+    /// A decoder that goes on from `pending` (see [`LineDecoder::export`]) with this process's
+    /// limit: a partial line already over it is too long, as with
+    /// [`LineDecoder::set_max_line_bytes`]. A telnet prefix not listed in [`PendingInput`] is
+    /// taken as none.
+    pub fn restore(pending: PendingInput, max_line_bytes: usize) -> Self {
+        let telnet = match pending.telnet.as_slice() {
+            [IAC] => Telnet::Command,
+            [IAC, WILL..=DONT] => Telnet::Option,
+            [IAC, SB] => Telnet::Subnegotiation,
+            [IAC, SB, IAC] => Telnet::SubnegotiationCommand,
+            _ => Telnet::Data,
+        };
+        let mut decoder = LineDecoder {
+            max_line_bytes,
+            partial: if pending.discarding { Vec::new() } else { pending.partial },
+            discarding: pending.discarding,
+            telnet,
+            ready: pending.ready.into(),
+        };
+        decoder.set_max_line_bytes(max_line_bytes);
+        decoder
     }
 
     /// Bytes of unfinished line held, at most `max_line_bytes + 1`.
@@ -414,15 +477,97 @@ mod tests {
         assert_eq!(decoder.collect::<Vec<_>>(), [Decoded::TooLong, line("ok")]);
     }
 
+    /// Exports `decoder`, sends the record through postcard (as the hand-off does) and
+    /// restores it with `max`.
+    fn moved(decoder: &LineDecoder, max: usize) -> LineDecoder {
+        let bytes = postcard::to_allocvec(&decoder.export()).unwrap();
+        LineDecoder::restore(postcard::from_bytes(&bytes).unwrap(), max)
+    }
+
+    /// Feeds `before`, moves the decoder, feeds `after` and finishes: what comes out.
+    fn decode_moved(max: usize, before: &[u8], after: &[u8]) -> Vec<Decoded> {
+        let mut decoder = LineDecoder::new(max);
+        decoder.feed(before);
+        let mut decoder = moved(&decoder, max);
+        decoder.feed(after);
+        decoder.finish();
+        decoder.collect()
+    }
+
     #[test]
-    fn state_survives_serialization() {
+    fn a_restored_decoder_is_the_same_decoder() {
         let mut decoder = LineDecoder::new(100);
         decoder.feed(b"first\nhal\xff\xfa\x18");
-        let json = serde_json::to_string(&decoder).unwrap();
-        let mut moved: LineDecoder = serde_json::from_str(&json).unwrap();
-        assert_eq!(moved, decoder);
-        moved.feed(b"\n\xff\xf0f\n");
-        assert_eq!(moved.collect::<Vec<_>>(), [line("first"), line("half")]);
+        assert_eq!(moved(&decoder, 100), decoder);
+        let mut decoder = LineDecoder::new(5);
+        decoder.feed(b"123456");
+        assert_eq!(moved(&decoder, 5), decoder);
+        assert_eq!(moved(&LineDecoder::new(7), 7), LineDecoder::new(7));
+    }
+
+    #[test]
+    fn a_line_goes_on_after_a_move() {
+        // Unprocessed lines and the partial one, mid-line and right after a CR.
+        assert_eq!(decode_moved(100, b"first\nhal", b"f\n"), [line("first"), line("half")]);
+        assert_eq!(decode_moved(5, b"12345\r", b"\n"), [line("12345")]);
+        assert_eq!(decode_moved(5, b"12345\r", b"\r\nok\n"), [Decoded::TooLong, line("ok")]);
+        // In the middle of a UTF-8 sequence: the character arrives whole.
+        assert_eq!(decode_moved(100, b"caf\xc3", b"\xa9\n"), [line("caf\u{e9}")]);
+        assert_eq!(decode_moved(100, b"\xe2\x82", b"\xac!\n"), [line("\u{20ac}!")]);
+    }
+
+    #[test]
+    fn a_telnet_command_goes_on_after_a_move() {
+        let input: &[u8] = b"a\xff\xfa\x18\x00\n\xff\xff\xff\xf0b\xff\xfb\nc\xff\xf1d\xff\xff\n";
+        for cut in 0..=input.len() {
+            let (before, after) = input.split_at(cut);
+            assert_eq!(decode_moved(100, before, after), [line("abcd\u{fffd}")], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_over_long_line_is_still_discarded_after_a_move() {
+        let mut decoder = LineDecoder::new(5);
+        decoder.feed(b"1234567");
+        let pending = decoder.export();
+        assert!(pending.discarding && pending.partial.is_empty());
+        assert_eq!(pending.ready, [Decoded::TooLong]);
+        assert_eq!(decode_moved(5, b"1234567", b"89\nok\n"), [Decoded::TooLong, line("ok")]);
+        // Its TooLong already taken: only the rest is dropped.
+        decoder.next();
+        let mut decoder = moved(&decoder, 5);
+        decoder.feed(b"89\nok\n");
+        assert_eq!(decoder.collect::<Vec<_>>(), [line("ok")]);
+    }
+
+    #[test]
+    fn a_lower_limit_after_a_move_rejects_a_long_partial_line() {
+        assert_eq!(decode_moved(100, b"0123456789", b"\nok\n"), [line("0123456789"), line("ok")]);
+        let mut decoder = LineDecoder::new(100);
+        decoder.feed(b"0123456789");
+        let mut decoder = moved(&decoder, 5);
+        decoder.feed(b"more\nok\n");
+        assert_eq!(decoder.collect::<Vec<_>>(), [Decoded::TooLong, line("ok")]);
+    }
+
+    #[test]
+    fn a_record_names_no_internal_state() {
+        let mut decoder = LineDecoder::new(100);
+        decoder.feed(b"one\ntw\xff\xfb");
+        assert_eq!(
+            decoder.export(),
+            PendingInput {
+                ready: vec![line("one")],
+                partial: b"tw".to_vec(),
+                discarding: false,
+                telnet: vec![IAC, WILL],
+            }
+        );
+        // A telnet prefix the record does not know is none.
+        let pending = PendingInput { telnet: vec![IAC, b'x'], ..PendingInput::default() };
+        let mut decoder = LineDecoder::restore(pending, 100);
+        decoder.feed(b"x\n");
+        assert_eq!(decoder.collect::<Vec<_>>(), [line("x")]);
     }
 
     /// The spec written as simply as possible: strip telnet from the whole input, split on LF,
@@ -513,6 +658,16 @@ mod tests {
             prop_assert_eq!(decode(max, &chunks), whole.clone());
             let bytes: Vec<&[u8]> = input.chunks(1).collect();
             prop_assert_eq!(decode(max, &bytes), whole);
+        }
+
+        #[test]
+        fn a_move_anywhere_changes_nothing(
+            input in input(),
+            max in 0..24usize,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (before, after) = input.split_at(cut.index(input.len() + 1));
+            prop_assert_eq!(decode_moved(max, before, after), decode(max, &[&input]));
         }
 
         #[test]

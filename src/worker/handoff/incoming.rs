@@ -13,6 +13,7 @@ use crate::bus::conn::Fill;
 use crate::bus::handoff::{SessionState, Transfer};
 use crate::bus::message::{LeaveReason, SessionId};
 use crate::bus::{BusConn, RoomRequest, ToHub};
+use crate::protocol::decoder::LineDecoder;
 use log::{error, warn};
 use mio::{Interest, Token};
 use std::collections::HashMap;
@@ -164,8 +165,7 @@ impl Worker {
         let mut client = Client::new(stream, conn, self.config.chat.max_line_bytes);
         client.session = Some(state.session);
         client.phase = Phase::Resuming { leaving: state.leaving };
-        client.decoder = state.decoder;
-        client.decoder.set_max_line_bytes(self.config.chat.max_line_bytes);
+        client.decoder = LineDecoder::restore(state.input, self.config.chat.max_line_bytes);
         client.restore_output(state.output, state.mid_line);
         client.bucket = match (&self.config.chat.rate_limit, state.tokens) {
             (Some(limit), Some(tokens)) => Some(TokenBucket::with_tokens(limit, tokens, now)),

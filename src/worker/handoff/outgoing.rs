@@ -124,7 +124,7 @@ impl Worker {
         let (ahead, last) = output.split_at(pieces * OUTPUT_PIECE);
         let state = SessionState {
             session,
-            decoder: client.decoder.clone(),
+            input: client.decoder.export(),
             output: last.to_vec(),
             mid_line,
             last_seq: self.last_seq,
