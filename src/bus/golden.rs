@@ -219,7 +219,7 @@ fn variant_count_counts_every_variant() {
 
 #[test]
 fn handoff_records_keep_their_bytes() {
-    assert_eq!(handoff::VERSION, 3, "the version changed: update the golden bytes below");
+    assert_eq!(handoff::VERSION, 4, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = SessionState {
         session: SessionId(1),

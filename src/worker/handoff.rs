@@ -2,7 +2,7 @@
 //!
 //! The old worker stops accepting (the slot's listener stays open in the supervisor and the new
 //! worker accepts from the same queue), then sends each live session — socket and state — over
-//! the hand-off channel (`outgoing`). The new worker registers the socket, flushes what was
+//! the hand-off channel, or deals them out over several (`outgoing`). The new worker registers the socket, flushes what was
 //! unsent, tells the hub it adopted the session and, with the hub's replay of the events the
 //! session missed in transit, puts it back in the room (`incoming`). Lines the hub still sends
 //! to the old worker for a moved session are forwarded over the same channel until the
@@ -21,7 +21,7 @@ use crate::bus::WorkerReport;
 use crate::bus::message::{LeaveReason, SessionId};
 use log::info;
 use slab::Slab;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 /// predecessors, or a drain.
 #[derive(Default)]
 pub(super) struct Handoff {
-    /// The channel sessions go out on.
+    /// The channels sessions go out on.
     outgoing: Option<outgoing::Outgoing>,
-    /// Sessions already sent: what the hub still sends for them is forwarded.
-    pub moved: HashSet<SessionId>,
+    /// Sessions already sent, with the channel each went through: what the hub still sends
+    /// for them is forwarded there.
+    pub moved: HashMap<SessionId, usize>,
     /// Channels sessions come in on.
     incoming: Slab<incoming::Incoming>,
     /// An incoming channel has more to read or to process: come back without waiting.
@@ -49,7 +50,7 @@ impl Handoff {
 
     /// Hand-off channels open, one descriptor each.
     pub fn channels(&self) -> usize {
-        self.incoming.len() + usize::from(self.outgoing.is_some())
+        self.incoming.len() + self.outgoing.as_ref().map_or(0, outgoing::Outgoing::open_channels)
     }
 }
 

@@ -290,7 +290,7 @@ impl Worker {
                 }
             }
             ToWorker::Room(RoomUpdate::Direct { session, lines }) => {
-                if self.handoff.moved.contains(&session) {
+                if self.handoff.moved.contains_key(&session) {
                     self.forward(session, Transfer::Direct { session, lines });
                 } else if let Some(&key) = self.sessions.get(&session) {
                     self.send_lines(key, &lines);
@@ -305,8 +305,10 @@ impl Worker {
                 }
             }
             ToWorker::Control(WorkerOrder::HandOff) => {
-                let fd = self.bus.take_fd();
-                self.start_handoff(fd);
+                // Its channels are every descriptor received so far: nothing else sends an old
+                // worker descriptors.
+                let fds = self.bus.take_all_fds();
+                self.start_handoff(fds);
             }
             ToWorker::Control(WorkerOrder::Receive) => {
                 let fd = self.bus.take_fd();

@@ -1,12 +1,17 @@
-//! The old worker's side of a hand-off: every session in the room goes to the successor, a
-//! slice per turn of the event loop, and hub lines for sessions already sent follow them.
+//! The old worker's side of a hand-off: every session in the room goes to a successor, a slice
+//! per turn of the event loop, and hub lines for sessions already sent follow them.
 //!
-//! A slice ends after [`SLICE`], [`SLICE_SESSIONS`] sessions, or once [`CHANNEL_HIGH_WATER`]
-//! bytes wait to be written to the channel; the next turn goes on from there. The high-water
-//! mark also paces the hand-off to the successor's reading, so the old worker never holds the
-//! whole lot twice (in its clients' queues and encoded for the channel).
+//! The supervisor may attach several channels to `HandOff`, one per successor (when a reload
+//! adds workers, so that the sessions spread over all of them): sessions are then dealt out
+//! over the channels in turn, so each successor gets an even share, and what the hub still
+//! sends for a moved session goes over the channel that session went through.
+//!
+//! A slice ends after [`SLICE`], [`SLICE_SESSIONS`] sessions, or once the next channel has
+//! [`CHANNEL_HIGH_WATER`] bytes waiting to be written; the next turn goes on from there. The
+//! high-water mark also paces the hand-off to the successors' reading, so the old worker never
+//! holds the whole lot twice (in its clients' queues and encoded for a channel).
 
-use super::super::client::Phase;
+use super::super::client::{Client, Phase};
 use super::super::{HANDOFF_OUT, Worker};
 use super::{Handoff, to_mio_unix};
 use crate::bad_frame::Peer;
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 const SLICE: Duration = Duration::from_millis(1);
 /// Sessions handed over per turn at most.
 const SLICE_SESSIONS: usize = 256;
-/// No session is encoded while this much waits to be written to the channel.
+/// No session is encoded for a channel while this much waits to be written to it.
 const CHANNEL_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Unsent output travels in pieces of at most this much, so that no frame nears the bus limit
 /// whatever `max_backlog_bytes` allows.
@@ -31,7 +36,10 @@ const OUTPUT_PIECE: usize = 1024 * 1024;
 
 /// The old worker's side of a hand-off.
 pub(super) struct Outgoing {
-    conn: BusConn,
+    /// One per successor; `None` once writing to it failed (that successor is gone).
+    channels: Vec<Option<BusConn>>,
+    /// The channel the next session goes to.
+    next: usize,
     /// Clients to hand over, by key: those in the room when the hand-off began, then each one
     /// admitted since. Checked again when their turn comes.
     queue: VecDeque<usize>,
@@ -39,44 +47,70 @@ pub(super) struct Outgoing {
     done_reported: bool,
 }
 
+impl Outgoing {
+    /// The next open channel in turn, from `self.next` on.
+    fn next_channel(&self) -> Option<usize> {
+        let n = self.channels.len();
+        (0..n).map(|i| (self.next + i) % n).find(|&i| self.channels[i].is_some())
+    }
+
+    pub fn open_channels(&self) -> usize {
+        self.channels.iter().flatten().count()
+    }
+}
+
 impl Handoff {
-    /// Sessions wait to be handed over and the channel can take more: the event loop must come
-    /// back without waiting.
+    /// Sessions wait to be handed over and the next channel can take more: the event loop must
+    /// come back without waiting.
     pub fn outgoing_due(&self) -> bool {
-        self.outgoing
-            .as_ref()
-            .is_some_and(|o| !o.queue.is_empty() && o.conn.pending_out() < CHANNEL_HIGH_WATER)
+        self.outgoing.as_ref().is_some_and(|o| {
+            !o.queue.is_empty()
+                && o.next_channel()
+                    .and_then(|i| o.channels[i].as_ref())
+                    .is_some_and(|c| c.pending_out() < CHANNEL_HIGH_WATER)
+        })
     }
 }
 
 impl Worker {
-    /// `HandOff` from the supervisor: stop accepting, send every session to the successor.
-    pub(in crate::worker) fn start_handoff(&mut self, channel: Option<OwnedFd>) {
-        let Some(fd) = channel else {
-            error!("hand-off requested without a channel; draining instead");
-            return self.drain_instead();
-        };
-        let mut conn = match to_mio_unix(fd) {
-            Ok(stream) => BusConn::new(stream, Peer::Successor),
-            Err(e) => {
-                error!("hand-off channel: {e}; draining instead");
-                return self.drain_instead();
+    /// `HandOff` from the supervisor: stop accepting, send every session to the successors,
+    /// one per channel (`None` for a descriptor that could not be received).
+    pub(in crate::worker) fn start_handoff(&mut self, fds: Vec<Option<OwnedFd>>) {
+        let mut channels = Vec::new();
+        for fd in fds.into_iter().flatten() {
+            let mut conn = match to_mio_unix(fd) {
+                Ok(stream) => BusConn::new(stream, Peer::Successor),
+                Err(e) => {
+                    error!("hand-off channel: {e}");
+                    continue;
+                }
+            };
+            match self.poll.registry().register(conn.stream(), HANDOFF_OUT, Interest::WRITABLE) {
+                Ok(()) => channels.push(Some(conn)),
+                Err(e) => error!("hand-off channel: {e}"),
             }
-        };
-        if let Err(e) =
-            self.poll.registry().register(conn.stream(), HANDOFF_OUT, Interest::WRITABLE)
-        {
-            error!("hand-off channel: {e}; draining instead");
+        }
+        if channels.is_empty() {
+            // A channel that did not arrive only means one successor fewer gets sessions;
+            // with none, they stay here.
+            error!("hand-off requested without a usable channel; draining instead");
             return self.drain_instead();
         }
         self.stop_accepting();
         let queue = self.clients.iter().filter(|(_, c)| ready(c)).map(|(k, _)| k).collect();
-        self.handoff.outgoing = Some(Outgoing { conn, queue, sent: 0, done_reported: false });
-        info!("handing sessions over to the next generation");
+        let n = channels.len();
+        self.handoff.outgoing =
+            Some(Outgoing { channels, next: 0, queue, sent: 0, done_reported: false });
+        if n == 1 {
+            info!("handing sessions over to the next generation");
+        } else {
+            info!("handing sessions over to the next generation, dealt over {n} workers");
+        }
         self.continue_handoff();
     }
 
-    /// A client entered the room (admitted while the hand-off was under way): it goes too.
+    /// A client entered the room (admitted while the hand-off was under way, or back from its
+    /// own move): it goes too.
     pub(in crate::worker) fn queue_for_handoff(&mut self, key: usize) {
         if let Some(out) = self.handoff.outgoing.as_mut() {
             out.queue.push_back(key);
@@ -90,12 +124,14 @@ impl Worker {
         let mut sessions = 0;
         while sessions < SLICE_SESSIONS && (sessions == 0 || started.elapsed() < SLICE) {
             let Some(out) = self.handoff.outgoing.as_mut() else { return };
-            if out.conn.pending_out() >= CHANNEL_HIGH_WATER {
+            let Some(channel) = out.next_channel() else { return };
+            if out.channels[channel].as_ref().is_none_or(|c| c.pending_out() >= CHANNEL_HIGH_WATER)
+            {
                 break;
             }
             let Some(key) = out.queue.pop_front() else { break };
             if self.clients.get(key).is_some_and(|c| ready(c)) {
-                self.hand_off(key);
+                self.hand_off(key, channel);
                 sessions += 1;
             }
         }
@@ -109,7 +145,8 @@ impl Worker {
         }
     }
 
-    fn hand_off(&mut self, key: usize) {
+    /// Sends one session over `channel`.
+    fn hand_off(&mut self, key: usize, channel: usize) {
         let now = Instant::now();
         // Room lines not yet written go with the session as unsent output.
         self.detach(key);
@@ -134,45 +171,57 @@ impl Worker {
             eof: client.eof,
         };
         let fd = OwnedFd::from(client.stream);
-        self.handoff.moved.insert(session);
-        if let Some(out) = self.handoff.outgoing.as_mut() {
+        self.handoff.moved.insert(session, channel);
+        let Some(out) = self.handoff.outgoing.as_mut() else { return };
+        out.next = (channel + 1) % out.channels.len();
+        out.sent += 1;
+        if let Some(conn) = out.channels[channel].as_mut() {
             for piece in ahead.chunks(OUTPUT_PIECE) {
-                out.conn.send(&Transfer::Output { session, bytes: piece.to_vec() });
+                conn.send(&Transfer::Output { session, bytes: piece.to_vec() });
             }
-            out.conn.send_with_fds(&Transfer::Session(state), vec![fd]);
-            out.sent += 1;
+            conn.send_with_fds(&Transfer::Session(state), vec![fd]);
         }
     }
 
-    /// Hub lines for a session that already moved go after it.
+    /// Hub lines for a session that already moved go after it, over the same channel.
     pub(in crate::worker) fn forward(&mut self, session: SessionId, transfer: Transfer) -> bool {
-        if !self.handoff.moved.contains(&session) {
-            return false;
-        }
-        if let Some(out) = self.handoff.outgoing.as_mut() {
-            out.conn.send(&transfer);
+        let Some(&channel) = self.handoff.moved.get(&session) else { return false };
+        let out = self.handoff.outgoing.as_mut();
+        if let Some(conn) = out.and_then(|o| o.channels.get_mut(channel)).and_then(Option::as_mut) {
+            conn.send(&transfer);
         }
         true
     }
 
+    /// Writes what waits on the channels. A channel that fails is given up (its successor is
+    /// gone; the supervisor writes off what was in transit); when none is left, the hand-off
+    /// is.
     pub(in crate::worker) fn flush_outgoing(&mut self) {
-        if let Some(out) = self.handoff.outgoing.as_mut() {
-            if let Err(e) = out.conn.flush() {
-                // The successor is gone; the supervisor writes off what was in transit.
-                error!("hand-off channel write failed: {e}; giving up the hand-off");
-                if let Some(mut out) = self.handoff.outgoing.take() {
-                    let _ = self.poll.registry().deregister(out.conn.stream());
+        let Some(out) = self.handoff.outgoing.as_mut() else { return };
+        for slot in &mut out.channels {
+            let Some(conn) = slot.as_mut() else { continue };
+            if let Err(e) = conn.flush() {
+                error!("hand-off channel write failed: {e}; giving that successor up");
+                if let Some(mut conn) = slot.take() {
+                    let _ = self.poll.registry().deregister(conn.stream());
                 }
             }
+        }
+        if out.open_channels() == 0 {
+            error!("no successor left to hand sessions to; giving up the hand-off");
+            self.handoff.outgoing = None;
         }
     }
 
     pub(in crate::worker) fn outgoing_flushed(&self) -> bool {
-        self.handoff.outgoing.as_ref().is_none_or(|o| o.conn.pending_out() == 0)
+        self.handoff
+            .outgoing
+            .as_ref()
+            .is_none_or(|o| o.channels.iter().flatten().all(|c| c.pending_out() == 0))
     }
 }
 
 /// In the room (or leaving it, the hub's confirmation still to come): a session to hand over.
-fn ready(client: &super::super::client::Client) -> bool {
+fn ready(client: &Client) -> bool {
     client.session.is_some() && matches!(client.phase, Phase::Live | Phase::Leaving)
 }
