@@ -181,3 +181,43 @@ fn a_hand_off_over_several_channels_deals_the_sessions_out_evenly() {
         );
     }
 }
+
+/// However many sessions there are, one turn of the event loop hands over a bounded slice of
+/// them (256 at most): the rest of the loop (heartbeats, the bus) runs between slices.
+#[test]
+fn a_hand_off_takes_a_slice_per_turn() {
+    const CLIENTS: usize = 600;
+    let mut h = Harness::new();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(TcpStream::connect(h.addr).unwrap());
+        let ToHub::Room(RoomRequest::Join { conn, .. }) = h.sent_to_hub() else {
+            panic!("expected a join")
+        };
+        let welcome = "* welcome".to_string();
+        let session = SessionId(i as u64);
+        h.hub.send(&ToWorker::Room(RoomUpdate::Admitted { conn, session, welcome }));
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::OwnedFd::from(ours);
+    h.hub.send_with_fds(&ToWorker::Control(WorkerOrder::HandOff), vec![fd]);
+    assert!(h.hub.flush().unwrap());
+    theirs.set_nonblocking(true).unwrap();
+    let mut channel = BusConn::new(UnixStream::from_std(theirs), Peer::Predecessor);
+    // Clients still here after each turn: each one handed over leaves the worker.
+    let mut left = vec![h.worker.clients.len()];
+    let (mut received, deadline) = (0, Instant::now() + DEADLINE);
+    while received < CLIENTS {
+        assert!(Instant::now() < deadline, "sessions received: {received}; clients: {left:?}");
+        assert_eq!(h.turn(), None, "the worker exited");
+        left.push(h.worker.clients.len());
+        channel.fill().unwrap();
+        while let Some(msg) = channel.next_message::<Transfer>().unwrap() {
+            assert!(matches!(msg, Transfer::Session(_)), "{msg:?}");
+            received += 1;
+        }
+    }
+    let per_turn: Vec<usize> = left.windows(2).map(|w| w[0] - w[1]).collect();
+    assert!(per_turn.iter().all(|&n| n <= 256), "sessions handed over per turn: {per_turn:?}");
+    drop(clients);
+}

@@ -73,8 +73,9 @@ impl Handoff {
 }
 
 impl Worker {
-    /// `HandOff` from the supervisor: stop accepting, send every session to the successors,
-    /// one per channel (`None` for a descriptor that could not be received).
+    /// `HandOff` from the supervisor: stop accepting, and from this turn of the event loop on
+    /// send every session to the successors, one per channel (`None` for a descriptor that
+    /// could not be received).
     pub(in crate::worker) fn start_handoff(&mut self, fds: Vec<Option<OwnedFd>>) {
         let mut channels = Vec::new();
         for fd in fds.into_iter().flatten() {
@@ -106,7 +107,6 @@ impl Worker {
         } else {
             info!("handing sessions over to the next generation, dealt over {n} workers");
         }
-        self.continue_handoff();
     }
 
     /// A client entered the room (admitted while the hand-off was under way, or back from its
