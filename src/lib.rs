@@ -14,6 +14,7 @@ pub mod control;
 pub mod listener;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod protocol;
 pub mod signals;
 pub mod supervisor;

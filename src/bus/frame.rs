@@ -119,7 +119,7 @@ mod tests {
                 session: SessionId(7),
                 reason: LeaveReason::Quit(Some("bye".into())),
             }),
-            ToHub::Control(WorkerReport::Heartbeat),
+            ToHub::Control(WorkerReport::Heartbeat { counters: Default::default() }),
         ];
         let mut bytes = Vec::new();
         for m in &msgs {

@@ -14,7 +14,7 @@ use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer};
 use super::message::{
     ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker,
-    WorkerOrder, WorkerReport,
+    WorkerCounters, WorkerOrder, WorkerReport,
 };
 use crate::protocol::decoder::{Decoded, PendingInput};
 use serde::Serialize;
@@ -121,7 +121,14 @@ fn bus_messages_keep_their_bytes() {
     let hello =
         WorkerReport::Hello { slot: 1, pid: 2, generation: 3, handoff: 4, version: "0.1".into() };
     g.hub_frame(ToHub::Control(hello), "0300000102030403302e31");
-    g.hub_frame(ToHub::Control(WorkerReport::Heartbeat), "030001");
+    let counters = WorkerCounters {
+        connections: 1,
+        bytes_received: 2,
+        bytes_sent: 300,
+        deliveries: 4,
+        rate_limited: 5,
+    };
+    g.hub_frame(ToHub::Control(WorkerReport::Heartbeat { counters }), "0300010102ac020405");
     g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "03000206");
     g.hub_frame(ToHub::Control(WorkerReport::Draining), "030003");
 

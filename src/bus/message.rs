@@ -125,13 +125,42 @@ pub enum WorkerReport {
     /// The worker is up and accepting on its slot's listeners. `handoff` is the version of
     /// [`super::handoff::Transfer`] it speaks; `version` the release it runs.
     Hello { slot: usize, pid: u32, generation: u64, handoff: u32, version: String },
-    /// Sent every second; a worker that stays silent is presumed hung.
-    Heartbeat,
+    /// Sent every second, and once more as the worker exits; a worker that stays silent is
+    /// presumed hung. Carries what the worker counted so far, for the metrics.
+    Heartbeat { counters: WorkerCounters },
     /// Hand-off, old worker: every session has been sent to the successor.
     HandoffDone { sessions: usize },
     /// Hand-off, old worker: the hand-off could not start (its channel did not arrive, as
     /// happens to a process at its open-files limit); it drains instead.
     Draining,
+}
+
+/// What a worker counted since it started (`chatd_*_total` in `src/metrics/`). Cumulative, so a
+/// lost or late heartbeat loses nothing; the supervisor adds a worker's last report to the
+/// totals when the worker is gone, so the totals never go back.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Bytes read from clients.
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// Room lines given to clients: one per line per client in the room.
+    pub deliveries: u64,
+    /// Times a client's input was held back by its rate limit.
+    pub rate_limited: u64,
+}
+
+impl WorkerCounters {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &WorkerCounters) {
+        self.connections += other.connections;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.deliveries += other.deliveries;
+        self.rate_limited += other.rate_limited;
+    }
 }
 
 /// Supervisor → worker, about the worker process.

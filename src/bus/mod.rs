@@ -19,6 +19,6 @@ pub mod message;
 
 pub use conn::BusConn;
 pub use message::{
-    ConnId, LeaveReason, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker, WorkerOrder,
-    WorkerReport,
+    ConnId, LeaveReason, RoomRequest, RoomUpdate, SessionId, ToHub, ToWorker, WorkerCounters,
+    WorkerOrder, WorkerReport,
 };

@@ -43,6 +43,7 @@ pub struct Config {
     pub socket: Socket,
     pub chat: Chat,
     pub reload: Reload,
+    pub metrics: Metrics,
 }
 
 /// `[server]`: processes, listeners and room-wide connection limits.
@@ -129,6 +130,13 @@ pub struct Reload {
     pub handoff: bool,
     /// How long a draining worker keeps serving before it closes its clients.
     pub drain_timeout: Duration,
+}
+
+/// `[metrics]`: the Prometheus endpoint (docs/operations.md, "Metrics").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// Where the supervisor serves `GET /metrics`; `None` = no metrics endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for Server {
@@ -248,12 +256,14 @@ fn auto_workers() -> usize {
 }
 
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
-    let root = Section::root(doc, &["server", "socket", "chat", "reload"])?;
+    let root = Section::root(doc, &["server", "socket", "chat", "reload", "metrics"])?;
+    let server = read_server(&root)?;
     Ok(Config {
-        server: read_server(&root)?,
         socket: read_socket(&root)?,
         chat: read_chat(&root)?,
         reload: read_reload(&root)?,
+        metrics: read_metrics(&root, &server)?,
+        server,
     })
 }
 
@@ -518,4 +528,32 @@ fn read_reload(root: &Section<'_>) -> Result<Reload> {
         handoff: s.bool("handoff", d.handoff)?,
         drain_timeout: s.duration("drain_timeout", d.drain_timeout, duration::parse)?,
     })
+}
+
+fn read_metrics(root: &Section<'_>, server: &Server) -> Result<Metrics> {
+    let s = root.table("metrics", &["listen"])?;
+    let listen: Option<SocketAddr> = s.parsed("listen", None, |v| {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        // Host names are refused as in `server.listen`.
+        v.parse().map(Some).map_err(|_| {
+            format!(
+                r#"expected IP:PORT like "127.0.0.1:9101", or "" for none, found {}"#,
+                quoted(v)
+            )
+        })
+    })?;
+    if let Some(addr) = listen.filter(|addr| addr.port() != 0) {
+        if server.listen.contains(&addr) {
+            return Err(s.invalid(
+                "listen",
+                s.span_of(&["listen"]),
+                format!(
+                    "{addr} is also in server.listen: the metrics need an address of their own"
+                ),
+            ));
+        }
+    }
+    Ok(Metrics { listen })
 }

@@ -48,7 +48,7 @@ fn temp_file(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn empty_file_is_the_defaults() {
     assert_eq!(parse(""), Config::default());
-    assert_eq!(parse("[server]\n[socket]\n[chat]\n[reload]\n"), Config::default());
+    assert_eq!(parse("[server]\n[socket]\n[chat]\n[reload]\n[metrics]\n"), Config::default());
 }
 
 #[test]
@@ -103,6 +103,7 @@ fn shipped_config_documents_every_key() {
     assert_eq!(keys("socket").len(), 4);
     assert_eq!(keys("chat").len(), 10);
     assert_eq!(keys("reload").len(), 2);
+    assert_eq!(keys("metrics").len(), 1);
 }
 
 #[test]
@@ -140,6 +141,9 @@ history_events = "all"
 [reload]
 handoff = false
 drain_timeout = "500ms"
+
+[metrics]
+listen = "[::1]:9101"
 "#,
     );
     let s = &c.server;
@@ -170,6 +174,7 @@ drain_timeout = "500ms"
     assert_eq!(chat.idle_timeout, Some(secs(90)));
     assert_eq!(chat.history_events, HistoryEvents::All);
     assert_eq!(c.reload, Reload { handoff: false, drain_timeout: Duration::from_millis(500) });
+    assert_eq!(c.metrics.listen, Some("[::1]:9101".parse().unwrap()));
 }
 
 #[test]

@@ -109,3 +109,31 @@ fn control_socket_that_is_not_a_socket() {
         assert_eq!(parse(&text).server.control_socket, path);
     }
 }
+
+#[test]
+fn metrics_listen() {
+    assert_eq!(parse("").metrics.listen, None);
+    assert_eq!(parse("[metrics]\nlisten = \"\"\n").metrics.listen, None);
+    let c = parse("[metrics]\nlisten = \"127.0.0.1:9101\"\n");
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9101".parse().unwrap()));
+    let expected = r#"metrics.listen: expected IP:PORT like "127.0.0.1:9101", or "" for none"#;
+    for bad in ["localhost:9101", "127.0.0.1", ":9101", "9101"] {
+        let text = format!("[metrics]\nlisten = \"{bad}\"\n");
+        assert_error(&text, "2:10", &[expected, &format!("found \"{bad}\"")]);
+    }
+    assert_error("[metrics]\nlisten = 9101\n", "2:10", &["metrics.listen: expected a string"]);
+    assert_error(
+        "[metrics]\nlisten = [\"127.0.0.1:9101\"]\n",
+        "2:10",
+        &["metrics.listen: expected a string"],
+    );
+    assert_error(
+        "[server]\nlisten = [\"127.0.0.1:9999\"]\n[metrics]\nlisten = \"127.0.0.1:9999\"\n",
+        "4:10",
+        &["metrics.listen: 127.0.0.1:9999 is also in server.listen"],
+    );
+    // Port 0 is a port of its own each time.
+    let c = parse("[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:0".parse().unwrap()));
+    assert_error("[metrics]\nport = 1\n", "2:1", &["unknown key 'port' in [metrics]"]);
+}

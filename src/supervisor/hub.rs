@@ -19,6 +19,7 @@ use crate::bus::message::{
     split_by_size, split_lines,
 };
 use crate::config::{Config, HistoryEvents};
+use crate::metrics::{Rejection, RoomCounters};
 use crate::protocol::command::is_valid_nick;
 use crate::protocol::template::{Template, Values};
 use std::collections::{HashMap, VecDeque};
@@ -115,6 +116,8 @@ pub struct Hub {
     /// The room lines `/history` shows (`chat.history_events`), oldest first; the workers keep
     /// the same list, and a new worker is given this one.
     history: VecDeque<Rc<str>>,
+    /// What happened to the room, for the metrics.
+    counters: RoomCounters,
 }
 
 impl Hub {
@@ -130,6 +133,7 @@ impl Hub {
             events: VecDeque::new(),
             history: VecDeque::new(),
             clock: Clock::default(),
+            counters: RoomCounters::default(),
         }
     }
 
@@ -160,6 +164,24 @@ impl Hub {
     /// Everyone in the room.
     pub fn online(&self) -> usize {
         self.members.len()
+    }
+
+    /// Members by the worker serving them (workers serving nobody left out), in one pass.
+    pub fn online_by_worker(&self) -> HashMap<WorkerId, usize> {
+        let mut online = HashMap::new();
+        for member in self.members.values() {
+            *online.entry(member.worker).or_default() += 1;
+        }
+        online
+    }
+
+    /// Room lines kept for `/history`.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn counters(&self) -> &RoomCounters {
+        &self.counters
     }
 
     /// Members served by one worker.
@@ -223,11 +245,13 @@ impl Hub {
     fn join(&mut self, worker: WorkerId, conn: ConnId, addr: SocketAddr, out: &mut impl Outbox) {
         let ip = addr.ip();
         if self.members.len() >= self.settings.max_clients {
+            self.counters.rejected(Rejection::Full);
             out.to_worker(worker, RoomUpdate::Refused { conn, line: "! server full".into() });
             return;
         }
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if self.settings.max_clients_per_ip > 0 && from_ip >= self.settings.max_clients_per_ip {
+            self.counters.rejected(Rejection::PerIp);
             let line = "! too many connections from your address".to_string();
             out.to_worker(worker, RoomUpdate::Refused { conn, line });
             return;
@@ -304,6 +328,7 @@ impl Hub {
 
     fn leave(&mut self, session: SessionId, reason: &LeaveReason, out: &mut impl Outbox) {
         let Some(member) = self.members.remove(&session) else { return };
+        self.counters.left(reason);
         self.nicks.remove(&member.nick.to_ascii_lowercase());
         let ip = member.ip;
         match self.per_ip.get_mut(&ip) {
@@ -364,6 +389,7 @@ impl Hub {
         out: &mut impl Outbox,
     ) {
         self.seq += 1;
+        self.counters.line(&event);
         let keep = match self.settings.history_events {
             HistoryEvents::Chat => event.is_talk(),
             HistoryEvents::All => true,

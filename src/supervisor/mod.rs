@@ -5,11 +5,13 @@
 //! accepts a client itself. Its event loop multiplexes the workers' bus connections, signals and
 //! control requests; everything else (restarts, heartbeat checks, status updates) runs on timers
 //! from the same loop, so the supervisor is single-threaded apart from the control socket's
-//! small reader threads.
+//! small reader threads and the `/metrics` responder's (`crate::metrics`), which only ever see
+//! a snapshot handed to them (`stats`).
 
 mod hub;
 mod reload;
 mod spawn;
+mod stats;
 mod workers;
 
 use crate::bus::WorkerOrder;
@@ -111,6 +113,8 @@ pub struct Supervisor {
     next_tick: Instant,
     last_watchdog: Instant,
     last_reload: Option<ReloadOutcome>,
+    /// Metrics: the supervisor's own counts and the `/metrics` endpoint.
+    stats: stats::Stats,
 }
 
 /// Entry point of `chatd serve`.
@@ -178,10 +182,12 @@ impl Supervisor {
             next_tick: now + TICK,
             last_watchdog: now,
             last_reload: None,
+            stats: stats::Stats::default(),
             config,
             config_path: config_path.to_path_buf(),
             config_text,
         };
+        supervisor.start_metrics()?;
         for slot in 0..supervisor.slots.len() {
             supervisor.start_worker(slot)?;
         }
@@ -351,6 +357,7 @@ impl Supervisor {
             crate::memory::trim();
         }
         self.check_heartbeats(now, (late > STALL).then_some(late));
+        self.publish_metrics();
         if self.run_state == RunState::Running {
             self.update_status();
             if let Some(interval) = self.watchdog {

@@ -103,9 +103,11 @@ impl Supervisor {
                 |text| Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string()),
             );
         let old_count = self.slots.len();
-        let prepared = parsed
-            .and_then(|(config, text)| self.rebind(&config).map(|retired| (config, text, retired)));
-        let (config, text, retired_listeners) = match prepared {
+        let prepared = parsed.and_then(|(config, text)| {
+            let metrics = self.prepare_metrics(&config)?;
+            self.rebind(&config).map(|retired| (config, text, retired, metrics))
+        });
+        let (config, text, retired_listeners, metrics) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
                 error!("reload failed, keeping the running config: {e}");
@@ -117,6 +119,7 @@ impl Supervisor {
         self.generation += 1;
         info!("reloading: generation {}, {} workers", self.generation, config.server.workers);
         self.hub.reconfigure(&config);
+        self.apply_metrics(metrics);
         self.config = config;
         self.config_text = text;
 
@@ -362,6 +365,7 @@ impl Supervisor {
     fn finish_reload(&mut self, reload: RollingReload) {
         drop(reload.retired_listeners);
         let elapsed = reload.started.elapsed();
+        self.stats.reload_done(elapsed);
         info!("reload to generation {} done in {:.3}s", self.generation, elapsed.as_secs_f64());
         for addr in &self.listen {
             info!("listening on {addr} with {} workers", self.slots.len());
@@ -382,6 +386,7 @@ impl Supervisor {
     /// Records a failed reload and shows it in `STATUS=` at once.
     fn reload_failed(&mut self, started: Instant, error: String) {
         let duration_s = started.elapsed().as_secs_f64();
+        self.stats.reload_failed();
         self.last_reload = Some(ReloadOutcome { ok: false, error: Some(error), duration_s });
         self.update_status();
     }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::bus::BusConn;
 use crate::bus::conn::Fill;
-use crate::bus::{RoomUpdate, ToHub, ToWorker, WorkerOrder, WorkerReport, frame};
+use crate::bus::{RoomUpdate, ToHub, ToWorker, WorkerCounters, WorkerOrder, WorkerReport, frame};
 use crate::config::duration;
 use log::{error, info, warn};
 use mio::{Interest, Token};
@@ -59,6 +59,8 @@ pub(super) struct WorkerProc {
     /// Its predecessor on the slot stopped accepting in its favour (reload): should it die, the
     /// slot has nobody accepting, so it is replaced at once instead of after a backoff.
     pub took_over: bool,
+    /// What it counted, as of its last heartbeat.
+    pub counters: WorkerCounters,
 }
 
 impl WorkerProc {
@@ -158,6 +160,7 @@ impl Supervisor {
                 last_heartbeat: now,
                 more_input: false,
                 took_over: false,
+                counters: WorkerCounters::default(),
             },
         );
         let slot_state = &mut self.slots[slot];
@@ -219,7 +222,7 @@ impl Supervisor {
                 self.check_started();
                 self.update_status();
             }
-            WorkerReport::Heartbeat => {}
+            WorkerReport::Heartbeat { counters } => worker.counters = counters,
             WorkerReport::HandoffDone { sessions } => {
                 info!("slot {}: pid {} handed over {sessions} sessions", worker.slot, worker.pid);
                 if let Lifecycle::HandingOff { done } = &mut worker.state {
@@ -279,12 +282,14 @@ impl Supervisor {
         for id in exited {
             self.drop_worker(id);
             let Some(worker) = self.workers.remove(&id) else { continue };
+            self.stats.retire(&worker.counters);
             // Only a slot's current worker is replaced: an old generation's is done.
             let Some(slot) = self.slots.get_mut(worker.slot) else { continue };
             if slot.worker != Some(id) || stopping {
                 continue;
             }
             slot.worker = None;
+            self.stats.worker_restarted();
             if worker.started.elapsed() >= HEALTHY_AFTER {
                 slot.backoff = FIRST_BACKOFF;
             }

@@ -210,6 +210,7 @@ impl Worker {
             warn!("cannot watch connection from {addr}: {e}");
             return;
         }
+        self.counters.connections += 1;
         let conn = self.accept.conn_id();
         entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
         self.accept.joining.insert(conn, key);

@@ -37,8 +37,8 @@ pub enum Phase {
 
 /// What one read did.
 pub enum Input {
-    /// Bytes went into the decoder.
-    Data,
+    /// This many bytes went into the decoder.
+    Data(usize),
     /// Nothing to read right now.
     Empty,
     /// The client closed its side.
@@ -121,7 +121,8 @@ impl Client {
     }
 
     /// Drops queued output except the rest of a line already partly written, so a final notice
-    /// starts on a line of its own.
+    /// starts on a line of its own. The dropped backlog's memory goes back at once: a client cut
+    /// as too slow lingers for seconds, and hundreds of them must not keep theirs meanwhile.
     pub fn discard_output(&mut self) {
         let rest = &self.out[self.out_pos..];
         let keep = if self.mid_line {
@@ -129,7 +130,8 @@ impl Client {
         } else {
             0
         };
-        self.out.truncate(self.out_pos + keep);
+        self.out = rest[..keep].to_vec();
+        self.out_pos = 0;
     }
 
     /// Gives back an empty output buffer, so a connection that is merely open costs little.
@@ -155,8 +157,10 @@ impl Client {
 
     /// Writes this client's queued bytes, then `share` (its part of the shared room buffer),
     /// with as few syscalls as the socket allows; what the socket does not take is queued.
-    pub fn flush_with(&mut self, share: &[u8]) -> io::Result<()> {
+    /// Returns the bytes written.
+    pub fn flush_with(&mut self, share: &[u8]) -> io::Result<usize> {
         let mut shared = 0;
+        let mut sent = 0;
         loop {
             let own = &self.out[self.out_pos..];
             let rest = &share[shared..];
@@ -171,17 +175,20 @@ impl Client {
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) if n <= own.len() => {
+                    sent += n;
                     self.mid_line = own[n - 1] != b'\n';
                     self.out_pos += n;
                 }
                 Ok(n) => {
+                    sent += n;
                     self.mid_line = rest[n - own.len() - 1] != b'\n';
                     shared += n - own.len();
                     self.out_pos = self.out.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.compact();
                     self.out.extend_from_slice(rest);
-                    return Ok(());
+                    return Ok(sent);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -192,7 +199,18 @@ impl Client {
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = Vec::new();
         }
-        Ok(())
+        Ok(sent)
+    }
+
+    /// Drops the bytes already written once they are half the queue or more. A client that
+    /// keeps up without ever quite catching up never empties its queue, and without this would
+    /// hold everything it was sent since it last did, however small its backlog. Each byte is
+    /// moved at most once more on average.
+    fn compact(&mut self) {
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
     }
 
     /// One read into `scratch`, fed to the decoder.
@@ -205,7 +223,7 @@ impl Client {
                 }
                 Ok(n) => {
                     self.decoder.feed(&scratch[..n]);
-                    Ok(Input::Data)
+                    Ok(Input::Data(n))
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.can_read = false;
@@ -267,5 +285,38 @@ impl Client {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client cut as too slow keeps only the rest of the line its peer is in the middle of,
+    /// and none of the memory its backlog took.
+    #[test]
+    fn discarded_output_keeps_the_partial_line_and_frees_the_buffer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut client = Client::new(TcpStream::from_std(ours), ConnId(1), 1024);
+        let line = format!("{}\r\n", "x".repeat(998));
+        let lines = 16 << 10;
+        for _ in 0..lines {
+            client.queue(line.as_bytes());
+        }
+        client.flush_with(&[]).unwrap();
+        let written = lines * line.len() - client.backlog();
+        assert!(written > 0 && client.backlog() > 0, "the peer never reads: {written} written");
+
+        client.discard_output();
+        let rest_of_line = (line.len() - written % line.len()) % line.len();
+        assert_eq!(client.backlog(), rest_of_line);
+        assert!(client.out.capacity() <= rest_of_line, "{} kept", client.out.capacity());
+        client.queue_line("* disconnected: too slow");
+        let mut tail = line[line.len() - rest_of_line..].to_owned();
+        tail += "* disconnected: too slow\r\n";
+        assert_eq!(&client.out[client.out_pos..], tail.as_bytes());
     }
 }

@@ -72,6 +72,7 @@ impl Worker {
                 let now = Instant::now();
                 if let Some(bucket) = client.bucket.as_mut() {
                     if let Err(wait) = bucket.take(now) {
+                        self.counters.rate_limited += 1;
                         client.throttled = true;
                         self.input.throttled.push(Reverse((now + wait, key, client.conn)));
                         return;
@@ -98,7 +99,8 @@ impl Worker {
                 return;
             }
             match client.read_input(&mut self.input.scratch) {
-                Ok(Input::Data) | Ok(Input::Empty) => {}
+                Ok(Input::Data(n)) => self.counters.bytes_received += n as u64,
+                Ok(Input::Empty) => {}
                 Ok(Input::Eof) => {
                     client.eof = true;
                     client.decoder.finish();

@@ -45,9 +45,16 @@ impl Worker {
     pub(super) fn heartbeat_if_due(&mut self, now: Instant) {
         if now >= self.life.next_heartbeat {
             self.life.next_heartbeat = now + TICK;
-            self.bus.send(&ToHub::Control(WorkerReport::Heartbeat));
+            self.report_counters();
             let _ = self.bus.flush();
         }
+    }
+
+    /// A heartbeat with what the worker counted so far; also the last thing a worker says, so
+    /// the totals have everything it counted.
+    pub(super) fn report_counters(&mut self) {
+        let counters = self.counters;
+        self.bus.send(&ToHub::Control(WorkerReport::Heartbeat { counters }));
     }
 
     /// Cuts clients idle for longer than `idle_timeout`, and drops closing connections whose

@@ -28,7 +28,9 @@ pub use setup::Args;
 use crate::bad_frame::Peer;
 use crate::bus::handoff::Transfer;
 use crate::bus::message::{ConnId, LeaveReason, SessionId};
-use crate::bus::{BusConn, RoomRequest, RoomUpdate, ToHub, ToWorker, WorkerOrder, conn::Fill};
+use crate::bus::{
+    BusConn, RoomRequest, RoomUpdate, ToHub, ToWorker, WorkerCounters, WorkerOrder, conn::Fill,
+};
 use crate::config::Config;
 use crate::signals::Signals;
 use accept::Acceptor;
@@ -89,6 +91,9 @@ pub struct Worker {
     handoff: Handoff,
     /// Ticks, heartbeats and the way out (`lifecycle`).
     life: Lifetime,
+    /// What this worker counted, reported with every heartbeat: plain increments where things
+    /// happen (a single-threaded process needs neither locks nor atomics).
+    counters: WorkerCounters,
 }
 
 /// Entry point of the hidden `chatd worker` subcommand.
@@ -136,6 +141,7 @@ impl Worker {
             output: Output::new(),
             handoff: Handoff::default(),
             life: Lifetime::new(),
+            counters: WorkerCounters::default(),
         })
     }
 
@@ -203,6 +209,7 @@ impl Worker {
         let (code, deadline) = self.life.exiting?;
         let done = self.clients.is_empty() && self.outgoing_flushed();
         if done || Instant::now() >= deadline {
+            self.report_counters();
             let _ = self.bus.flush();
             info!("exiting");
             return Some(code);

@@ -117,6 +117,7 @@ impl Worker {
         }
         self.output.room.extend_from_slice(line.as_bytes());
         self.output.room.extend_from_slice(b"\r\n");
+        self.counters.deliveries += (self.sessions.len() - usize::from(skipped.is_some())) as u64;
         self.output.room_bytes_since_tick += line.len() + 2;
         if let Some(key) = skipped {
             if let Some(client) = self.clients.get_mut(key).filter(|c| c.room_from.is_some()) {
@@ -160,7 +161,8 @@ impl Worker {
     /// on a backlog is never held back by the flush interval.
     pub(super) fn flush_backlog(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else { return };
-        if client.backlog() > 0 && client.flush_with(&[]).is_err() {
+        let sent = |n: &usize| self.counters.bytes_sent += *n as u64;
+        if client.backlog() > 0 && client.flush_with(&[]).inspect(sent).is_err() {
             self.lost(key);
         }
     }
@@ -255,9 +257,9 @@ impl Worker {
         // Too slow means the queue stayed over the limit through a flush: a reader that keeps up
         // is not cut off because one burst was bigger than its socket buffer.
         let was_over = client.backlog() > max_backlog;
-        match client.flush_with(share) {
-            Ok(()) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),
-            Ok(()) => {
+        match client.flush_with(share).inspect(|n| self.counters.bytes_sent += *n as u64) {
+            Ok(_) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),
+            Ok(_) => {
                 if client.shut_write_if_flushed() {
                     settle.shut.push(key);
                 }

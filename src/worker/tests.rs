@@ -47,7 +47,7 @@ impl Harness {
         loop {
             self.hub.fill().unwrap();
             while let Some(msg) = self.hub.next_message::<ToHub>().unwrap() {
-                if msg != ToHub::Control(WorkerReport::Heartbeat) {
+                if !matches!(msg, ToHub::Control(WorkerReport::Heartbeat { .. })) {
                     return msg;
                 }
             }

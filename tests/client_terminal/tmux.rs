@@ -25,9 +25,18 @@ const POLL: Duration = Duration::from_millis(20);
 /// The prompt of the client's input line.
 pub const PROMPT: &str = "> ";
 
+/// The pane runs the client under a shell that records how it ended (`exit N` or `signal N`),
+/// written whole by a rename. tmux's own `pane_dead_status` is not used: tmux 3.3 sometimes
+/// never reaps a pane's process, leaving the status unknown although the client has exited.
+const WRAPPER: &str = r#""$0" client "$1"; st=$?
+if [ "$st" -gt 128 ]; then echo "signal $((st - 128))"; else echo "exit $st"; fi > "$2.new"
+mv "$2.new" "$2""#;
+
 /// One tmux server with one pane running `chatd client`.
 pub struct Tmux {
     socket: PathBuf,
+    /// Where the pane's shell writes how the client ended.
+    status: PathBuf,
     _dir: TempDir,
 }
 
@@ -37,13 +46,15 @@ impl Tmux {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("tmux.sock");
         let conf = dir.path().join("tmux.conf");
-        // The pane stays after the client exits, so its exit status can be read.
+        // The pane stays after the client exits, so what it showed last can be read.
         let settings = "set -g remain-on-exit on\nset -g status off\nset -g history-limit 5000\n\
                         set -g default-terminal screen\n";
         fs::write(&conf, settings).expect("write tmux.conf");
-        let tmux = Tmux { socket, _dir: dir };
+        let status = dir.path().join("status");
+        let tmux = Tmux { socket, status, _dir: dir };
         let (columns, rows) = (COLUMNS.to_string(), ROWS.to_string());
         let conf = conf.to_str().expect("utf-8 temp path");
+        let status = tmux.status.to_str().expect("utf-8 temp path");
         tmux.run(&[
             "-f",
             conf,
@@ -55,9 +66,12 @@ impl Tmux {
             &columns,
             "-y",
             &rows,
+            "sh",
+            "-c",
+            WRAPPER,
             CHATD,
-            "client",
             address,
+            status,
         ]);
         tmux.wait_for_prompt();
         tmux
@@ -200,12 +214,7 @@ impl Tmux {
     /// Waits for the client to exit; how it ended: `exit N` or `signal N`.
     pub fn wait_exit(&self) -> String {
         wait_until(START_TIMEOUT, "the client to exit", || {
-            let state = self.format("#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}");
-            match state.split('|').collect::<Vec<_>>()[..] {
-                ["1", status, ""] if !status.is_empty() => Some(format!("exit {status}")),
-                ["1", "", signal] if !signal.is_empty() => Some(format!("signal {signal}")),
-                _ => None,
-            }
+            fs::read_to_string(&self.status).ok().map(|s| s.trim().to_owned())
         })
     }
 }

@@ -10,6 +10,7 @@
 //! memory, CPU time and descriptors). The tests, by the limit they exercise: `big_answers.rs`
 //! (answers bigger than a bus frame, `/who` floods), `input.rs`
 //! (overlong lines, the rate limit), `slow_and_idle.rs` (slow consumers, idle clients),
+//! `output_memory.rs` (a worker's memory for output follows the backlogs),
 //! `capacity.rs` (`max_clients`, `max_clients_per_ip`, out of file descriptors),
 //! `address_in_use.rs` (a listen address another process holds),
 //! `control.rs` (malformed control requests, `chatd stop`, a control socket served by a stranger)
@@ -30,4 +31,5 @@ mod capacity;
 mod config_files;
 mod control;
 mod input;
+mod output_memory;
 mod slow_and_idle;

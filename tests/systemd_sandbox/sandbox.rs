@@ -205,6 +205,40 @@ impl Sandbox {
         w
     }
 
+    /// Where the journal ends now, for [`Sandbox::warnings_since`].
+    pub fn journal_cursor(&self) -> String {
+        let out = self.ok(&["journalctl", "--no-pager", "-n", "1", "-o", "json"]);
+        let entry: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("journalctl -n 1 -o json: {e}: {out}"));
+        entry["__CURSOR"].as_str().unwrap_or_else(|| panic!("no cursor in {entry}")).to_string()
+    }
+
+    /// The warnings (and worse) logged after `cursor` by systemd itself or by chatd.service,
+    /// as `IDENTIFIER[PID]: MESSAGE`. systemd's own messages often name no unit (`journalctl -u
+    /// chatd` misses them), hence PID 1.
+    pub fn warnings_since(&self, cursor: &str) -> Vec<String> {
+        // Whatever was logged before this call is in the journal once it returns.
+        self.ok(&["journalctl", "--sync"]);
+        let after = format!("--after-cursor={cursor}");
+        let out = self.ok(&["journalctl", "--no-pager", "-o", "json", "-p", "warning", &after]);
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("journalctl -o json: {e}: {l}"))
+            })
+            .filter(|e| {
+                e["_PID"] == "1"
+                    || e["_SYSTEMD_UNIT"] == "chatd.service"
+                    || e["UNIT"] == "chatd.service"
+            })
+            .map(|e| {
+                let field =
+                    |k: &str| e[k].as_str().map_or_else(|| e[k].to_string(), str::to_string);
+                format!("{}[{}]: {}", field("SYSLOG_IDENTIFIER"), field("_PID"), field("MESSAGE"))
+            })
+            .collect()
+    }
+
     /// The `Key:` lines of `/proc/PID/status` of a process in the sandbox.
     pub fn proc_status(&self, pid: u64) -> Vec<(String, String)> {
         self.ok(&["cat", &format!("/proc/{pid}/status")])

@@ -146,6 +146,16 @@ fn packaged_service_end_to_end() {
     sb.wait_prop("StatusText", &format!("{WORKERS} workers, 2 clients, generation 1"));
     let main_pid: u64 = sb.prop("MainPID").parse().unwrap();
 
+    // --- the sysctl: where systemd-sysctl could not set it (a container), chatd says so.
+    let migrate_req = sb.read("/proc/sys/net/ipv4/tcp_migrate_req");
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    let warned = journal.lines().any(|l| l.contains("net.ipv4.tcp_migrate_req is 0"));
+    assert_eq!(
+        warned,
+        migrate_req.trim() == "0",
+        "tcp_migrate_req reads {migrate_req:?} in the sandbox; journal:\n{journal}"
+    );
+
     // --- hardening, as systemd applied it.
     for (prop, expected) in [
         ("Type", "notify"),
@@ -219,7 +229,8 @@ fn packaged_service_end_to_end() {
     assert!(exposure <= 2.0, "systemd-analyze security: exposure {exposure} (was 1.2)");
     note(&format!("systemd-analyze security chatd: exposure {exposure}"));
 
-    // --- reload: generation 2, new workers, clients keep chatting.
+    // --- reload: generation 2, new workers, clients keep chatting, no warning logged.
+    let cursor = sb.journal_cursor();
     sb.ok(&["systemctl", "reload", "chatd"]);
     let reloaded = sb.workers();
     assert_eq!(reloaded.len(), WORKERS, "{reloaded:?}");
@@ -231,6 +242,7 @@ fn packaged_service_end_to_end() {
     assert_eq!(sb.prop("ActiveState"), "active");
     assert_eq!(sb.prop("MainPID"), main_pid.to_string());
     chat(&mut [&mut alice, &mut bob], 0, &alice_nick, "after the reload");
+    assert_eq!(sb.warnings_since(&cursor), Vec::<String>::new(), "warnings logged by the reload");
 
     // --- a broken config: reload fails, nothing changes, the failure shows in StatusText.
     let broken = replace_line(&config, "[server]", "[server]\nno_such_key = 1");
@@ -258,7 +270,9 @@ fn packaged_service_end_to_end() {
     chat(&mut [&mut alice, &mut bob], 1, &bob_nick, "after the repair");
 
     // --- upgrade: installing the package again reloads the running service onto the new
-    // binary (postinst: try-reload-or-restart), keeping the clients and the edited conffile.
+    // binary (postinst: daemon-reload, then try-reload-or-restart), keeping the clients and the
+    // edited conffile, and logging no warning.
+    let cursor = sb.journal_cursor();
     let upgrade_out = match &package {
         Package::Deb(_) => sb.ok(&["dpkg", "-i", "/tmp/chatd.deb"]),
         Package::Files => sb.ok(&["/tmp/postinst", "configure", "0.1.0-1"]),
@@ -271,6 +285,7 @@ fn packaged_service_end_to_end() {
     );
     assert_eq!(sb.read("/etc/chatd/chatd.toml"), config, "the upgrade replaced the edited config");
     chat(&mut [&mut alice, &mut bob], 0, &alice_nick, "after the upgrade");
+    assert_eq!(sb.warnings_since(&cursor), Vec::<String>::new(), "warnings logged by the upgrade");
     drop((alice, bob));
     sb.wait_prop("StatusText", &format!("{WORKERS} workers, 0 clients, generation 4"));
 

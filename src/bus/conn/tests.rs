@@ -40,7 +40,7 @@ fn direct(lines: Vec<String>) -> ToWorker {
 #[test]
 fn frames_travel_both_ways_in_order() {
     let (mut hub, mut worker) = pair();
-    worker.send(&ToHub::Control(WorkerReport::Heartbeat));
+    worker.send(&ToHub::Control(WorkerReport::Heartbeat { counters: Default::default() }));
     worker.send(&say("héllo"));
     hub.send(&ToWorker::Control(WorkerOrder::Shutdown));
     assert!(worker.flush().expect("flush"), "a few bytes go out at once");
@@ -48,7 +48,10 @@ fn frames_travel_both_ways_in_order() {
     assert_eq!(worker.pending_out(), 0);
 
     assert_eq!(hub.fill().expect("fill"), Fill::Drained);
-    assert_eq!(hub.next_message::<ToHub>().unwrap(), Some(ToHub::Control(WorkerReport::Heartbeat)));
+    assert_eq!(
+        hub.next_message::<ToHub>().unwrap(),
+        Some(ToHub::Control(WorkerReport::Heartbeat { counters: Default::default() }))
+    );
     assert_eq!(hub.next_message::<ToHub>().unwrap(), Some(say("héllo")));
     assert_eq!(hub.next_message::<ToHub>().unwrap(), None);
     assert_eq!(worker.fill().expect("fill"), Fill::Drained);

@@ -498,3 +498,39 @@ fn reconfigure_keeps_the_room_and_trims_the_history() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn counts_lines_departures_and_refusals_for_the_metrics() {
+    use crate::metrics::{Disconnect, LineKind, Rejection};
+    let mut hub = hub(|c| {
+        c.server.max_clients = 3;
+        c.server.max_clients_per_ip = 2;
+    });
+    let mut out = Recorder::default();
+    let (a, _) = admit(&mut hub, W0, 1000);
+    let (b, _) = admit(&mut hub, W1, 1001);
+    hub.handle(W0, RoomRequest::Say { session: a, text: "hi".into() }, &mut out);
+    hub.handle(W0, RoomRequest::Me { session: a, text: "waves".into() }, &mut out);
+    hub.handle(W1, RoomRequest::Nick { session: b, nick: "bob".into() }, &mut out);
+    let other_ip = SocketAddr::from(([127, 0, 0, 2], 1));
+    hub.handle(
+        W0,
+        RoomRequest::Join { conn: ConnId(7), addr: "127.0.0.1:2".parse().unwrap() },
+        &mut out,
+    );
+    hub.handle(W0, RoomRequest::Join { conn: ConnId(8), addr: other_ip }, &mut out);
+    hub.handle(W0, RoomRequest::Join { conn: ConnId(9), addr: other_ip }, &mut out);
+    hub.handle(W0, RoomRequest::Leave { session: a, reason: LeaveReason::Idle }, &mut out);
+    hub.worker_lost(W1, &mut out);
+    let c = hub.counters();
+    let lines: Vec<u64> = LineKind::ALL.iter().map(|&k| c.lines_of(k)).collect();
+    // chat, me, join (a, b and the one from 127.0.0.2), leave (a, b), nick, notice
+    assert_eq!(lines, [1, 1, 3, 2, 1, 0]);
+    assert_eq!(c.rejected_for(Rejection::PerIp), 1);
+    assert_eq!(c.rejected_for(Rejection::Full), 1);
+    assert_eq!(c.disconnections_for(Disconnect::Idle), 1);
+    assert_eq!(c.disconnections_for(Disconnect::Lost), 1);
+    assert_eq!(c.disconnections_for(Disconnect::Quit), 0);
+    assert_eq!(hub.history_len(), 2);
+    assert_eq!(hub.online_by_worker(), HashMap::from([(W0, 1)]));
+}
