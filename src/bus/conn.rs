@@ -268,6 +268,12 @@ impl BusConn {
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
         self.in_fds.pop_front().flatten()
     }
+
+    /// Every descriptor received and not taken yet, in arrival order; `None` for one the kernel
+    /// could not deliver.
+    pub fn take_all_fds(&mut self) -> Vec<Option<OwnedFd>> {
+        self.in_fds.drain(..).collect()
+    }
 }
 
 fn write_plain(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {

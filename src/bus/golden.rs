@@ -16,7 +16,7 @@ use super::message::{
     ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, SessionLoad, ToHub,
     ToWorker, WorkerCounters, WorkerOrder, WorkerReport,
 };
-use crate::protocol::decoder::LineDecoder;
+use crate::protocol::decoder::{Decoded, PendingInput};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -234,11 +234,16 @@ fn variant_count_counts_every_variant() {
 
 #[test]
 fn handoff_records_keep_their_bytes() {
-    assert_eq!(handoff::VERSION, 1, "the version changed: update the golden bytes below");
+    assert_eq!(handoff::VERSION, 4, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = SessionState {
         session: SessionId(1),
-        decoder: LineDecoder::new(16),
+        input: PendingInput {
+            ready: vec![Decoded::Line("r".into()), Decoded::TooLong],
+            partial: b"p".to_vec(),
+            discarding: false,
+            telnet: vec![255],
+        },
         output: b"o".to_vec(),
         mid_line: true,
         last_seq: 2,
@@ -247,9 +252,30 @@ fn handoff_records_keep_their_bytes() {
         leaving: false,
         eof: false,
     };
-    g.frame(&Transfer::Session(state), "0300011000000000016f010201000000000000f83f030000");
+    g.frame(
+        &Transfer::Session(state),
+        "030001020001720101700001ff016f010201000000000000f83f030000",
+    );
     g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "030104010164");
     g.frame(&Transfer::Left { session: SessionId(4) }, "030204");
+    g.frame(&Transfer::Output { session: SessionId(4), bytes: b"ab".to_vec() }, "030304026162");
+    g.part(Decoded::Line("r".into()), "000172");
+    g.part(Decoded::TooLong, "01");
     g.covers::<Transfer>();
+    g.covers::<Decoded>();
     g.verify(handoff::VERSION);
+}
+
+#[test]
+fn byte_fields_keep_the_bytes_of_a_sequence_of_u8() {
+    // Byte fields are serialized as byte strings (`serde_bytes`) so that they are copied at
+    // once; postcard writes those exactly as it writes a `Vec<u8>`: a varint length, then the
+    // bytes. A record from a worker that encoded them one by one reads the same.
+    #[derive(Serialize)]
+    struct AsSequence(Vec<u8>);
+    #[derive(Serialize)]
+    struct AsBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+    let bytes: Vec<u8> = (0..=255).cycle().take(300).collect();
+    let sequence = postcard::to_allocvec(&AsSequence(bytes.clone())).expect("serializes");
+    assert_eq!(postcard::to_allocvec(&AsBytes(bytes)).expect("serializes"), sequence);
 }

@@ -203,8 +203,10 @@ pub enum WorkerOrder {
     Setup { slot: usize, generation: u64, config: String, config_path: String },
     /// Tell every client the server is going down, flush, exit.
     Shutdown,
-    /// Reload, old worker: stop accepting and send every session over the hand-off channel
-    /// attached to this frame.
+    /// Reload, old worker: stop accepting and send every session over the hand-off channels
+    /// attached to this frame, dealt out evenly. Several only to a worker whose hand-off
+    /// version is at least `handoff::SEVERAL_CHANNELS_SINCE`; the supervisor sends an old
+    /// worker no other descriptor.
     HandOff,
     /// Reload, new worker: sessions will arrive on the hand-off channel attached to this frame.
     Receive,

@@ -5,14 +5,18 @@
 //! generation's worker on the slot's existing listeners, wait until it accepts, then tell the
 //! old worker to hand its sessions over (or to drain, when hand-off is off or the two binaries
 //! speak different hand-off versions). A slot is done when the hub has seen every session of
-//! the old worker adopted by the new one; then the old worker is told to exit. Slots removed by
-//! a smaller `workers` hand their sessions to a remaining slot's new worker the same way.
-//! Listeners are never closed while a worker may still accept from them, except those of
-//! removed slots and addresses, which go once the reload is over.
+//! the old worker adopted; then the old worker is told to exit.
+//!
+//! When a larger `workers` adds slots, every new worker is started (and must accept) before the
+//! first old worker hands over, and each old worker is given one channel per new worker (up to
+//! `handoff::MAX_CHANNELS`) and deals its sessions out over them, so each new worker ends with
+//! its share. Slots removed by a smaller `workers` deal theirs out over the remaining slots'
+//! new workers the same way. Listeners are never closed while a worker may still accept from
+//! them, except those of removed slots and addresses, which go once the reload is over.
 
 use super::workers::{Lifecycle, Mailboxes};
 use super::{RunState, Slot, Supervisor, WorkerId};
-use crate::bus::{ToWorker, WorkerOrder};
+use crate::bus::{ToWorker, WorkerOrder, handoff};
 use crate::config::Config;
 use crate::control::{ReloadOutcome, Reply};
 use crate::listener;
@@ -25,19 +29,35 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-/// One unit of work of a reload.
-enum Step {
-    /// Give `slot` a new-generation worker and move the old one's sessions to it.
-    Roll { slot: usize, old: Option<WorkerId> },
-    /// A removed slot's worker hands its sessions to `target`'s new worker.
-    Retire { old: WorkerId, target: usize },
+/// One unit of work of a reload: give `slot` (if any) a new-generation worker, then move the
+/// sessions of `old` (if any) to the new workers of `targets`, dealt out evenly.
+struct Step {
+    /// A slot of the new config; `None` for a removed slot's worker.
+    slot: Option<usize>,
+    old: Option<WorkerId>,
+    /// Where `old`'s sessions go: `slot` and more when slots were added, the remaining slots
+    /// for a removed one.
+    targets: Vec<usize>,
+}
+
+impl Step {
+    /// Where all of `old`'s sessions go when it cannot deal them out (its hand-off version is
+    /// older than `handoff::SEVERAL_CHANNELS_SINCE`).
+    fn home(&self) -> usize {
+        self.slot.or(self.targets.first().copied()).unwrap_or(0)
+    }
+
+    /// The slots whose new workers must accept before `old` stops accepting.
+    fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slot.into_iter().chain(self.targets.iter().copied())
+    }
 }
 
 enum Progress {
-    /// Waiting for the target slot's new worker to accept.
+    /// Waiting for the target slots' new workers to accept.
     Starting,
-    /// Sessions are moving from the old worker to `to`.
-    HandingOff { to: WorkerId },
+    /// Sessions are moving from the old worker to these.
+    HandingOff { to: Vec<WorkerId> },
 }
 
 /// A reload in progress (the `[reload]` settings it follows are `config::Reload`).
@@ -82,6 +102,7 @@ impl Supervisor {
             crate::config::read_file(&self.config_path).map_err(|e| e.to_string()).and_then(
                 |text| Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string()),
             );
+        let old_count = self.slots.len();
         let prepared = parsed.and_then(|(config, text)| {
             let metrics = self.prepare_metrics(&config)?;
             self.rebind(&config).map(|retired| (config, text, retired, metrics))
@@ -102,16 +123,36 @@ impl Supervisor {
         self.config = config;
         self.config_text = text;
 
-        let mut steps = VecDeque::new();
-        for slot in 0..self.slots.len() {
-            steps.push_back(Step::Roll { slot, old: self.slots[slot].worker });
-        }
-        for (index, old) in std::mem::take(&mut self.removed_workers).into_iter().enumerate() {
-            steps.push_back(Step::Retire { old, target: index % self.slots.len() });
-        }
+        let steps = self.plan(old_count);
         self.reload =
             Some(RollingReload { reply, steps, current: None, retired_listeners, started });
         self.advance_reload();
+    }
+
+    /// The steps of a reload from `old_count` slots to the current ones. Each slot is rolled
+    /// in turn. When slots are added, each old worker deals its sessions out over the new
+    /// workers of every slot, so the added slots do not start empty; the workers of removed
+    /// slots deal theirs out over the remaining ones. With the same number of slots, each old
+    /// worker's sessions go to its own slot's successor.
+    fn plan(&mut self, old_count: usize) -> VecDeque<Step> {
+        let count = self.slots.len();
+        let stretch = |i: usize, n: usize| stretch(i, n, count);
+        let mut steps = VecDeque::new();
+        for slot in 0..count {
+            let old = self.slots[slot].worker;
+            let targets = if count > old_count && slot < old_count {
+                stretch(slot, old_count)
+            } else {
+                vec![slot]
+            };
+            steps.push_back(Step { slot: Some(slot), old, targets });
+        }
+        let removed = std::mem::take(&mut self.removed_workers);
+        let n = removed.len();
+        for (index, old) in removed.into_iter().enumerate() {
+            steps.push_back(Step { slot: None, old: Some(old), targets: stretch(index, n) });
+        }
+        steps
     }
 
     /// Matches the slots and their listeners to the new config: kept addresses keep their
@@ -185,11 +226,8 @@ impl Supervisor {
             if reload.current.is_none() {
                 match reload.steps.pop_front() {
                     Some(step) => {
-                        if let Step::Roll { slot, .. } = step {
-                            if let Err(e) = self.start_worker(slot) {
-                                error!("{e}");
-                                self.schedule_restart(slot);
-                            }
+                        for slot in step.slots() {
+                            self.start_new_generation(slot);
                         }
                         reload.current = Some((step, Progress::Starting));
                     }
@@ -210,40 +248,62 @@ impl Supervisor {
         }
     }
 
+    /// Starts the slot's new-generation worker, unless an earlier step did.
+    fn start_new_generation(&mut self, slot: usize) {
+        let Some(state) = self.slots.get(slot) else { return };
+        let current = state.worker.and_then(|id| self.workers.get(&id)).map(|w| w.generation);
+        if current == Some(self.generation) {
+            return;
+        }
+        if let Err(e) = self.start_worker(slot) {
+            error!("{e}");
+            self.schedule_restart(slot);
+        }
+    }
+
     /// Returns true when the step is finished.
     fn advance_step(&mut self, step: &Step, progress: &mut Progress) -> bool {
-        let (old, target) = match *step {
-            Step::Roll { slot, old } => (old, slot),
-            Step::Retire { old, target } => (Some(old), target),
-        };
-        let old = old.filter(|id| self.workers.get(id).is_some_and(|w| w.bus_open()));
+        let old = step.old.filter(|id| self.workers.get(id).is_some_and(|w| w.bus_open()));
         match progress {
             Progress::Starting => {
-                let Some(new) = self.slots.get(target).and_then(|s| s.worker) else { return false };
-                let Some(new_worker) = self.workers.get_mut(&new).filter(|w| w.accepting()) else {
-                    return false;
+                // Every new worker involved accepts before the old one stops: no slot is left
+                // unserved, and every target can take sessions.
+                let accepting = |slot: usize| {
+                    let id = self.slots.get(slot).and_then(|s| s.worker);
+                    id.filter(|id| self.workers.get(id).is_some_and(|w| w.accepting()))
                 };
+                if !step.slots().all(|slot| accepting(slot).is_some()) {
+                    return false;
+                }
                 let Some(old) = old else { return true };
-                // From here the old worker stops accepting: the new one is the slot's only
+                let old_version = self.workers.get(&old).map_or(0, |w| w.handoff_version);
+                let targets = if old_version >= handoff::SEVERAL_CHANNELS_SINCE {
+                    step.targets.clone()
+                } else {
+                    vec![step.home()]
+                };
+                let new: Vec<WorkerId> = targets.into_iter().filter_map(accepting).collect();
+                // From here the old worker stops accepting: the slot's new worker is its only
                 // server, and is replaced at once should it die.
-                new_worker.took_over = true;
-                let new_version = new_worker.handoff_version;
-                let old_version = self.workers.get(&old).map(|w| w.handoff_version);
-                if self.config.reload.handoff && old_version == Some(new_version) {
-                    match UnixStream::pair() {
-                        Ok((a, b)) => {
-                            self.send_fd(old, WorkerOrder::HandOff, a.into());
-                            self.send_fd(new, WorkerOrder::Receive, b.into());
-                            if let Some(w) = self.workers.get_mut(&old) {
-                                w.state = Lifecycle::HandingOff { done: false };
-                            }
+                let own = step.slot.and_then(|slot| self.slots[slot].worker);
+                if let Some(w) = own.and_then(|id| self.workers.get_mut(&id)) {
+                    w.took_over = true;
+                }
+                let versions: Vec<u32> = new
+                    .iter()
+                    .filter_map(|id| self.workers.get(id))
+                    .map(|w| w.handoff_version)
+                    .collect();
+                if self.config.reload.handoff && versions.iter().all(|&v| v == old_version) {
+                    match self.open_channels(old, &new) {
+                        Ok(()) => {
                             *progress = Progress::HandingOff { to: new };
                             return false;
                         }
                         Err(e) => error!("cannot create a hand-off channel: {e}; draining"),
                     }
                 } else if self.config.reload.handoff {
-                    warn!("hand-off versions differ ({old_version:?} vs {new_version}); draining");
+                    warn!("hand-off versions differ ({old_version} vs {versions:?}); draining");
                 }
                 let timeout_ms = self.config.reload.drain_timeout.as_millis() as u64;
                 if let Some(w) = self.workers.get_mut(&old) {
@@ -253,21 +313,24 @@ impl Supervisor {
             }
             Progress::HandingOff { to } => {
                 let Some(old) = old else { return true };
-                let receiver_alive = self.workers.get(to).is_some_and(|w| w.bus_open());
+                let receivers_alive =
+                    to.iter().all(|id| self.workers.get(id).is_some_and(|w| w.bus_open()));
                 let Some(worker) = self.workers.get_mut(&old) else { return true };
                 if worker.state == Lifecycle::Draining {
                     // It could not take the hand-off: as in a drain, the step is over.
                     return true;
                 }
                 let done = worker.state == Lifecycle::HandingOff { done: true };
-                if receiver_alive && (!done || self.hub.online_on(old) > 0) {
+                if receivers_alive && (!done || self.hub.online_on(old) > 0) {
                     return false;
                 }
                 worker.retire(WorkerOrder::Exit);
-                if !receiver_alive {
-                    // The new worker died with sessions in transit: their sockets went with it.
-                    // The slot restarts as after any crash; the room sees those clients leave.
-                    error!("the new worker died during the hand-off; its sessions are lost");
+                if !receivers_alive {
+                    // A new worker died with sessions in transit: their sockets went with it.
+                    // Its slot restarts as after any crash; the room sees those clients leave,
+                    // and so are those still on their way to the others (the old worker
+                    // forwards their leave, so they are closed there).
+                    error!("a new worker died during the hand-off; its sessions are lost");
                     self.hub.worker_lost(old, &mut Mailboxes(&mut self.workers));
                 }
                 true
@@ -275,9 +338,27 @@ impl Supervisor {
         }
     }
 
-    fn send_fd(&mut self, id: WorkerId, order: WorkerOrder, fd: OwnedFd) {
+    /// One socketpair per new worker: one end of each goes to `old` with `HandOff`, the other
+    /// to its new worker with `Receive`.
+    fn open_channels(&mut self, old: WorkerId, new: &[WorkerId]) -> std::io::Result<()> {
+        let mut pairs = Vec::with_capacity(new.len());
+        for _ in new {
+            pairs.push(UnixStream::pair()?);
+        }
+        let (ours, theirs): (Vec<UnixStream>, Vec<UnixStream>) = pairs.into_iter().unzip();
+        self.send_fds(old, WorkerOrder::HandOff, ours.into_iter().map(OwnedFd::from).collect());
+        for (&id, end) in new.iter().zip(theirs) {
+            self.send_fds(id, WorkerOrder::Receive, vec![end.into()]);
+        }
+        if let Some(w) = self.workers.get_mut(&old) {
+            w.state = Lifecycle::HandingOff { done: false };
+        }
+        Ok(())
+    }
+
+    fn send_fds(&mut self, id: WorkerId, order: WorkerOrder, fds: Vec<OwnedFd>) {
         if let Some(w) = self.workers.get_mut(&id) {
-            w.conn.send_with_fds(&ToWorker::Control(order), vec![fd]);
+            w.conn.send_with_fds(&ToWorker::Control(order), fds);
         }
     }
 
@@ -308,5 +389,41 @@ impl Supervisor {
         self.stats.reload_failed();
         self.last_reload = Some(ReloadOutcome { ok: false, error: Some(error), duration_s });
         self.update_status();
+    }
+}
+
+/// The slots the `i`th of `n` old workers deals its sessions over, with `count` slots: all of
+/// them, or (past `handoff::MAX_CHANNELS`) a stretch from `i * count / n` on, the stretches
+/// spread evenly around the slots.
+fn stretch(i: usize, n: usize, count: usize) -> Vec<usize> {
+    let from = i * count / n.max(1);
+    (0..count.min(handoff::MAX_CHANNELS)).map(|k| (from + k) % count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_workers_deal_over_every_slot_they_can_reach() {
+        assert_eq!(stretch(0, 2, 4), [0, 1, 2, 3]);
+        assert_eq!(stretch(1, 2, 4), [2, 3, 0, 1]);
+        assert_eq!(stretch(0, 1, 3), [0, 1, 2]);
+        // More slots than channels: the stretches still cover every slot, each about as often.
+        for (n, count) in [(2, 8), (3, 8), (2, 5), (1, 4), (5, 16)] {
+            let mut covered = vec![0; count];
+            for i in 0..n {
+                let slots = stretch(i, n, count);
+                assert_eq!(slots.len(), count.min(handoff::MAX_CHANNELS));
+                for s in slots {
+                    covered[s] += 1;
+                }
+            }
+            let (least, most) = (covered.iter().min(), covered.iter().max());
+            if n * handoff::MAX_CHANNELS >= count {
+                assert!(least >= Some(&1), "{n} workers over {count} slots: {covered:?}");
+            }
+            assert!(most.zip(least).is_some_and(|(m, l)| m - l <= 1), "{covered:?}");
+        }
     }
 }

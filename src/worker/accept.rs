@@ -27,8 +27,9 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// clients it accepts, so that a reload can still reach a worker that serves as many clients as
 /// the limit allows. A reload passes descriptors over the bus, and one that finds no free
 /// descriptor number is lost on the way: the hand-off then could not even start. The reserve
-/// covers the hand-off channel an old worker is given (one), the channels a new worker receives
-/// sessions on (one per old worker handing over to it: more than one when a reload removes
+/// covers the hand-off channels an old worker is given (one per new worker it deals its
+/// sessions to, at most `handoff::MAX_CHANNELS`), the channels a new worker receives sessions on
+/// (one per old worker handing over to it: more than one when a reload changes the number of
 /// slots), and leaves the rest for sessions coming in beyond what the new worker had room for
 /// and for any file the process opens briefly. Adopted sessions may use it; accepted
 /// connections may not.

@@ -150,8 +150,8 @@ impl Client {
     }
 
     /// Output carried over from another worker, possibly starting mid-line.
-    pub fn restore_output(&mut self, output: &[u8], mid_line: bool) {
-        self.out.extend_from_slice(output);
+    pub fn restore_output(&mut self, mut output: Vec<u8>, mid_line: bool) {
+        self.out.append(&mut output);
         self.mid_line = mid_line;
     }
 

@@ -168,7 +168,7 @@ impl Worker {
     /// which now holds every room event up to the question's place in the order. A session
     /// handed to the next worker meanwhile gets its answer forwarded.
     pub(super) fn answer(&mut self, session: SessionId, query: Query) {
-        if self.handoff.moved.contains(&session) {
+        if self.handoff.moved.contains_key(&session) {
             let mut lines = Vec::new();
             write_answer(&mut self.room_state, &self.config, &query, |line| {
                 lines.push(line.to_owned())

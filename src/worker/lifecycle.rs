@@ -38,9 +38,10 @@ impl Lifetime {
 }
 
 impl Worker {
-    /// Tells the supervisor we are alive, once a second. Called from the loop and from inside
-    /// long stretches of work (a flush to thousands of clients during a join storm), so a busy
-    /// worker is never taken for a hung one. Goes on while exiting, too.
+    /// Tells the supervisor we are alive, once a second. Called every turn of the loop, and
+    /// long stretches of work (a pass over thousands of clients, a hand-off) are cut into
+    /// slices over several turns, so a busy worker is never taken for a hung one. Goes on while
+    /// exiting, too.
     pub(super) fn heartbeat_if_due(&mut self, now: Instant) {
         if now >= self.life.next_heartbeat {
             self.life.next_heartbeat = now + TICK;

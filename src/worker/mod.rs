@@ -200,6 +200,7 @@ impl Worker {
         self.on_timers();
         self.maybe_flush_clients();
         self.reap_lingering();
+        self.continue_handoff();
         self.flush_bus();
         self.flush_outgoing();
         if self.drained() {
@@ -218,7 +219,11 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Duration {
-        if self.bus_more || self.handoff.incoming_more || self.output.in_pass() {
+        if self.bus_more
+            || self.handoff.incoming_more
+            || self.handoff.outgoing_due()
+            || self.output.in_pass()
+        {
             return Duration::ZERO;
         }
         let deadlines = [
@@ -293,7 +298,7 @@ impl Worker {
                 }
             }
             ToWorker::Room(RoomUpdate::Direct { session, lines }) => {
-                if self.handoff.moved.contains(&session) {
+                if self.handoff.moved.contains_key(&session) {
                     self.forward(session, Transfer::Direct { session, lines });
                 } else if let Some(&key) = self.sessions.get(&session) {
                     self.send_lines(key, &lines);
@@ -308,8 +313,10 @@ impl Worker {
                 }
             }
             ToWorker::Control(WorkerOrder::HandOff) => {
-                let fd = self.bus.take_fd();
-                self.start_handoff(fd);
+                // Its channels are every descriptor received so far: nothing else sends an old
+                // worker descriptors.
+                let fds = self.bus.take_all_fds();
+                self.start_handoff(fds);
             }
             ToWorker::Control(WorkerOrder::Receive) => {
                 let fd = self.bus.take_fd();
@@ -367,7 +374,7 @@ impl Worker {
         self.sessions.insert(session, key);
         self.mark_dirty(key);
         if self.handoff.is_handing_off() {
-            self.hand_off_ready();
+            self.queue_for_handoff(key);
         } else {
             self.service(key);
         }

@@ -110,3 +110,114 @@ fn a_connection_joins_through_the_hub_talks_and_is_told_when_the_server_stops() 
     };
     assert_eq!(code, ExitCode::SUCCESS);
 }
+
+/// Turns the worker's loop until `channel` yields a message.
+fn transfer_from(h: &mut Harness, channel: &mut BusConn) -> Transfer {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        channel.fill().unwrap();
+        if let Some(msg) = channel.next_message::<Transfer>().unwrap() {
+            return msg;
+        }
+        assert!(Instant::now() < deadline, "nothing came on the channel");
+        assert_eq!(h.turn(), None, "the worker exited");
+    }
+}
+
+#[test]
+fn a_hand_off_over_several_channels_deals_the_sessions_out_evenly() {
+    const CLIENTS: u64 = 9;
+    let mut h = Harness::new();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut client = TcpStream::connect(h.addr).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let ToHub::Room(RoomRequest::Join { conn, .. }) = h.sent_to_hub() else {
+            panic!("expected a join")
+        };
+        let welcome = "* welcome".to_string();
+        h.send(&ToWorker::Room(RoomUpdate::Admitted { conn, session: SessionId(i), welcome }));
+        assert_eq!(h.line_for(&mut client), "* welcome");
+        clients.push(client);
+    }
+    let (ours, theirs): (Vec<_>, Vec<_>) =
+        (0..3).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).unzip();
+    h.hub.send_with_fds(
+        &ToWorker::Control(WorkerOrder::HandOff),
+        ours.into_iter().map(std::os::fd::OwnedFd::from).collect(),
+    );
+    assert!(h.hub.flush().unwrap());
+    let done = ToHub::Control(WorkerReport::HandoffDone { sessions: CLIENTS as usize });
+    assert_eq!(h.sent_to_hub(), done);
+
+    let mut channels: Vec<BusConn> = theirs
+        .into_iter()
+        .map(|s| {
+            s.set_nonblocking(true).unwrap();
+            BusConn::new(UnixStream::from_std(s), Peer::Predecessor)
+        })
+        .collect();
+    let mut went = Vec::new();
+    for (index, channel) in channels.iter_mut().enumerate() {
+        for _ in 0..CLIENTS / 3 {
+            let Transfer::Session(state) = transfer_from(&mut h, channel) else {
+                panic!("expected a session")
+            };
+            assert!(channel.take_fd().is_some(), "a session comes with its socket");
+            went.push((state.session, index));
+        }
+    }
+    went.sort_unstable();
+    let sessions: Vec<SessionId> = went.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sessions, (0..CLIENTS).map(SessionId).collect::<Vec<_>>(), "each session once");
+
+    // The hub still writes to the old worker for a moved session: it follows the session.
+    for &(session, index) in &went[..3] {
+        let lines = vec![format!("for {session}")];
+        h.send(&ToWorker::Room(RoomUpdate::Direct { session, lines: lines.clone() }));
+        assert_eq!(
+            transfer_from(&mut h, &mut channels[index]),
+            Transfer::Direct { session, lines }
+        );
+    }
+}
+
+/// However many sessions there are, one turn of the event loop hands over a bounded slice of
+/// them (256 at most): the rest of the loop (heartbeats, the bus) runs between slices.
+#[test]
+fn a_hand_off_takes_a_slice_per_turn() {
+    const CLIENTS: usize = 600;
+    let mut h = Harness::new();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(TcpStream::connect(h.addr).unwrap());
+        let ToHub::Room(RoomRequest::Join { conn, .. }) = h.sent_to_hub() else {
+            panic!("expected a join")
+        };
+        let welcome = "* welcome".to_string();
+        let session = SessionId(i as u64);
+        h.hub.send(&ToWorker::Room(RoomUpdate::Admitted { conn, session, welcome }));
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::OwnedFd::from(ours);
+    h.hub.send_with_fds(&ToWorker::Control(WorkerOrder::HandOff), vec![fd]);
+    assert!(h.hub.flush().unwrap());
+    theirs.set_nonblocking(true).unwrap();
+    let mut channel = BusConn::new(UnixStream::from_std(theirs), Peer::Predecessor);
+    // Clients still here after each turn: each one handed over leaves the worker.
+    let mut left = vec![h.worker.clients.len()];
+    let (mut received, deadline) = (0, Instant::now() + DEADLINE);
+    while received < CLIENTS {
+        assert!(Instant::now() < deadline, "sessions received: {received}; clients: {left:?}");
+        assert_eq!(h.turn(), None, "the worker exited");
+        left.push(h.worker.clients.len());
+        channel.fill().unwrap();
+        while let Some(msg) = channel.next_message::<Transfer>().unwrap() {
+            assert!(matches!(msg, Transfer::Session(_)), "{msg:?}");
+            received += 1;
+        }
+    }
+    let per_turn: Vec<usize> = left.windows(2).map(|w| w[0] - w[1]).collect();
+    assert!(per_turn.iter().all(|&n| n <= 256), "sessions handed over per turn: {per_turn:?}");
+    drop(clients);
+}

@@ -12,9 +12,11 @@
 //! reload to settle), `room.rs` (a few dozen blocking clients) and `fleet.rs` (a thousand
 //! clients read by a few poll(2) threads, and connect loops). Then the tests, by what they
 //! check: `handoff.rs` (sessions moved to the next generation: under load, on SIGHUP, in a
-//! quiet room, when a new worker dies mid-hand-off), `config.rs` (a broken config, hand-off
-//! switched off), `worker_count.rs` (fewer or more workers, connecting meanwhile),
-//! `upgrade.rs` (a new binary on disk) and `open_files.rs` (a worker out of file descriptors).
+//! quiet room, when a new worker dies mid-hand-off), `big_backlogs.rs` (sessions carrying tens
+//! of MB of unsent output, handed over while heartbeats stay on time), `config.rs` (a broken
+//! config, hand-off switched off), `worker_count.rs` (fewer or more workers, connecting
+//! meanwhile), `upgrade.rs` (a new binary on disk) and `open_files.rs` (a worker out of file
+//! descriptors).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -24,6 +26,7 @@ mod control;
 mod fleet;
 mod room;
 
+mod big_backlogs;
 mod config;
 mod handoff;
 mod open_files;

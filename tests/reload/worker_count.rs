@@ -1,15 +1,17 @@
-//! Reloads that change the worker count: 4 → 2 → 3 with a room that must notice nothing, and
-//! a loop connecting throughout 4 → 2 → 4 → 2 → 4 (listeners closed when shrinking must not
-//! cost connection attempts where `tcp_migrate_req` is on).
+//! Reloads that change the worker count: 4 → 2 → 3 with a room that must notice nothing, 2 → 4
+//! with 400 clients that must end up spread over all four workers, and a loop connecting
+//! throughout 4 → 2 → 4 → 2 → 4 (listeners closed when shrinking must not cost connection
+//! attempts where `tcp_migrate_req` is on).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use crate::common::*;
 use crate::control::*;
-use crate::fleet::{StopOnDrop, connect_welcomed};
+use crate::fleet::{Fleet, StopOnDrop, connect_welcomed};
 use crate::room::Room;
 use crate::{CONTROL_TIMEOUT, SETTLE_TIMEOUT, room_server};
 
@@ -71,6 +73,71 @@ fn reload_changes_worker_count() {
         room.join(&server, 1, "new");
         room.chat(room.clients.len() - 1, "hello from the newcomer");
     }
+}
+
+/// 2 → 4 workers with 400 clients: the sessions are spread over all four new workers (each
+/// holds 15–35 % of them, in status and by `/proc`), nobody is disconnected or told anything,
+/// and every line said after the reload reaches everyone exactly once, in one order.
+#[test]
+fn growing_spreads_the_sessions_over_every_worker() {
+    const CLIENTS: usize = 400;
+    const SENDERS: usize = 8;
+    const LINES: u32 = 25;
+    let server = room_server(2).start();
+    let control = server.control_socket();
+    let st = wait_settled(&control, server.pid(), 2, 1, &[]);
+    let fleet = Fleet::new();
+    for i in 0..CLIENTS {
+        let stream = TcpStream::connect_timeout(&server.addr(), CONNECT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("client {i}: connect: {e}"));
+        fleet.add(stream, Some(format!("u{i}")), None, Vec::new());
+    }
+    fleet.wait(SETTLE_TIMEOUT, "every welcome", |t| t.iter().all(|x| x.nick.is_some()));
+    for i in 0..CLIENTS {
+        fleet.send(i, &format!("/nick u{i}")).expect("send /nick");
+    }
+    fleet.wait(SETTLE_TIMEOUT, "every client's own rename", |t| t.iter().all(|x| x.renamed));
+
+    fs::write(server.config_path(), room_server(4).render(&control)).expect("config");
+    expect_reload_ok(&reload_at(&control), 2, 4);
+    let after = wait_settled(&control, server.pid(), 4, 2, &st.pids());
+    assert_eq!(after.clients, CLIENTS as u64, "{after:?}");
+    let ports: Vec<u16> =
+        (0..CLIENTS).map(|i| fleet.writer(i).local_addr().expect("address").port()).collect();
+    let owners = workers_of(&ports, server.port(), &after.pids());
+    for &(slot, pid, _, clients) in &after.workers {
+        let share = clients as f64 / CLIENTS as f64;
+        assert!(
+            (0.15..=0.35).contains(&share),
+            "slot {slot} holds {clients} of {CLIENTS} sessions: {after:?}"
+        );
+        let held = owners.iter().filter(|o| **o == Some(pid)).count();
+        assert_eq!(held as u64, clients, "slot {slot}: sockets held vs status");
+    }
+
+    for n in 0..LINES {
+        for s in 0..SENDERS {
+            fleet.send(s, &format!("m {s} {n}")).expect("send a load line");
+        }
+    }
+    let total = SENDERS * LINES as usize;
+    fleet.wait(SETTLE_TIMEOUT, "every line at every client", |t| {
+        t.iter().all(|x| x.chats.len() >= total || x.closed.is_some())
+    });
+    fleet.with(|t| {
+        let reference = &t[0].chats;
+        let mut next = [0u32; SENDERS];
+        for &m in reference {
+            let (s, n) = ((m >> 20) as usize, m & 0xFFFFF);
+            assert_eq!(n, next[s], "client 0: sender u{s}'s lines lost, repeated or reordered");
+            next[s] += 1;
+        }
+        for (i, x) in t.iter().enumerate() {
+            assert!(x.closed.is_none(), "client {i} disconnected: {:?}", x.closed);
+            assert_eq!(x.unexpected_count, 0, "client {i}: unexpected lines {:?}", x.unexpected);
+            assert_eq!(x.chats, *reference, "client {i}: not the room's lines in the room's order");
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
