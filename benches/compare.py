@@ -75,14 +75,49 @@ class Server:
                 self.proc.wait()
 
 
-def start_chatd(tmp, binary=CHATD, name="chatd"):
+def start_chatd(tmp, binary=CHATD, name="chatd", metrics=False):
     config = os.path.join(tmp, "chatd.toml")
     with open(config, "w") as f:
         f.write('[server]\nlisten = ["127.0.0.1:0"]\nworkers = "auto"\n'
                 f'control_socket = "{tmp}/chatd.sock"\n'
                 '[chat]\nrate_limit = { messages = 0 }\n')
-    return Server(name, [binary, "serve", "--config", config], 0,
-                  ready_re=r"listening on 127\.0\.0\.1:(\d+)")
+        if metrics:
+            f.write(f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+    server = Server(name, [binary, "serve", "--config", config], 0,
+                    ready_re=r"listening on 127\.0\.0\.1:(\d+) with")
+    if metrics:
+        server.scraper = Scraper(re.search(r"^listen = \"(.*)\"$", open(config).read(), re.M)[1])
+    return server
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Scraper:
+    """Scrapes chatd's /metrics once a second, as Prometheus would, timing each answer."""
+
+    def __init__(self, address):
+        import threading
+        self.address, self.times, self.stopping = address, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        import urllib.request
+        while not self.stopping.wait(1.0):
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=5) as answer:
+                answer.read()
+            self.times.append(time.perf_counter() - started)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        return self.times
 
 
 def start_redis(tmp):
@@ -183,10 +218,18 @@ def main():
     ap.add_argument("--chatd-base", metavar="PATH",
                     help="another chatd binary (e.g. a build of an earlier commit), measured in the "
                          "same run as server 'chatd-base'")
+    ap.add_argument("--chatd-metrics", action="store_true",
+                    help="also measure chatd with [metrics] on and scraped once a second, as server "
+                         "'chatd-metrics'; prints how long each scrape took")
     args = ap.parse_args()
     build()
     starters = {"chatd": start_chatd, "redis": start_redis, "nats": start_nats,
                 "inspircd": start_inspircd}
+    if args.chatd_metrics:
+        ADAPTER["chatd-metrics"] = ADAPTER["chatd"]
+        starters["chatd-metrics"] = lambda tmp: start_chatd(tmp, name="chatd-metrics", metrics=True)
+        if "chatd-metrics" not in args.servers.split(","):
+            args.servers += ",chatd-metrics"
     if args.chatd_base:
         ADAPTER["chatd-base"] = ADAPTER["chatd"]
         starters["chatd-base"] = lambda tmp: start_chatd(tmp, args.chatd_base, "chatd-base")
@@ -203,8 +246,12 @@ def main():
                     try:
                         report = run_chatload(server, scenario, args.duration)
                     finally:
+                        scrapes = server.scraper.stop() if hasattr(server, "scraper") else None
                         server.stop()
                     s = summary(report, scenario)
+                    if scrapes:
+                        s["scrape_ms_max"] = max(scrapes) * 1000
+                        s["scrape_ms_p50"] = statistics.median(scrapes) * 1000
                     results.setdefault((scenario, name), []).append(s)
                     print(f"rep {rep + 1} {scenario} {name}: {s}", file=sys.stderr, flush=True)
     print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, medians of {args.reps} runs\n")
@@ -225,6 +272,10 @@ def main():
                 print(f"| {n} | {m['deliveries_per_s'] / 1e6:.2f} M | {m['server_cores']:.2f} |"
                       f" {m['per_core_s'] / 1e6:.2f} M | {m['p99_ms']:.1f} | {m['loss']:.0f} |"
                       f" {m['disagree']:.0f} |")
+            for n, m in med.items():
+                if "scrape_ms_max" in m:
+                    print(f"\n{n}: /metrics scraped once a second answered in {m['scrape_ms_p50']:.1f} ms"
+                          f" (median), {m['scrape_ms_max']:.1f} ms at most (medians over runs)")
             if "chatd" in med:
                 for n, m in med.items():
                     if n != "chatd":
