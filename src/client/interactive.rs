@@ -20,8 +20,11 @@ use super::{Connection, FromServer};
 use crate::protocol::command::{Command, parse};
 use crate::protocol::sanitize::sanitize;
 use crossbeam_channel::{Receiver, after, never, select, unbounded};
+use nix::sys::termios::{self, SetArg};
 use rustyline::error::ReadlineError;
 use rustyline::{Config, DefaultEditor, ExternalPrinter};
+use signal_hook::consts::{SIGHUP, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -61,6 +64,7 @@ impl Terminal {
 
     /// Chats over `connection` (to `address`) until the user leaves.
     pub(super) fn run(self, address: &str, connection: Connection) -> ExitCode {
+        restore_terminal_on_signals();
         let typed = spawn_editor(self.editor);
         let mut session = Session { address, printer: self.printer, typed, nick: Nick::default() };
         session.run(connection)
@@ -231,6 +235,24 @@ impl Session<'_> {
 /// by the server's own reading of a line (`src/protocol/command.rs`).
 fn leaves(line: &str) -> bool {
     matches!(parse(&sanitize(line.as_bytes())), Ok(Command::Quit(_)))
+}
+
+/// Puts the terminal back as it was before the editor took it, then exits, when the client is
+/// told to stop (SIGTERM, SIGHUP, SIGQUIT): their default action would end the process with the
+/// terminal still in the editor's raw mode, leaving the user's shell without echo. The
+/// connection closes with the process, and the room sees the client leave.
+fn restore_terminal_on_signals() {
+    let stdin = std::io::stdin();
+    let Ok(saved) = termios::tcgetattr(&stdin) else { return };
+    let Ok(mut signals) = Signals::new([SIGTERM, SIGHUP, SIGQUIT]) else { return };
+    thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &saved);
+            // The line being typed stays on the screen; the shell's prompt goes below it.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\n");
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 /// Reads the terminal on a thread of its own, until the user leaves. Text with line breaks in

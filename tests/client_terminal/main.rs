@@ -2,7 +2,8 @@
 //! `chatd serve`, is typed into key by key and read back from the screen, while an ordinary line
 //! client in the same room checks what was actually sent. Covered: the editing keys, the
 //! half-typed line surviving incoming lines, history recall, reconnecting after a server restart
-//! with the nick taken back, leaving with Ctrl-D and `/quit`, and a server's control characters
+//! with the nick taken back, leaving with Ctrl-D and `/quit`, a signal giving the terminal back
+//! as it was, and a server's control characters
 //! never reaching the terminal.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
@@ -182,6 +183,25 @@ fn quit_leaves_with_its_reason() {
     term.press(&["Enter"]);
     observer.expect_line(&format!("* {nick} left (quit: see you)"));
     assert_eq!(term.wait_exit(), "exit 0");
+}
+
+/// Told to stop by a signal while editing, the client gives the terminal back as it found it
+/// (not in the editor's raw mode, which would leave the shell without echo), and its connection
+/// ends, so the room sees it leave.
+#[test]
+fn a_signal_leaves_the_terminal_as_it_was() {
+    let server = server();
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let (term, mut observer, nick) = client_and_observer(&server);
+        term.type_text("half typed");
+        term.wait_for_input("> half typed", 12);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(term.client_pid()), signal)
+            .expect("signal the client");
+        observer.expect_line(&format!("* {nick} left (connection closed)"));
+        let (ended, restored) = term.wait_exit_and_terminal();
+        assert_eq!(ended, format!("signal {}", signal as i32), "{signal}");
+        assert!(restored, "{signal}: the terminal was left in the editor's mode");
+    }
 }
 
 /// chatd itself never sends control characters, so a stand-in server does: an escape sequence

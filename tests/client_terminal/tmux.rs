@@ -28,8 +28,10 @@ pub const PROMPT: &str = "> ";
 /// The pane runs the client under a shell that records how it ended (`exit N` or `signal N`),
 /// written whole by a rename. tmux's own `pane_dead_status` is not used: tmux 3.3 sometimes
 /// never reaps a pane's process, leaving the status unknown although the client has exited.
-const WRAPPER: &str = r#""$0" client "$1"; st=$?
+/// A second line says whether the client left the terminal's settings as it found them.
+const WRAPPER: &str = r#"tty=$(stty -g); "$0" client "$1"; st=$?
 if [ "$st" -gt 128 ]; then echo "signal $((st - 128))"; else echo "exit $st"; fi > "$2.new"
+if [ "$(stty -g)" = "$tty" ]; then echo "terminal restored"; else echo "terminal changed"; fi >> "$2.new"
 mv "$2.new" "$2""#;
 
 /// One tmux server with one pane running `chatd client`.
@@ -213,9 +215,26 @@ impl Tmux {
 
     /// Waits for the client to exit; how it ended: `exit N` or `signal N`.
     pub fn wait_exit(&self) -> String {
-        wait_until(START_TIMEOUT, "the client to exit", || {
-            fs::read_to_string(&self.status).ok().map(|s| s.trim().to_owned())
-        })
+        self.wait_exit_and_terminal().0
+    }
+
+    /// Waits for the client to exit; how it ended, and whether it left the terminal's settings
+    /// as it found them.
+    pub fn wait_exit_and_terminal(&self) -> (String, bool) {
+        let status = wait_until(START_TIMEOUT, "the client to exit", || {
+            fs::read_to_string(&self.status).ok()
+        });
+        let mut lines = status.lines();
+        let ended = lines.next().unwrap_or_default().to_owned();
+        (ended, lines.next() == Some("terminal restored"))
+    }
+
+    /// The pid of the `chatd client` process (the only child of the pane's shell).
+    pub fn client_pid(&self) -> i32 {
+        let shell = self.format("#{pane_pid}");
+        let children = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the pane's shell's children");
+        children.split_whitespace().next().and_then(|p| p.parse().ok()).expect("a client pid")
     }
 }
 
