@@ -3,8 +3,7 @@
 //! client in the same room checks what was actually sent. Covered: the editing keys, the
 //! half-typed line surviving incoming lines, history recall, reconnecting after a server restart
 //! with the nick taken back, leaving with Ctrl-D and `/quit`, a signal giving the terminal back
-//! as it was, and a server's control characters
-//! never reaching the terminal.
+//! as it was, and a server's control characters never reaching the terminal.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
