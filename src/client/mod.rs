@@ -142,9 +142,13 @@ fn spawn_reader(stream: TcpStream) -> Receiver<FromServer> {
 /// without anything a terminal would act on (`src/protocol/sanitize.rs`, the rule the server
 /// applies to what clients send).
 fn shown(raw: &[u8]) -> String {
+    sanitize(without_line_end(raw))
+}
+
+/// A line without its LF or CRLF.
+fn without_line_end(raw: &[u8]) -> &[u8] {
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    sanitize(raw)
+    raw.strip_suffix(b"\r").unwrap_or(raw)
 }
 
 #[cfg(test)]

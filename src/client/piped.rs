@@ -7,7 +7,7 @@
 //! valid UTF-8 is still a line to send (with U+FFFD in place of what is invalid), never the end
 //! of input.
 
-use super::{Connection, FromServer};
+use super::{Connection, FromServer, without_line_end};
 use crossbeam_channel::{Receiver, select, unbounded};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -74,9 +74,7 @@ fn spawn_stdin_reader() -> Receiver<Option<String>> {
 
 /// One line of input as it is sent: without its LF (or CRLF), invalid UTF-8 replaced.
 fn input_line(raw: &[u8]) -> String {
-    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    String::from_utf8_lossy(raw).into_owned()
+    String::from_utf8_lossy(without_line_end(raw)).into_owned()
 }
 
 #[cfg(test)]

@@ -195,24 +195,17 @@ impl Worker {
     }
 
     /// A new connection: register it and ask the hub to let it in.
-    pub(super) fn admit(&mut self, mut stream: mio::net::TcpStream, addr: std::net::SocketAddr) {
+    pub(super) fn admit(&mut self, stream: mio::net::TcpStream, addr: std::net::SocketAddr) {
         if let Err(e) = crate::listener::tune_accepted(&stream, &self.config.socket) {
             debug!("socket options for {addr}: {e}");
         }
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
-        let token = Token(CLIENT_BASE + key);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot watch connection from {addr}: {e}");
-            return;
-        }
-        self.counters.connections += 1;
         let conn = self.accept.conn_id();
-        entry.insert(Box::new(Client::new(stream, conn, self.config.chat.max_line_bytes)));
+        let max_line_bytes = self.config.chat.max_line_bytes;
+        let key = match self.add_client(stream, |s| Client::new(s, conn, max_line_bytes)) {
+            Ok(key) => key,
+            Err(e) => return warn!("cannot watch connection from {addr}: {e}"),
+        };
+        self.counters.connections += 1;
         self.accept.joining.insert(conn, key);
         self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
     }

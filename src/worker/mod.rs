@@ -380,6 +380,21 @@ impl Worker {
         }
     }
 
+    /// Watches `stream` and adds the client `make` builds around it (accepted, or adopted from
+    /// the previous worker); its key. Nothing is added when the socket cannot be watched.
+    fn add_client(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        make: impl FnOnce(mio::net::TcpStream) -> Client,
+    ) -> io::Result<usize> {
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.poll.registry().register(&mut stream, Token(CLIENT_BASE + key), interest)?;
+        entry.insert(Box::new(make(stream)));
+        Ok(key)
+    }
+
     fn flush_bus(&mut self) {
         if let Err(e) = self.bus.flush() {
             error!("bus write failed: {e}");

@@ -6,7 +6,7 @@
 //! channel only once what it already read is processed.
 
 use super::super::client::{Client, Phase};
-use super::super::{CLIENT_BASE, INCOMING_BASE, Worker, rate::TokenBucket};
+use super::super::{INCOMING_BASE, Worker, rate::TokenBucket};
 use super::{Handoff, to_mio_unix};
 use crate::bad_frame::Peer;
 use crate::bus::conn::Fill;
@@ -146,37 +146,38 @@ impl Worker {
         if let Err(e) = std_stream.set_nonblocking(true) {
             warn!("adopted session {}: {e}", state.session);
         }
-        let mut stream = mio::net::TcpStream::from_std(std_stream);
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
-        let token = Token(CLIENT_BASE + key);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("adopted session {}: {e}", state.session);
-            let leave = RoomRequest::Leave { session: state.session, reason: LeaveReason::Lost };
-            self.bus.send(&ToHub::Room(leave));
-            return;
-        }
+        let stream = mio::net::TcpStream::from_std(std_stream);
         let now = Instant::now();
         let conn = self.accept.conn_id();
-        let mut client = Client::new(stream, conn, self.config.chat.max_line_bytes);
-        client.session = Some(state.session);
-        client.phase = Phase::Resuming { leaving: state.leaving };
-        client.decoder = LineDecoder::restore(state.input, self.config.chat.max_line_bytes);
-        client.restore_output(state.output, state.mid_line);
-        client.bucket = match (&self.config.chat.rate_limit, state.tokens) {
+        let chat = &self.config.chat;
+        let bucket = match (&chat.rate_limit, state.tokens) {
             (Some(limit), Some(tokens)) => Some(TokenBucket::with_tokens(limit, tokens, now)),
             (Some(limit), None) => Some(TokenBucket::new(limit, now)),
             (None, _) => None,
         };
-        client.last_line = now.checked_sub(Duration::from_millis(state.idle_ms)).unwrap_or(now);
-        client.eof = state.eof;
-        entry.insert(Box::new(client));
-        self.sessions.insert(state.session, key);
-        let adopt = RoomRequest::Adopt { session: state.session, last_seq: state.last_seq };
+        let max_line_bytes = chat.max_line_bytes;
+        let session = state.session;
+        let added = self.add_client(stream, |stream| {
+            let mut client = Client::new(stream, conn, max_line_bytes);
+            client.session = Some(session);
+            client.phase = Phase::Resuming { leaving: state.leaving };
+            client.decoder = LineDecoder::restore(state.input, max_line_bytes);
+            client.restore_output(state.output, state.mid_line);
+            client.bucket = bucket;
+            client.last_line = now.checked_sub(Duration::from_millis(state.idle_ms)).unwrap_or(now);
+            client.eof = state.eof;
+            client
+        });
+        let key = match added {
+            Ok(key) => key,
+            Err(e) => {
+                warn!("adopted session {session}: {e}");
+                let leave = RoomRequest::Leave { session, reason: LeaveReason::Lost };
+                return self.bus.send(&ToHub::Room(leave));
+            }
+        };
+        self.sessions.insert(session, key);
+        let adopt = RoomRequest::Adopt { session, last_seq: state.last_seq };
         self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);
     }
