@@ -166,6 +166,21 @@ impl Fleet {
         index
     }
 
+    /// Connects `count` clients to `addr` and names them `u0`, `u1`, …; returns once every one
+    /// has been welcomed and has seen its own rename.
+    pub fn join_named(&self, addr: SocketAddr, count: usize, timeout: Duration) {
+        for i in 0..count {
+            let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("client {i}: connect: {e}"));
+            self.add(stream, Some(format!("u{i}")), None, Vec::new());
+        }
+        self.wait(timeout, "every welcome", |t| t.iter().all(|x| x.nick.is_some()));
+        for i in 0..count {
+            self.send(i, &format!("/nick u{i}")).expect("send /nick");
+        }
+        self.wait(timeout, "every client's own rename", |t| t.iter().all(|x| x.renamed));
+    }
+
     pub fn send(&self, index: usize, line: &str) -> io::Result<()> {
         let mut w = self.writers.lock().unwrap()[index].try_clone()?;
         w.write_all(format!("{line}\n").as_bytes())

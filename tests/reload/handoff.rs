@@ -51,16 +51,7 @@ fn reload_under_load_loses_nothing() {
     let mut st = wait_settled(&control, server.pid(), 4, 1, &[]);
 
     let fleet = Fleet::new();
-    for i in 0..ORIGINALS {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("client {i}: connect: {e}"));
-        fleet.add(stream, Some(format!("u{i}")), None, Vec::new());
-    }
-    fleet.wait(WAIT, "every original client's welcome", |t| t.iter().all(|x| x.nick.is_some()));
-    for i in 0..ORIGINALS {
-        fleet.send(i, &format!("/nick u{i}")).expect("send /nick");
-    }
-    fleet.wait(WAIT, "every original client's own rename", |t| t.iter().all(|x| x.renamed));
+    fleet.join_named(addr, ORIGINALS, WAIT);
     let connected_at = test_start.elapsed();
 
     let stop_senders = AtomicBool::new(false);

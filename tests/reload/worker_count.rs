@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
@@ -87,16 +86,7 @@ fn growing_spreads_the_sessions_over_every_worker() {
     let control = server.control_socket();
     let st = wait_settled(&control, server.pid(), 2, 1, &[]);
     let fleet = Fleet::new();
-    for i in 0..CLIENTS {
-        let stream = TcpStream::connect_timeout(&server.addr(), CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("client {i}: connect: {e}"));
-        fleet.add(stream, Some(format!("u{i}")), None, Vec::new());
-    }
-    fleet.wait(SETTLE_TIMEOUT, "every welcome", |t| t.iter().all(|x| x.nick.is_some()));
-    for i in 0..CLIENTS {
-        fleet.send(i, &format!("/nick u{i}")).expect("send /nick");
-    }
-    fleet.wait(SETTLE_TIMEOUT, "every client's own rename", |t| t.iter().all(|x| x.renamed));
+    fleet.join_named(server.addr(), CLIENTS, SETTLE_TIMEOUT);
 
     fs::write(server.config_path(), room_server(4).render(&control)).expect("config");
     expect_reload_ok(&reload_at(&control), 2, 4);
