@@ -24,6 +24,8 @@
 //! * `/proc` helpers (`procfs.rs`): which process holds the server side of a client's
 //!   connection ([`worker_of`], [`workers_of`]), how many listening sockets share a port
 //!   ([`listening_sockets`]), process states, children.
+//! * TLS (`pki.rs`, `tls_relay.rs`): a throwaway CA and server certificate made with `openssl`
+//!   ([`Pki`]), and a `socat` TLS terminator in front of a plain server ([`TlsRelay`]).
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 
@@ -33,9 +35,11 @@
 #![allow(dead_code)]
 
 mod client;
+mod pki;
 mod procfs;
 pub mod room;
 mod server;
+mod tls_relay;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
 // A binary that uses nothing of one submodule would call its re-export unused (same reason as
@@ -43,9 +47,13 @@ mod server;
 #[allow(unused_imports)]
 pub use client::*;
 #[allow(unused_imports)]
+pub use pki::*;
+#[allow(unused_imports)]
 pub use procfs::*;
 #[allow(unused_imports)]
 pub use server::*;
+#[allow(unused_imports)]
+pub use tls_relay::*;
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -1,0 +1,147 @@
+//! `chatd client --tls` as a filter (stdin a pipe), against a real chatd behind a real TLS
+//! terminator (socat, `tests/common/tls_relay.rs`) with a throwaway CA (`tests/common/pki.rs`):
+//! lines go through both ways, the certificate is checked against `--ca` or the system's store,
+//! a certificate that is not trusted is a clear error, `--insecure` accepts it with a warning.
+
+mod common;
+
+use common::{CHATD, LINE_TIMEOUT, Pki, Server, ServerBuilder, TlsRelay, wait_until};
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+
+fn server() -> Server {
+    ServerBuilder::new().workers(1).chat_key("history_on_join = 0").start()
+}
+
+/// What a run of the client did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `chatd client ARGS…` with `input` on its stdin until it exits.
+fn client(args: &[&str], input: &str, env: &[(&str, &str)]) -> Run {
+    let mut child = Command::new(CHATD)
+        .arg("client")
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SSL_CERT_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatd client");
+    let read = |mut stream: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The client may exit before reading its input (a refused certificate).
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let status = wait_until(LINE_TIMEOUT, "the client to exit", || child.try_wait().ok().flatten());
+    Run { status, stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") }
+}
+
+#[test]
+fn piped_lines_go_both_ways_over_tls() {
+    let server = server();
+    let pki = Pki::new();
+    let relay = TlsRelay::start(&pki, server.addr(), 0);
+    let (mut observer, observer_nick, _) = server.join("observer");
+    let ca = pki.ca.to_str().expect("utf-8 path");
+    // The certificate names 127.0.0.1 (an IP SAN) and localhost (a DNS SAN): both are checked.
+    for host in ["127.0.0.1", "localhost"] {
+        let address = format!("{host}:{}", relay.addr().port());
+        let run = client(&["--tls", "--ca", ca, &address], "over tls\n/who\n", &[]);
+        assert!(run.status.success(), "{host}: {} / {}", run.status, run.stderr);
+        let joined = observer.read_until(LINE_TIMEOUT, |l| l.ends_with(" joined (2 online)"));
+        let nick = joined.expect("the client joins").split(' ').nth(1).unwrap().to_owned();
+        observer.expect_chat(&nick, "over tls");
+        observer.expect_line(&format!("* {nick} left (quit)"));
+        let printed: Vec<&str> = run.stdout.lines().collect();
+        assert!(printed[0].starts_with("* Welcome to chatd."), "{host}: {printed:?}");
+        assert!(printed.iter().any(|l| l.ends_with(&format!("<{nick}> over tls"))), "{printed:?}");
+        assert!(printed.iter().any(|l| l.contains(&observer_nick)), "no /who answer: {printed:?}");
+        assert!(run.stderr.is_empty(), "{host}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused_clearly() {
+    let server = server();
+    let (pki, other) = (Pki::new(), Pki::new());
+    let relay = TlsRelay::start(&pki, server.addr(), 0);
+    let address = relay.addr().to_string();
+    let run = client(&["--tls", "--ca", other.ca.to_str().unwrap(), &address], "hello\n", &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!(
+            "chatd client: cannot connect to {address}: TLS: certificate not trusted \
+             (invalid peer certificate: UnknownIssuer)"
+        )
+    );
+    assert_eq!(run.stdout, "", "nothing was received");
+}
+
+/// Without `--ca` the system's store is used; `SSL_CERT_FILE` points it at the test CA (which
+/// is how `rustls-native-certs` lets an operator choose the store), and without that the test
+/// CA is trusted by nothing.
+#[test]
+fn the_systems_store_is_used_without_ca() {
+    let server = server();
+    let pki = Pki::new();
+    let relay = TlsRelay::start(&pki, server.addr(), 0);
+    let address = relay.addr().to_string();
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", &address], "via the store\n", &[("SSL_CERT_FILE", ca)]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("> via the store"), "{}", run.stdout);
+
+    let run = client(&["--tls", &address], "hello\n", &[]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.stderr.contains("TLS: certificate not trusted"), "{}", run.stderr);
+}
+
+#[test]
+fn insecure_accepts_any_certificate_and_says_so() {
+    let server = server();
+    let pki = Pki::new();
+    let relay = TlsRelay::start(&pki, server.addr(), 0);
+    let (mut observer, _, _) = server.join("observer");
+    let address = relay.addr().to_string();
+    let run = client(&["--tls", "--insecure", &address], "unchecked\n", &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let joined = observer.read_until(LINE_TIMEOUT, |l| l.ends_with(" joined (2 online)"));
+    let nick = joined.expect("the client joins").split(' ').nth(1).unwrap().to_owned();
+    observer.expect_chat(&nick, "unchecked");
+    assert!(
+        run.stderr.starts_with(
+            "chatd client: warning: --insecure: the server's certificate is not checked"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `--tls` to a port that speaks plain TCP fails the handshake with a hint, not a hang.
+#[test]
+fn tls_to_a_plain_port_says_so() {
+    let server = server();
+    let address = server.addr().to_string();
+    let run = client(&["--tls", "--insecure", &address], "hello\n", &[]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        run.stderr.contains("TLS: the server's answer is not TLS 1.3 (a plain port?)"),
+        "{}",
+        run.stderr
+    );
+}
