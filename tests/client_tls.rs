@@ -7,6 +7,7 @@ mod common;
 
 use common::{CHATD, LINE_TIMEOUT, Pki, Server, ServerBuilder, TlsRelay, wait_until};
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 
@@ -143,5 +144,80 @@ fn tls_to_a_plain_port_says_so() {
         run.stderr.contains("TLS: the server's answer is not TLS 1.3 (a plain port?)"),
         "{}",
         run.stderr
+    );
+}
+
+/// A TLS server of the test's own (rustls) that serves one connection with `serve`, so what the
+/// client sends at the TLS level can be seen: the bytes, and how it ends.
+fn stand_in_server(
+    pki: &Pki,
+    serve: impl FnOnce(&mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + 'static,
+) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_file_iter(&pki.cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let handle = thread::spawn(move || {
+        let (socket, _) = listener.accept().expect("the client connects");
+        socket.set_read_timeout(Some(LINE_TIMEOUT)).expect("read timeout");
+        let session = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        serve(&mut rustls::StreamOwned::new(session, socket));
+    });
+    (addr, handle)
+}
+
+/// At the end of its input the client sends its lines, `/quit`, then close_notify (its TLS
+/// goodbye, not just a TCP FIN), and exits 0 once the server said its own close_notify.
+#[test]
+fn the_client_says_goodbye_with_close_notify() {
+    let pki = Pki::new();
+    let (addr, server) = stand_in_server(&pki, |tls| {
+        tls.write_all(b"* hello from the stand-in\r\n").unwrap();
+        let mut received = Vec::new();
+        // Ok(0) only after close_notify; a bare FIN is an UnexpectedEof error.
+        tls.read_to_end(&mut received).expect("the client ends with close_notify");
+        assert_eq!(String::from_utf8_lossy(&received), "last line\n/quit\n");
+        tls.write_all(b"* bye\r\n").unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    });
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", "--ca", ca, &addr.to_string()], "last line\n", &[]);
+    server.join().expect("the stand-in's checks");
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.stdout, "* hello from the stand-in\n* bye\n");
+}
+
+/// A server that ends the TCP stream without close_notify may have been cut short by someone
+/// on the way: in a pipe that is a failure, told as such, after what did arrive.
+#[test]
+fn an_end_without_close_notify_is_a_failure() {
+    let pki = Pki::new();
+    let (addr, server) = stand_in_server(&pki, |tls| {
+        // Everything the client says is read first: closing with it unread would reset the
+        // connection, and a reset may discard what the client has not read yet.
+        tls.read_to_end(&mut Vec::new()).expect("the client's goodbye");
+        tls.write_all(b"* cut short\r\n").unwrap();
+        tls.flush().unwrap();
+        tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", "--ca", ca, &addr.to_string()], "", &[]);
+    server.join().expect("the stand-in");
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert_eq!(run.stdout, "* cut short\n");
+    assert_eq!(
+        run.stderr.trim_end(),
+        "chatd client: connection lost: TLS: the server closed the connection without close_notify"
     );
 }
