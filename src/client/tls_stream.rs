@@ -268,7 +268,7 @@ impl Pump {
     /// sender is gone.
     fn send(&mut self) -> io::Result<bool> {
         loop {
-            let open = self.take_queued();
+            let open = self.take_queued()?;
             self.flush()?;
             if !open {
                 return Ok(false);
@@ -280,19 +280,20 @@ impl Pump {
         }
     }
 
-    /// Hands queued lines to rustls while it takes them; `false` once the sender is gone.
-    fn take_queued(&mut self) -> bool {
+    /// Hands queued lines to rustls while it takes them; `Ok(false)` once the sender is gone.
+    fn take_queued(&mut self) -> io::Result<bool> {
         loop {
             if !self.unsent.is_empty() {
-                // rustls' writer only refuses what passes its buffer limit.
-                let taken = self.tls.writer().write(&self.unsent).unwrap_or(0);
+                // rustls takes less than offered when its buffer of sealed records is full (it
+                // then wants to write); it fails only once the session has failed.
+                let taken = self.tls.writer().write(&self.unsent)?;
                 self.unsent.drain(..taken);
                 if !self.unsent.is_empty() {
-                    return true;
+                    return Ok(true);
                 }
             }
             if self.leaving {
-                return !matches!(self.queue.try_recv(), Err(TryRecvError::Disconnected));
+                return Ok(!matches!(self.queue.try_recv(), Err(TryRecvError::Disconnected)));
             }
             match self.queue.try_recv() {
                 Ok(Outgoing::Bytes(bytes)) => self.unsent = bytes,
@@ -300,8 +301,8 @@ impl Pump {
                     self.leaving = true;
                     self.tls.send_close_notify();
                 }
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return Ok(true),
+                Err(TryRecvError::Disconnected) => return Ok(false),
             }
         }
     }
