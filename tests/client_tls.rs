@@ -153,6 +153,16 @@ fn stand_in_server(
     pki: &Pki,
     serve: impl FnOnce(&mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + 'static,
 ) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    stand_in_server_with(pki, None, serve)
+}
+
+/// [`stand_in_server`] with the receive buffer of its socket set to `receive_buffer` bytes (the
+/// kernel then does not grow it), so what the client sends stops soon when it is not read.
+fn stand_in_server_with(
+    pki: &Pki,
+    receive_buffer: Option<usize>,
+    serve: impl FnOnce(&mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + 'static,
+) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs =
@@ -166,6 +176,11 @@ fn stand_in_server(
         .with_single_cert(certs, key)
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    if let Some(size) = receive_buffer {
+        // Set on the listener, so the accepted socket has it from its handshake on.
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::RcvBuf, &size)
+            .expect("SO_RCVBUF");
+    }
     let addr = listener.local_addr().expect("local addr");
     let handle = thread::spawn(move || {
         let (socket, _) = listener.accept().expect("the client connects");
@@ -220,4 +235,72 @@ fn an_end_without_close_notify_is_a_failure() {
         run.stderr.trim_end(),
         "chatd client: connection lost: TLS: the server closed the connection without close_notify"
     );
+}
+
+/// A megabyte of input in one go, through socat to chatd: every line arrives whole, in order,
+/// and the client exits at the end.
+#[test]
+fn a_large_input_goes_through_whole() {
+    let server = ServerBuilder::new()
+        .workers(1)
+        .chat_key("history_on_join = 0")
+        .chat_key("rate_limit = { messages = 0 }")
+        .start();
+    let pki = Pki::new();
+    let relay = TlsRelay::start(&pki, server.addr(), 0);
+    let padding = "x".repeat(500);
+    let input: String = (0..2000).map(|i| format!("line {i} {padding}\n")).collect();
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", "--ca", ca, &relay.addr().to_string()], &input, &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let echoed: Vec<usize> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("> line ").nth(1))
+        .map(|rest| {
+            assert!(rest.ends_with(&padding), "a line was cut: {rest:.40}…");
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(echoed, (0..2000).collect::<Vec<_>>());
+}
+
+/// Both ways at once, with a server that reads nothing until it has sent 48 MB (more than the
+/// client's socket buffers, 32 MB at most here) while the client has 16 MB to send (more than
+/// the server's receive buffer, kept small, and the client's send buffer take): everything
+/// arrives both ways, then the goodbyes.
+#[test]
+fn large_transfers_both_ways_at_once() {
+    const LINES: usize = 32_000;
+    const SERVER_LINES: usize = 96_000;
+    let pki = Pki::new();
+    let line = format!("{}\n", "y".repeat(499));
+    let sent = line.clone();
+    let (addr, server) = stand_in_server_with(&pki, Some(64 * 1024), move |tls| {
+        // Sealed and written by hand after the handshake: rustls' `Stream::write` also reads
+        // when it can.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("handshake");
+        }
+        for _ in 0..SERVER_LINES {
+            let mut rest = sent.as_bytes();
+            while !rest.is_empty() {
+                let taken = tls.conn.writer().write(rest).unwrap();
+                rest = &rest[taken..];
+                while tls.conn.wants_write() {
+                    tls.conn.write_tls(&mut tls.sock).expect("the client reads");
+                }
+            }
+        }
+        let mut received = Vec::new();
+        tls.read_to_end(&mut received).expect("the client's lines and goodbye");
+        assert_eq!(received.len(), LINES * 500 + "/quit\n".len());
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    });
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", "--ca", ca, &addr.to_string()], &line.repeat(LINES), &[]);
+    server.join().expect("the stand-in's checks");
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.stdout.len(), SERVER_LINES * 500);
 }
