@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
-#[command(name = "chatd", version, about = "A multi-process line chat server")]
+#[command(name = "chatd", version = crate::version::VERSION, about = "A multi-process line chat server")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,

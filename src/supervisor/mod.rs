@@ -352,7 +352,7 @@ impl Supervisor {
                 for w in self.workers.values_mut() {
                     warn!("slot {}: worker pid {} did not stop in time; killing", w.slot, w.pid);
                     // Not waited for: the supervisor exits now and must not block on a child.
-                    let _ = w.child.kill();
+                    workers::kill_worker(w.pid);
                 }
                 self.workers.clear();
             }
@@ -405,7 +405,7 @@ impl Supervisor {
 
     fn status(&self) -> Status {
         Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::VERSION.to_string(),
             generation: self.generation,
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             clients: self.hub.online(),
