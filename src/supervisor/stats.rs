@@ -4,12 +4,14 @@
 //! across reloads.
 
 use super::Supervisor;
+use super::upgrade::state::SavedMetrics;
 use crate::bus::WorkerCounters;
 use crate::config::Config;
 use crate::metrics::{Endpoint, Histogram, Snapshot};
 use log::info;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 #[derive(Default)]
@@ -27,6 +29,32 @@ pub(super) struct Stats {
 }
 
 impl Stats {
+    /// The counts and the endpoint's address, for an upgrade (`upgrade::state`).
+    pub(super) fn save(&self) -> SavedMetrics {
+        SavedMetrics {
+            listen: self.listen,
+            fd: self.endpoint.as_ref().map(|e| e.listener().as_raw_fd()),
+            retired: self.retired,
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            reload_durations: self.reload_durations.clone(),
+            worker_restarts: self.worker_restarts,
+        }
+    }
+
+    /// The counts of `saved`, serving on `endpoint` (its listener adopted from the old image).
+    pub(super) fn restore(saved: SavedMetrics, endpoint: Option<Endpoint>) -> Stats {
+        Stats {
+            listen: saved.listen,
+            endpoint,
+            retired: saved.retired,
+            reloads_ok: saved.reloads_ok,
+            reloads_failed: saved.reloads_failed,
+            reload_durations: saved.reload_durations,
+            worker_restarts: saved.worker_restarts,
+        }
+    }
+
     /// A worker is gone for good: its last report joins the totals.
     pub(super) fn retire(&mut self, last: &WorkerCounters) {
         self.retired.add(last);
@@ -75,8 +103,10 @@ impl Supervisor {
 
     fn bind_metrics(&self, listen: Option<SocketAddr>) -> Result<MetricsChange, String> {
         let Some(addr) = listen else { return Ok(MetricsChange::Replace(None, None)) };
-        let endpoint = Endpoint::start(addr, self.snapshot())
-            .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?;
+        let snapshot = self.snapshot();
+        let endpoint =
+            crate::signals::in_threads_blocked(&super::CAUGHT, || Endpoint::start(addr, snapshot))
+                .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?;
         Ok(MetricsChange::Replace(listen, Some(endpoint)))
     }
 
@@ -99,7 +129,7 @@ impl Supervisor {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         let mut clients: BTreeMap<usize, u64> = (0..self.slots.len()).map(|s| (s, 0)).collect();
         for (id, n) in self.hub.online_by_worker() {
             if let Some(worker) = self.workers.get(&id) {

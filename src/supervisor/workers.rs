@@ -19,11 +19,13 @@ use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Where a worker process is in its life, as the supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a worker process is in its life, as the supervisor sees it. Part of the state an
+/// upgrade carries (`upgrade::state`): renaming a variant changes that format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Lifecycle {
     /// Spawned; it has not said Hello yet.
     Starting,
