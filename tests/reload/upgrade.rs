@@ -164,7 +164,10 @@ fn install(exe: &Path, bytes: &[u8]) -> u64 {
     fs::rename(&staged, exe).expect("rename the new binary over the old");
     let mut probe = Command::new(exe);
     probe.arg("--version").stdout(Stdio::null()).stderr(Stdio::null());
-    let _ = spawn_retrying(&mut probe).wait();
+    // Started is enough (a script standing in for a binary may never end).
+    let mut started = spawn_retrying(&mut probe);
+    let _ = started.kill();
+    let _ = started.wait();
     fs::metadata(exe).unwrap().ino()
 }
 
