@@ -371,6 +371,7 @@ impl Supervisor {
             config_text: self.config_text.clone(),
             listen_config: self.listen_config.clone(),
             listen: self.listen.clone(),
+            bus_frame_version: crate::bus::frame::VERSION,
             slots,
             workers,
             next_worker: self.next_worker.0,
@@ -416,9 +417,9 @@ fn keep_open(fds: &[RawFd], keep: bool) -> nix::Result<()> {
     Ok(())
 }
 
-/// Reads the whole state from `file` (a memory file or a pipe).
-fn read_state(mut file: impl Read) -> Result<SupervisorState, String> {
+/// Reads the whole of `file` (a memory file, or the probe's stdin).
+fn read_all(mut file: impl Read) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(|e| format!("cannot read the state: {e}"))?;
-    SupervisorState::decode(&bytes).map_err(|e| e.to_string())
+    Ok(bytes)
 }

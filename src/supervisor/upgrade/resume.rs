@@ -1,7 +1,7 @@
 //! The new image's side of an upgrade: `chatd serve --config PATH --resume-fd N` adopts what
 //! the state in descriptor N names and goes on with the reload that asked for the upgrade.
 
-use super::read_state;
+use super::read_all;
 use super::state::{SupervisorState, ago, from_now};
 use crate::bad_frame::Peer;
 use crate::bus::BusConn;
@@ -75,7 +75,8 @@ fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
 
 impl Supervisor {
     fn resume(state_fd: RawFd) -> Result<(Supervisor, Option<ResumedReload>), String> {
-        let state = read_state(File::from(adopt(state_fd)?))?;
+        let bytes = read_all(File::from(adopt(state_fd)?))?;
+        let state = SupervisorState::decode(&bytes).map_err(|e| e.to_string())?;
         let SupervisorState { header, config_path, config_text, .. } = &state;
         let config = Config::parse(config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;

@@ -47,6 +47,8 @@ pub struct SupervisorState {
     pub config_text: String,
     pub listen_config: Vec<SocketAddr>,
     pub listen: Vec<SocketAddr>,
+    /// The bus frame version the workers speak (`bus::frame::VERSION` of the writer).
+    pub bus_frame_version: u8,
     pub slots: Vec<SavedSlot>,
     pub workers: Vec<SavedWorker>,
     pub next_worker: usize,
@@ -240,8 +242,81 @@ fn millis(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A state with a little of everything, as a supervisor of one worker would write it.
+    pub(in crate::supervisor::upgrade) fn sample() -> SupervisorState {
+        SupervisorState {
+            header: SupervisorState::header(),
+            exe: "/usr/bin/chatd".into(),
+            config_path: "/etc/chatd/chatd.toml".into(),
+            config_text: String::new(),
+            listen_config: vec!["127.0.0.1:0".parse().unwrap()],
+            listen: vec!["127.0.0.1:9999".parse().unwrap()],
+            bus_frame_version: crate::bus::frame::VERSION,
+            slots: vec![SavedSlot {
+                listeners: vec![7],
+                worker: Some(0),
+                backoff_ms: 100,
+                restart_in_ms: None,
+            }],
+            workers: vec![SavedWorker {
+                id: 0,
+                slot: 0,
+                generation: 1,
+                pid: 4242,
+                bus: Some(SavedBus { fd: 8, unread: vec![1, 0], unsent: vec![] }),
+                age_ms: 5000,
+                state: Lifecycle::Ready,
+                version: "0.1.0".into(),
+                handoff_version: 1,
+                heartbeat_age_ms: 300,
+                took_over: false,
+                counters: WorkerCounters::default(),
+            }],
+            next_worker: 1,
+            generation: 1,
+            hub: SavedHub {
+                seq: 3,
+                next_session: 2,
+                next_guest: 2,
+                members: vec![SavedMember {
+                    session: SessionId(1),
+                    nick: "alice".into(),
+                    ip: "127.0.0.1".parse().unwrap(),
+                    addr: "127.0.0.1:5000".into(),
+                    worker: 0,
+                    age_ms: 4000,
+                }],
+                events: vec![SavedEvent { seq: 3, age_ms: 10, skip: None, line: "hi".into() }],
+                history: vec!["hi".into()],
+                counters: RoomCounters::default(),
+                bans: Vec::new(),
+                bans_changed: false,
+            },
+            control_fd: 5,
+            metrics: SavedMetrics::default(),
+            uptime_ms: 6000,
+            last_watchdog_ms: 0,
+            last_reload: None,
+            status_text: "1 workers, 1 clients, generation 1".into(),
+            next_inspect: 0,
+            reload: Some(SavedReload {
+                client_fd: Some(9),
+                config_text: String::new(),
+                started_ms: 20,
+                from_release: "0.1.0".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_state_reads_back_as_written() {
+        let bytes = sample().encode();
+        let back = SupervisorState::decode(&bytes).expect("decode");
+        assert_eq!(back.encode(), bytes);
+    }
 
     #[test]
     fn a_newer_or_foreign_state_is_refused_by_its_header() {
