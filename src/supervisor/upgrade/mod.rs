@@ -304,6 +304,7 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        let deadline = Instant::now() + SETTLE;
         for w in written {
             let _ = w.recv_deadline(deadline);
         }

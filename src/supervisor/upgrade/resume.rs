@@ -119,6 +119,7 @@ impl Supervisor {
         for w in state.workers {
             let id = WorkerId(w.id);
             let peer = Peer::Worker { slot: w.slot, pid: w.pid };
+            let open = w.bus.is_some();
             let mut conn = match w.bus {
                 Some(bus) => {
                     let stream = std::os::unix::net::UnixStream::from(adopt(bus.fd)?);
@@ -153,8 +154,8 @@ impl Supervisor {
                     version: w.version,
                     handoff_version: w.handoff_version,
                     last_heartbeat: ago(w.heartbeat_age_ms),
-                    // Whatever waits on the bus is read on the first turn.
-                    more_input: true,
+                    // Whatever waits on an open bus is read on the first turn.
+                    more_input: open,
                     took_over: w.took_over,
                     counters: w.counters,
                 },
