@@ -42,11 +42,12 @@ impl Stats {
         }
     }
 
-    /// The counts of `saved`, serving on `endpoint` (its listener adopted from the old image).
-    pub(super) fn restore(saved: SavedMetrics, endpoint: Option<Endpoint>) -> Stats {
+    /// The counts of `saved`; the endpoint is adopted once the rest is in place
+    /// (`Supervisor::adopt_metrics`).
+    pub(super) fn restore(saved: SavedMetrics) -> Stats {
         Stats {
             listen: saved.listen,
-            endpoint,
+            endpoint: None,
             retired: saved.retired,
             reloads_ok: saved.reloads_ok,
             reloads_failed: saved.reloads_failed,
@@ -120,6 +121,18 @@ impl Supervisor {
         self.stats.listen = listen;
         self.stats.endpoint = endpoint;
         self.publish_metrics();
+    }
+
+    /// Serves `/metrics` on a listener the image this one replaced was serving on, with the
+    /// numbers as they are now from the first request on.
+    pub(super) fn adopt_metrics(&mut self, listener: std::net::TcpListener) -> Result<(), String> {
+        let snapshot = self.snapshot();
+        let endpoint = crate::signals::in_threads_blocked(&super::CAUGHT, || {
+            Endpoint::serve(listener, snapshot)
+        })
+        .map_err(|e| format!("metrics endpoint: {e}"))?;
+        self.stats.endpoint = Some(endpoint);
+        Ok(())
     }
 
     /// Hands the endpoint the numbers as they are now (once a second).

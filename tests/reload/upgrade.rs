@@ -179,6 +179,47 @@ fn status_json(control: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
+/// The `/metrics` address, from the server's log.
+fn metrics_addr(server: &OwnServer) -> SocketAddr {
+    let log = server.log.lock().unwrap();
+    let line = log.iter().find_map(|l| l.split("serving metrics on http://").nth(1));
+    let addr = line.and_then(|rest| rest.strip_suffix("/metrics"));
+    addr.unwrap_or_else(|| panic!("no metrics line in {log:?}")).parse().expect("metrics address")
+}
+
+/// Every sample of `/metrics`, by series.
+fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{answer:?}"));
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_string(), value.parse().expect("a number")))
+        .collect()
+}
+
+/// No counter of `after` is below its value in `before`.
+fn expect_counters_kept(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) {
+    let counter = |s: &str| {
+        s.split('{').next().is_some_and(|n| n.ends_with("_total") && n != "chatd_clients_total")
+    };
+    let mut compared = 0;
+    for (series, value) in before.iter().filter(|(s, _)| counter(s)) {
+        let now = after.get(series).unwrap_or_else(|| panic!("{series} gone after the upgrade"));
+        assert!(now >= value, "{series} went back from {value} to {now} across the upgrade");
+        compared += 1;
+    }
+    assert!(compared > 10, "only {compared} counters compared");
+}
+
 /// The supervisor `sup` and the `workers` all run the file with inode `ino`, and status says
 /// `version` for each, with the last reload a success.
 fn expect_running(control: &Path, sup: i32, workers: &[i32], ino: u64, version: &str) {
@@ -194,7 +235,8 @@ fn expect_running(control: &Path, sup: i32, workers: &[i32], ino: u64, version: 
     assert_eq!(v["last_reload"]["ok"], true, "{v}");
 }
 
-/// A server started from `DIR/bin/chatd`, a copy of the harness's binary.
+/// A server started from `DIR/bin/chatd`, a copy of the harness's binary, serving `/metrics`
+/// too.
 fn own_server(workers: usize) -> (tempfile::TempDir, PathBuf, PathBuf, OwnServer) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = dir.path().join("bin");
@@ -203,7 +245,8 @@ fn own_server(workers: usize) -> (tempfile::TempDir, PathBuf, PathBuf, OwnServer
     install(&exe, &fs::read(CHATD).unwrap());
     let control = dir.path().join("control.sock");
     let config = dir.path().join("chatd.toml");
-    fs::write(&config, room_server(workers).render(&control)).unwrap();
+    let builder = room_server(workers).raw("[metrics]\nlisten = \"127.0.0.1:0\"");
+    fs::write(&config, builder.render(&control)).unwrap();
     let server = OwnServer::start(&exe, &config);
     (dir, exe, control, server)
 }
@@ -262,12 +305,21 @@ fn upgrade_and_back_under_load() {
             })
         };
         flowing(2 * SENDERS);
+        let metrics = metrics_addr(&server);
         for (generation, bytes, version) in
             [(2, &other, OTHER_VERSION), (3, &first, first_version.as_str())]
         {
             let ino = install(&exe, bytes);
+            let before = scrape(metrics);
+            let t0 = Instant::now();
             let out = reload_at(&control);
+            let took = t0.elapsed();
             expect_reload_ok(&out, generation, 4);
+            let after = scrape(metrics);
+            expect_counters_kept(&before, &after);
+            let info = format!("chatd_build_info{{version=\"{version}\"}}");
+            assert_eq!(after.get(&info), Some(&1.0), "{info} after the upgrade: {after:?}");
+            eprintln!("upgrade to {version} with {ORIGINALS} clients: `chatd reload` {took:?}");
             let before = st.pids();
             st = wait_settled(&control, sup, 4, generation, &before);
             expect_running(&control, sup, &st.pids(), ino, version);

@@ -10,7 +10,6 @@ use crate::cloexec;
 use crate::config::Config;
 use crate::control;
 use crate::control::Reply;
-use crate::metrics::Endpoint;
 use crate::signals::{self, Signals};
 use crate::supervisor::hub::{Hub, WorkerId};
 use crate::supervisor::operators::Operators;
@@ -162,18 +161,11 @@ impl Supervisor {
             );
         }
         let hub = Hub::restore(&config, state.hub);
-        let endpoint = match state.metrics.fd {
-            Some(fd) => {
-                let listener = std::net::TcpListener::from(adopt(fd)?);
-                let endpoint = signals::in_threads_blocked(&CAUGHT, || {
-                    Endpoint::serve(listener, Default::default())
-                })
-                .map_err(|e| format!("metrics endpoint: {e}"))?;
-                Some(endpoint)
-            }
+        let metrics_listener = match state.metrics.fd {
+            Some(fd) => Some(std::net::TcpListener::from(adopt(fd)?)),
             None => None,
         };
-        let stats = Stats::restore(state.metrics, endpoint);
+        let stats = Stats::restore(state.metrics);
         let now = Instant::now();
         let reload = state.reload.map(|r| {
             let reply = r.client_fd.and_then(|fd| {
@@ -182,7 +174,7 @@ impl Supervisor {
             });
             (reply, r.config_text, ago(r.started_ms))
         });
-        let supervisor = Supervisor {
+        let mut supervisor = Supervisor {
             poll,
             hub,
             exe: state.exe,
@@ -213,7 +205,9 @@ impl Supervisor {
             config_path: state.config_path,
             config_text: state.config_text,
         };
-        supervisor.publish_metrics();
+        if let Some(listener) = metrics_listener {
+            supervisor.adopt_metrics(listener)?;
+        }
         Ok((supervisor, reload))
     }
 }
