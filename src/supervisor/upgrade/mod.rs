@@ -424,3 +424,19 @@ fn read_all(mut file: impl Read) -> Result<Vec<u8>, String> {
     file.read_to_end(&mut bytes).map_err(|e| format!("cannot read the state: {e}"))?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_renamed_over_the_running_one_is_a_change() {
+        let running = std::env::current_exe().expect("own binary");
+        assert!(!binary_changed(&running), "the running file itself is no change");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let copy = dir.path().join("chatd");
+        std::fs::copy(&running, &copy).expect("copy");
+        assert!(binary_changed(&copy), "the same bytes in another file are a new binary");
+        assert!(!binary_changed(&dir.path().join("missing")), "nothing to run is no upgrade");
+    }
+}
