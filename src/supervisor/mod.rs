@@ -6,7 +6,9 @@
 //! control requests; everything else (restarts, heartbeat checks, status updates) runs on timers
 //! from the same loop, so the supervisor is single-threaded apart from the control socket's
 //! small reader threads and the `/metrics` responder's (`crate::metrics`), which only ever see
-//! a snapshot handed to them (`stats`).
+//! a snapshot handed to them (`stats`), and, during an upgrade, the thread waiting for the new
+//! binary's answer (`upgrade`). A reload that finds its binary replaced on disk re-executes the
+//! supervisor in place before rolling the workers (`upgrade`).
 
 mod hub;
 mod operators;
