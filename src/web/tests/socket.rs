@@ -248,3 +248,25 @@ pub(super) fn conversation() -> Vec<u8> {
     ]
     .concat()
 }
+
+/// Through the plain connection's `LineDecoder`, a web client's over-long message is too long
+/// exactly as the same line would be from a plain client, and costs no more while it arrives.
+#[test]
+fn a_message_over_max_line_bytes_is_too_long_as_on_a_plain_connection() {
+    use crate::protocol::decoder::LineDecoder;
+    let long = "w".repeat(100_000);
+    let input =
+        [text(&long), client_frame(TEXT, false, b"o"), client_frame(CONTINUE, true, b"k")].concat();
+    let mut socket = WebSocket::new();
+    let mut web = LineDecoder::new(1024);
+    let (mut lines, mut reply) = (Vec::new(), Vec::new());
+    for piece in input.chunks(1000) {
+        lines.clear();
+        socket.decode(piece, &mut lines, &mut reply).unwrap();
+        web.feed(&lines);
+        assert!(web.buffered_bytes() <= 1025);
+    }
+    let mut plain = LineDecoder::new(1024);
+    plain.feed(format!("{long}\nok\n").as_bytes());
+    assert_eq!(web.collect::<Vec<_>>(), plain.collect::<Vec<_>>());
+}
