@@ -34,6 +34,10 @@ pub struct WebSocket {
     pub(super) sent_close: bool,
     /// The session is over: the client's close arrived, or its input was bad.
     pub(super) closed: bool,
+    /// The client was told its binary messages are dropped, and sent no text since: the next
+    /// binary message is dropped without telling it again, so a flood of tiny binary frames
+    /// cannot make the server write more than one notice per text line (text is rate-limited).
+    pub(super) told_binary: bool,
 }
 
 /// The frame whose payload is arriving.
@@ -166,6 +170,7 @@ impl WebSocket {
             message: Message::None,
             sent_close: false,
             closed: false,
+            told_binary: false,
         }
     }
 
@@ -307,9 +312,11 @@ impl WebSocket {
                             lines.extend_from_slice(REPLACEMENT);
                         }
                         lines.push(b'\n');
+                        self.told_binary = false;
                     }
-                    Message::Binary if !self.sent_close => {
+                    Message::Binary if !self.sent_close && !self.told_binary => {
                         frame::frame_lines(BINARY_NOTICE.as_bytes(), reply);
+                        self.told_binary = true;
                     }
                     _ => {}
                 }

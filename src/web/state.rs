@@ -26,6 +26,8 @@ pub struct WebState {
     sent_close: bool,
     /// The session is over (the client's close arrived, or its input broke the protocol).
     closed: bool,
+    /// The client was told about a binary message and has sent no text since.
+    told_binary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +96,7 @@ impl WebSocket {
             },
             sent_close: self.sent_close,
             closed: self.closed,
+            told_binary: self.told_binary,
         }
     }
 
@@ -117,7 +120,14 @@ impl WebSocket {
                 Some(restore_frame(frame, message)?)
             }
         };
-        Ok(WebSocket { header, frame, message, sent_close: state.sent_close, closed: state.closed })
+        Ok(WebSocket {
+            header,
+            frame,
+            message,
+            sent_close: state.sent_close,
+            closed: state.closed,
+            told_binary: state.told_binary,
+        })
     }
 }
 

@@ -169,6 +169,7 @@ fn a_binary_message_is_dropped_with_a_notice_and_the_session_goes_on() {
         client_frame(BINARY, false, &[0xff, 0, 1]),
         client_frame(PING, true, b"p"),
         client_frame(CONTINUE, true, &[2, 3]),
+        client_frame(BINARY, true, b"told once"),
         text("still here"),
         client_frame(BINARY, true, b"again"),
     ]
