@@ -271,3 +271,40 @@ fn a_message_over_max_line_bytes_is_too_long_as_on_a_plain_connection() {
     plain.feed(format!("{long}\nok\n").as_bytes());
     assert_eq!(web.collect::<Vec<_>>(), plain.collect::<Vec<_>>());
 }
+
+proptest::proptest! {
+    /// Any text messages, fragmented anywhere (mid-character included) with pings between the
+    /// fragments, read in pieces of any size: each message is one line, each ping one pong.
+    #[test]
+    fn fragmented_messages_read_in_any_pieces_are_their_lines(
+        messages in proptest::collection::vec(("\\PC{0,40}", proptest::collection::vec(0usize..200, 0..4)), 0..8),
+        piece in 1usize..64,
+    ) {
+        let mut input = Vec::new();
+        let mut expected = String::new();
+        let mut pongs = Vec::new();
+        for (message, cuts) in &messages {
+            let bytes = message.as_bytes();
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut from = 0;
+            for (i, &cut) in cuts.iter().chain([&bytes.len()]).enumerate() {
+                let opcode = if i == 0 { TEXT } else { CONTINUE };
+                input.extend(client_frame(opcode, i == cuts.len(), &bytes[from..cut]));
+                if i < cuts.len() {
+                    input.extend(client_frame(PING, true, &[i as u8]));
+                    let mut pong = Vec::new();
+                    Frame::pong(vec![i as u8]).format(&mut pong).unwrap();
+                    pongs.extend(pong);
+                }
+                from = cut;
+            }
+            expected.push_str(message);
+            expected.push('\n');
+        }
+        let outcome = decode_pieces(&mut WebSocket::new(), input.chunks(piece));
+        proptest::prop_assert_eq!(String::from_utf8(outcome.lines).unwrap(), expected);
+        proptest::prop_assert_eq!(outcome.reply, pongs);
+        proptest::prop_assert_eq!(outcome.end, Ok(Decoded::Open));
+    }
+}
