@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
-#[command(name = "chatd", version, about = "A multi-process line chat server")]
+#[command(name = "chatd", version = crate::version::VERSION, about = "A multi-process line chat server")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -22,6 +22,12 @@ pub enum Cmd {
         /// Config file to run with (a regular file of at most 1 MiB).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Upgrade: take over from the previous binary, whose state is in this descriptor.
+        #[arg(long, hide = true, value_name = "FD")]
+        resume_fd: Option<i32>,
+        /// Upgrade: read a supervisor's state on stdin and say whether this binary can run it.
+        #[arg(long, hide = true, conflicts_with = "resume_fd")]
+        check_state: bool,
     },
     /// Validate a config file: exit 0, or print the error with file:line:column and exit 1.
     CheckConfig {

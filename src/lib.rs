@@ -21,4 +21,6 @@ pub mod signals;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;
+pub mod version;
+pub mod web;
 pub mod worker;

@@ -11,9 +11,13 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve { config } => {
+        Cmd::Serve { check_state: true, config, .. } => chatd::supervisor::check_state(&config),
+        Cmd::Serve { config, resume_fd, .. } => {
             chatd::logging::init("supervisor");
-            chatd::supervisor::run(&config)
+            match resume_fd {
+                Some(fd) => chatd::supervisor::resume(fd),
+                None => chatd::supervisor::run(&config),
+            }
         }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {

@@ -55,3 +55,44 @@ pub fn ignore(signal: nix::sys::signal::Signal) -> nix::Result<()> {
     // SAFETY: installing SIG_IGN does not run any code in signal context.
     unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) }.map(|_| ())
 }
+
+/// The signals in `signals` as a set.
+fn set_of(signals: &[c_int]) -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for &signal in signals {
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(signal) {
+            set.add(signal);
+        }
+    }
+    set
+}
+
+/// Holds `signals` back in the calling thread (they stay pending, also across an exec) or lets
+/// them through again.
+pub fn block(signals: &[c_int], blocked: bool) -> nix::Result<()> {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    let how = if blocked { SigmaskHow::SIG_BLOCK } else { SigmaskHow::SIG_UNBLOCK };
+    pthread_sigmask(how, Some(&set_of(signals)), None)
+}
+
+/// Runs `f` (which starts threads) with `signals` blocked, so the threads it starts never take
+/// them: they always reach the thread that runs the event loop. A supervisor about to exec
+/// blocks them there, and they wait for the new image instead of landing, unseen, in a thread
+/// of the old one.
+pub fn in_threads_blocked<T>(signals: &[c_int], f: impl FnOnce() -> T) -> T {
+    let mut old = nix::sys::signal::SigSet::empty();
+    let blocked = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&set_of(signals)),
+        Some(&mut old),
+    );
+    let result = f();
+    if blocked.is_ok() {
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&old),
+            None,
+        );
+    }
+    result
+}

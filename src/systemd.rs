@@ -22,6 +22,16 @@ impl Notifier {
         }
     }
 
+    /// A notifier that last sent `STATUS=status` (a supervisor that re-executed itself).
+    pub fn with_status(status: String) -> Notifier {
+        Notifier { last_status: status }
+    }
+
+    /// The last `STATUS=` sent.
+    pub fn last_status(&self) -> &str {
+        &self.last_status
+    }
+
     /// Startup or a reload finished: the service accepts connections.
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();

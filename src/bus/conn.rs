@@ -61,6 +61,19 @@ pub struct BusConn {
     fill_budget: usize,
 }
 
+/// What a connection holds besides its socket: the bytes read but not yet taken as frames and
+/// the bytes queued but not yet written. The supervisor carries them across the exec of an
+/// upgrade (`supervisor::upgrade`), so no frame is lost or cut on either side of the bus.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parked {
+    pub unread: Vec<u8>,
+    pub unsent: Vec<u8>,
+}
+
+/// A connection cannot be parked while descriptors wait in it (they cannot be written down).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DescriptorsInFlight;
+
 impl BusConn {
     pub fn new(stream: UnixStream, peer: Peer) -> BusConn {
         BusConn {
@@ -84,6 +97,32 @@ impl BusConn {
     /// bigger than their socket buffers.
     pub fn with_fill_budget(stream: UnixStream, peer: Peer, budget: usize) -> BusConn {
         BusConn { fill_budget: budget, ..BusConn::new(stream, peer) }
+    }
+
+    /// A connection that goes on where a parked one stopped, over the same socket.
+    pub fn resume(stream: UnixStream, peer: Peer, parked: Parked) -> BusConn {
+        let mut conn = BusConn::new(stream, peer);
+        conn.rlen = parked.unread.len();
+        conn.rbuf = parked.unread;
+        conn.wbuf = parked.unsent;
+        conn
+    }
+
+    /// Its buffered bytes, to resume it elsewhere; refused while descriptors are queued either
+    /// way (received and not taken, or waiting to be sent).
+    pub fn park(&self) -> Result<Parked, DescriptorsInFlight> {
+        if !self.out_fds.is_empty() || !self.in_fds.is_empty() {
+            return Err(DescriptorsInFlight);
+        }
+        Ok(Parked {
+            unread: self.rbuf[self.rpos..self.rlen].to_vec(),
+            unsent: self.wbuf[self.wpos..].to_vec(),
+        })
+    }
+
+    /// The socket's descriptor number.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
     }
 
     pub fn stream(&mut self) -> &mut UnixStream {

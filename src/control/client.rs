@@ -2,6 +2,7 @@
 //! control socket.
 
 use super::{ControlCommand, Reply, Status};
+use crate::config::duration::span;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Uid, User};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -73,10 +74,10 @@ fn service_user() -> Option<Uid> {
 /// The human-readable form of `chatd status`: what `--json` holds, a failed reload included.
 pub fn format_status(status: &Status) -> String {
     let mut out = format!(
-        "chatd {}, pid {}, up {}s, generation {}, {} clients, listening on {}\n",
+        "chatd {}, pid {}, up {}, generation {}, {} clients, listening on {}\n",
         status.version,
         status.pid,
-        status.uptime_s,
+        span(Duration::from_secs(status.uptime_s)),
         status.generation,
         status.clients,
         status.listen.join(", ")
@@ -95,8 +96,13 @@ pub fn format_status(status: &Status) -> String {
     for w in &status.workers {
         let version = if w.version.is_empty() { "-" } else { &w.version };
         out.push_str(&format!(
-            "{:<5} {:<9} {:<11} {:<9} {:<8} {}s\n",
-            w.slot, w.pid, w.generation, version, w.clients, w.uptime_s
+            "{:<5} {:<9} {:<11} {:<9} {:<8} {}\n",
+            w.slot,
+            w.pid,
+            w.generation,
+            version,
+            w.clients,
+            span(Duration::from_secs(w.uptime_s))
         ));
     }
     out
@@ -119,7 +125,7 @@ mod tests {
                 generation: 2,
                 version: "1.2.3".into(),
                 clients: 5,
-                uptime_s: 7,
+                uptime_s: 3720,
             }],
             pid: 41,
             uptime_s: 99,
@@ -138,9 +144,12 @@ mod tests {
             duration_s: 0.001,
         };
         let text = format_status(&status(Some(failed)));
-        assert!(text.starts_with("chatd 1.2.3, pid 41, up 99s, generation 2, 5 clients"), "{text}");
+        assert!(
+            text.starts_with("chatd 1.2.3, pid 41, up 1m39s, generation 2, 5 clients"),
+            "{text}"
+        );
         assert!(text.contains("last reload: FAILED: chatd.toml:3:1: bad\n"), "{text}");
-        assert!(text.contains("0     42        2           1.2.3     5        7s\n"), "{text}");
+        assert!(text.contains("0     42        2           1.2.3     5        1h02m\n"), "{text}");
         assert!(format_status(&status(None)).contains("last reload: none\n"));
     }
 }

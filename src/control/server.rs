@@ -16,6 +16,7 @@ use log::{info, warn};
 use nix::sys::socket::{UnixCredentials, getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ pub struct Request {
     pub reply: Sender<Reply>,
     /// Signalled once the answer has been written to the client (or could not be).
     pub written: Receiver<()>,
+    /// A second descriptor of the client's connection: a supervisor that re-executes itself
+    /// while the request waits (`reload`) gives it to its new image, which answers on it.
+    pub conn: Option<OwnedFd>,
 }
 
 /// A request is one line, a word or a JSON object (a `chatd say` text at most a few KiB):
@@ -41,6 +45,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// The bound control socket; removes its path when dropped.
 pub struct ControlSocket {
     path: PathBuf,
+    /// The listening socket (the serving thread has its own descriptor of it).
+    listener: UnixListener,
+}
+
+impl ControlSocket {
+    /// The listening descriptor, to be kept across an exec of the supervisor.
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
 }
 
 impl Drop for ControlSocket {
@@ -56,6 +69,16 @@ pub fn start(
     waker: Arc<mio::Waker>,
 ) -> io::Result<(ControlSocket, Receiver<Request>)> {
     let listener = bind(path)?;
+    adopt(listener, path, waker)
+}
+
+/// Serves a control socket already bound (by this process, or by the image it replaced).
+pub fn adopt(
+    listener: UnixListener,
+    path: &Path,
+    waker: Arc<mio::Waker>,
+) -> io::Result<(ControlSocket, Receiver<Request>)> {
+    let kept = listener.try_clone()?;
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for stream in listener.incoming() {
@@ -74,7 +97,22 @@ pub fn start(
             }
         }
     })?;
-    Ok((ControlSocket { path: path.to_path_buf() }, rx))
+    Ok((ControlSocket { path: path.to_path_buf(), listener: kept }, rx))
+}
+
+/// Answers a request whose client connected to the image this process replaced: the reply
+/// the returned channel gets is written to `stream`, as `serve` would have.
+pub fn answer_later(stream: UnixStream) -> io::Result<Sender<Reply>> {
+    let (tx, rx) = crossbeam_channel::bounded::<Reply>(1);
+    std::thread::Builder::new().name("control-client".into()).spawn(move || {
+        let reply = rx.recv().unwrap_or_else(|_| Reply::failed("no answer from the server"));
+        let mut line = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+        line.push('\n');
+        if let Err(e) = (&stream).write_all(line.as_bytes()) {
+            warn!("control: cannot answer: {e}");
+        }
+    })?;
+    Ok(tx)
 }
 
 /// Binds with mode 0600 from the start (through the umask, so there is no window where the
@@ -168,7 +206,8 @@ fn answer(
         ),
         Ok(_) => match ControlCommand::parse(&line) {
             Some(command) => {
-                return Some((Some(command.clone()), forward(command, tx, waker, written)));
+                let reply = forward(stream, command.clone(), tx, waker, written);
+                return Some((Some(command), reply));
             }
             None => (format!("unknown request {:?}", line.trim()), None),
         },
@@ -187,13 +226,18 @@ fn answer(
 
 /// Hands a request to the event loop and waits for its answer.
 fn forward(
+    stream: &UnixStream,
     command: ControlCommand,
     tx: &Sender<Request>,
     waker: &mio::Waker,
     written: Receiver<()>,
 ) -> Reply {
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-    if tx.send(Request { command, reply: reply_tx, written }).is_err() || waker.wake().is_err() {
+    let conn = (command == ControlCommand::Reload)
+        .then(|| stream.as_fd().try_clone_to_owned().ok())
+        .flatten();
+    let request = Request { command, reply: reply_tx, written, conn };
+    if tx.send(request).is_err() || waker.wake().is_err() {
         return Reply::failed("server is shutting down");
     }
     reply_rx

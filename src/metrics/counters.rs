@@ -3,6 +3,7 @@
 //! supervisor hands to the responder.
 
 use crate::bus::message::{LeaveReason, RoomEvent, WorkerCounters};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ impl Rejection {
 
 /// What the hub counts: everything that happens to the room. It lives as long as the hub (the
 /// supervisor's life), so it only grows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomCounters {
     lines: [u64; LineKind::ALL.len()],
     disconnections: [u64; Disconnect::ALL.len()],
@@ -167,7 +168,7 @@ impl RoomCounters {
 
 /// A histogram with fixed buckets (upper bounds in seconds), for reload durations: a reload
 /// takes from milliseconds (a quiet room) to minutes (a drain).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative); the last one counts those above every bound.
     counts: [u64; Histogram::BOUNDS.len() + 1],

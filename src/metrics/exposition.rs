@@ -14,11 +14,11 @@ use prometheus_client::registry::Registry;
 use std::fmt;
 use std::sync::Arc;
 
+// The release this binary is, as `chatd_build_info{version}` shows it.
+use crate::version::VERSION;
+
 /// The `Content-Type` of what [`render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
-
-/// The release this binary is, as `chatd_build_info{version}` shows it.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The text of `/metrics` for `snapshot`.
 pub fn render(snapshot: Arc<Snapshot>) -> Result<String, fmt::Error> {

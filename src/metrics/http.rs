@@ -45,7 +45,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds `addr` and starts answering with `snapshot` (until the next [`Endpoint::publish`]).
     pub fn start(addr: SocketAddr, snapshot: Snapshot) -> io::Result<Endpoint> {
-        let listener = TcpListener::bind(addr)?;
+        Endpoint::serve(TcpListener::bind(addr)?, snapshot)
+    }
+
+    /// Starts answering on a listener bound already (by the image an upgraded supervisor
+    /// replaced).
+    pub fn serve(listener: TcpListener, snapshot: Snapshot) -> io::Result<Endpoint> {
         let addr = listener.local_addr()?;
         let latest: Shared = Arc::new(Mutex::new(Arc::new(snapshot)));
         let stop = Arc::new(AtomicBool::new(false));
@@ -60,6 +65,11 @@ impl Endpoint {
                 .spawn(move || respond(&listener, &latest, &stop))?;
         }
         Ok(endpoint)
+    }
+
+    /// The listening descriptor, to be kept across an exec of the supervisor.
+    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
     }
 
     /// The address served (a port 0 resolved).

@@ -539,5 +539,6 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
 }
 
 mod operators;
+mod saved;
 #[cfg(test)]
 mod tests;

@@ -6,14 +6,19 @@
 //! control requests; everything else (restarts, heartbeat checks, status updates) runs on timers
 //! from the same loop, so the supervisor is single-threaded apart from the control socket's
 //! small reader threads and the `/metrics` responder's (`crate::metrics`), which only ever see
-//! a snapshot handed to them (`stats`).
+//! a snapshot handed to them (`stats`), and, during an upgrade, the thread waiting for the new
+//! binary's answer (`upgrade`). A reload that finds its binary replaced on disk re-executes the
+//! supervisor in place before rolling the workers (`upgrade`).
 
 mod hub;
 mod operators;
 mod reload;
 mod spawn;
 mod stats;
+mod upgrade;
 mod workers;
+
+pub use upgrade::{check_state, resume};
 
 use crate::bus::WorkerOrder;
 use crate::config::Config;
@@ -35,6 +40,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use workers::WorkerProc;
+
+/// The signals the supervisor handles; threads it starts block them (`signals`).
+const CAUGHT: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD];
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -97,6 +105,8 @@ pub struct Supervisor {
     /// Workers of slots a reload removed, waiting to hand their sessions over.
     removed_workers: Vec<WorkerId>,
     reload: Option<reload::RollingReload>,
+    /// A reload that found a new binary, waiting for it to answer the probe.
+    upgrade: Option<upgrade::Pending>,
     slots: Vec<Slot>,
     workers: BTreeMap<WorkerId, WorkerProc>,
     next_worker: WorkerId,
@@ -104,7 +114,9 @@ pub struct Supervisor {
     hub: Hub,
     signals: Signals,
     control: Receiver<Request>,
-    _control_socket: ControlSocket,
+    control_socket: ControlSocket,
+    /// Wakes the event loop from other threads (control requests, the upgrade probe).
+    waker: Arc<Waker>,
     notifier: Notifier,
     watchdog: Option<Duration>,
     run_state: RunState,
@@ -144,8 +156,8 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
-        let mut signals = Signals::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals =
+            Signals::new(&CAUGHT).map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(signals.source(), SIGNALS, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
@@ -153,10 +165,10 @@ impl Supervisor {
             Waker::new(poll.registry(), CONTROL)
                 .map_err(|e| format!("cannot create waker: {e}"))?,
         );
-        let (control_socket, control) =
-            crate::control::server::start(&config.server.control_socket, waker).map_err(|e| {
-                format!("control socket {}: {e}", config.server.control_socket.display())
-            })?;
+        let (control_socket, control) = crate::signals::in_threads_blocked(&CAUGHT, || {
+            crate::control::server::start(&config.server.control_socket, waker.clone())
+        })
+        .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
         let (slots, listen) = bind_slots(&config)?;
@@ -170,13 +182,15 @@ impl Supervisor {
             listen,
             removed_workers: Vec::new(),
             reload: None,
+            upgrade: None,
             slots,
             workers: BTreeMap::new(),
             next_worker: WorkerId(0),
             generation: 1,
             signals,
             control,
-            _control_socket: control_socket,
+            control_socket,
+            waker,
             notifier: Notifier::new(),
             watchdog: Notifier::watchdog_interval(),
             run_state: RunState::Starting,
@@ -228,6 +242,9 @@ impl Supervisor {
             if self.reload.is_some() {
                 self.advance_reload();
             }
+            if self.upgrade.is_some() {
+                self.advance_upgrade();
+            }
             self.flush_buses();
             if let RunState::Stopping { .. } = self.run_state {
                 if self.workers.is_empty() {
@@ -255,6 +272,9 @@ impl Supervisor {
         if let Some(deadline) = self.operators_deadline() {
             next = next.min(deadline);
         }
+        if let Some(upgrade) = &self.upgrade {
+            next = next.min(upgrade.deadline());
+        }
         next.saturating_duration_since(Instant::now())
     }
 
@@ -268,7 +288,7 @@ impl Supervisor {
                 }
                 libc::SIGHUP => {
                     info!("received SIGHUP; reloading");
-                    self.reload(None);
+                    self.reload(None, None);
                 }
                 _ => {}
             }
@@ -279,7 +299,7 @@ impl Supervisor {
         let reply = match request.command {
             ControlCommand::Status => Reply::status(self.status()),
             // Answered when the reload is over.
-            ControlCommand::Reload => return self.reload(Some(request.reply)),
+            ControlCommand::Reload => return self.reload(Some(request.reply), request.conn),
             // Answered when the workers are gone.
             ControlCommand::Stop => {
                 info!("stop requested on the control socket");
@@ -301,6 +321,9 @@ impl Supervisor {
         self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {
             reload.abandon("the server is stopping");
+        }
+        if let Some(upgrade) = self.upgrade.take() {
+            upgrade.abandon("the server is stopping");
         }
         for slot in &mut self.slots {
             slot.restart_at = None;
@@ -352,7 +375,7 @@ impl Supervisor {
                 for w in self.workers.values_mut() {
                     warn!("slot {}: worker pid {} did not stop in time; killing", w.slot, w.pid);
                     // Not waited for: the supervisor exits now and must not block on a child.
-                    let _ = w.child.kill();
+                    workers::kill_worker(w.pid);
                 }
                 self.workers.clear();
             }
@@ -405,7 +428,7 @@ impl Supervisor {
 
     fn status(&self) -> Status {
         Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::VERSION.to_string(),
             generation: self.generation,
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             clients: self.hub.online(),

@@ -28,6 +28,18 @@ pub(super) struct Operators {
     pending: Vec<PendingWho>,
 }
 
+impl Operators {
+    /// None waiting; the next round gets `next_id` (an upgraded supervisor goes on counting,
+    /// so no late answer from before is taken for a new round's).
+    pub(super) fn starting_at(next_id: u64) -> Operators {
+        Operators { next_id, pending: Vec::new() }
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+}
+
 struct PendingWho {
     id: u64,
     reply: Sender<Reply>,
@@ -189,6 +201,16 @@ impl Supervisor {
     }
 
     /// When the next `who` gives up waiting.
+    /// Answers every `chatd who` waiting for the workers with what has come so far (the
+    /// supervisor is about to exec: those requests' connections would not survive).
+    pub(super) fn answer_operators_now(&mut self) {
+        let now = Instant::now();
+        for p in &mut self.operators.pending {
+            p.deadline = now;
+        }
+        self.tend_operators();
+    }
+
     pub(super) fn operators_deadline(&self) -> Option<Instant> {
         self.operators.pending.iter().map(|p| p.deadline).min()
     }

@@ -15,7 +15,7 @@
 //! them, except those of removed slots and addresses, which go once the reload is over.
 
 use super::workers::{Lifecycle, Mailboxes};
-use super::{RunState, Slot, Supervisor, WorkerId};
+use super::{RunState, Slot, Supervisor, WorkerId, upgrade};
 use crate::bus::{ToWorker, WorkerOrder, handoff};
 use crate::config::Config;
 use crate::control::{ReloadOutcome, Reply};
@@ -80,8 +80,10 @@ impl RollingReload {
 }
 
 impl Supervisor {
-    /// Starts a reload (from `chatd reload` when `reply` is set, else from SIGHUP).
-    pub(super) fn reload(&mut self, reply: Option<Sender<Reply>>) {
+    /// Starts a reload (from `chatd reload` when `reply` is set, with `client` its connection;
+    /// else from SIGHUP). When the binary changed on disk, the supervisor first re-executes
+    /// itself (`upgrade`) and the new image carries on from [`Supervisor::apply_reload`].
+    pub(super) fn reload(&mut self, reply: Option<Sender<Reply>>, client: Option<OwnedFd>) {
         let answer = |reply: Option<Sender<Reply>>, r: Reply| {
             if let Some(tx) = reply {
                 let _ = tx.send(r);
@@ -93,15 +95,36 @@ impl Supervisor {
                 Reply::failed("the server is not running (starting or stopping)"),
             );
         }
-        if self.reload.is_some() {
+        if self.reload.is_some() || self.upgrade.is_some() {
             return answer(reply, Reply::failed("a reload is already in progress"));
         }
         let started = Instant::now();
+        let text = crate::config::read_file(&self.config_path).map_err(|e| e.to_string());
+        match text {
+            Ok(text) if upgrade::binary_changed(&self.exe) => {
+                self.start_upgrade(reply, client, text, started)
+            }
+            text => self.apply_reload(reply, text, started),
+        }
+    }
+
+    /// Applies the config `text` read at `started`: validated, new addresses bound, then the
+    /// slots roll. On error nothing changes.
+    pub(super) fn apply_reload(
+        &mut self,
+        reply: Option<Sender<Reply>>,
+        text: Result<String, String>,
+        started: Instant,
+    ) {
+        let answer = |reply: Option<Sender<Reply>>, r: Reply| {
+            if let Some(tx) = reply {
+                let _ = tx.send(r);
+            }
+        };
         let origin = self.config_path.display().to_string();
-        let parsed =
-            crate::config::read_file(&self.config_path).map_err(|e| e.to_string()).and_then(
-                |text| Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string()),
-            );
+        let parsed = text.and_then(|text| {
+            Config::parse(&text, &origin).map(|c| (c, text)).map_err(|e| e.to_string())
+        });
         let old_count = self.slots.len();
         let prepared = parsed.and_then(|(config, text)| {
             let metrics = self.prepare_metrics(&config)?;
@@ -384,7 +407,7 @@ impl Supervisor {
     }
 
     /// Records a failed reload and shows it in `STATUS=` at once.
-    fn reload_failed(&mut self, started: Instant, error: String) {
+    pub(super) fn reload_failed(&mut self, started: Instant, error: String) {
         let duration_s = started.elapsed().as_secs_f64();
         self.stats.reload_failed();
         self.last_reload = Some(ReloadOutcome { ok: false, error: Some(error), duration_s });

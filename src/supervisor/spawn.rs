@@ -14,11 +14,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// A freshly started worker and the supervisor's end of its bus.
 pub struct Spawned {
-    pub child: Child,
+    pub pid: u32,
     pub conn: BusConn,
 }
 
@@ -62,11 +62,12 @@ pub fn spawn_worker(
     // calls are allowed: `cloexec::clear` is two fcntl calls, and `inherit` was allocated
     // before the fork.
     unsafe { command.pre_exec(keep_open) };
-    let child = command.spawn()?;
+    // The `Child` is dropped, which neither waits nor kills: the supervisor reaps by pid.
+    let pid = command.spawn()?.id();
     drop(theirs);
     ours.set_nonblocking(true)?;
-    let peer = Peer::Worker { slot, pid: child.id() };
+    let peer = Peer::Worker { slot, pid };
     let mut conn = BusConn::new(mio::net::UnixStream::from_std(ours), peer);
     conn.send(&ToWorker::Control(setup));
-    Ok(Spawned { child, conn })
+    Ok(Spawned { pid, conn })
 }

@@ -4,12 +4,14 @@
 //! across reloads.
 
 use super::Supervisor;
+use super::upgrade::state::SavedMetrics;
 use crate::bus::WorkerCounters;
 use crate::config::Config;
 use crate::metrics::{Endpoint, Histogram, Snapshot};
 use log::info;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 #[derive(Default)]
@@ -27,6 +29,33 @@ pub(super) struct Stats {
 }
 
 impl Stats {
+    /// The counts and the endpoint's address, for an upgrade (`upgrade::state`).
+    pub(super) fn save(&self) -> SavedMetrics {
+        SavedMetrics {
+            listen: self.listen,
+            fd: self.endpoint.as_ref().map(|e| e.listener().as_raw_fd()),
+            retired: self.retired,
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            reload_durations: self.reload_durations.clone(),
+            worker_restarts: self.worker_restarts,
+        }
+    }
+
+    /// The counts of `saved`; the endpoint is adopted once the rest is in place
+    /// (`Supervisor::adopt_metrics`).
+    pub(super) fn restore(saved: SavedMetrics) -> Stats {
+        Stats {
+            listen: saved.listen,
+            endpoint: None,
+            retired: saved.retired,
+            reloads_ok: saved.reloads_ok,
+            reloads_failed: saved.reloads_failed,
+            reload_durations: saved.reload_durations,
+            worker_restarts: saved.worker_restarts,
+        }
+    }
+
     /// A worker is gone for good: its last report joins the totals.
     pub(super) fn retire(&mut self, last: &WorkerCounters) {
         self.retired.add(last);
@@ -75,8 +104,10 @@ impl Supervisor {
 
     fn bind_metrics(&self, listen: Option<SocketAddr>) -> Result<MetricsChange, String> {
         let Some(addr) = listen else { return Ok(MetricsChange::Replace(None, None)) };
-        let endpoint = Endpoint::start(addr, self.snapshot())
-            .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?;
+        let snapshot = self.snapshot();
+        let endpoint =
+            crate::signals::in_threads_blocked(&super::CAUGHT, || Endpoint::start(addr, snapshot))
+                .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?;
         Ok(MetricsChange::Replace(listen, Some(endpoint)))
     }
 
@@ -92,6 +123,18 @@ impl Supervisor {
         self.publish_metrics();
     }
 
+    /// Serves `/metrics` on a listener the image this one replaced was serving on, with the
+    /// numbers as they are now from the first request on.
+    pub(super) fn adopt_metrics(&mut self, listener: std::net::TcpListener) -> Result<(), String> {
+        let snapshot = self.snapshot();
+        let endpoint = crate::signals::in_threads_blocked(&super::CAUGHT, || {
+            Endpoint::serve(listener, snapshot)
+        })
+        .map_err(|e| format!("metrics endpoint: {e}"))?;
+        self.stats.endpoint = Some(endpoint);
+        Ok(())
+    }
+
     /// Hands the endpoint the numbers as they are now (once a second).
     pub(super) fn publish_metrics(&self) {
         if let Some(endpoint) = &self.stats.endpoint {
@@ -99,7 +142,7 @@ impl Supervisor {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         let mut clients: BTreeMap<usize, u64> = (0..self.slots.len()).map(|s| (s, 0)).collect();
         for (id, n) in self.hub.online_by_worker() {
             if let Some(worker) = self.workers.get(&id) {

@@ -17,13 +17,15 @@ use crate::config::duration;
 use log::{error, info, warn};
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// Where a worker process is in its life, as the supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a worker process is in its life, as the supervisor sees it. Part of the state an
+/// upgrade carries (`upgrade::state`): renaming a variant changes that format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Lifecycle {
     /// Spawned; it has not said Hello yet.
     Starting,
@@ -44,8 +46,9 @@ pub(super) enum Lifecycle {
 pub(super) struct WorkerProc {
     pub slot: usize,
     pub generation: u64,
+    /// Reaped by pid, not through a `std::process::Child`: a supervisor that re-executed
+    /// itself (`upgrade`) is still the parent of workers it did not spawn in this image.
     pub pid: u32,
-    pub child: Child,
     pub conn: BusConn,
     pub started: Instant,
     pub state: Lifecycle,
@@ -92,6 +95,22 @@ impl WorkerProc {
         };
         self.conn.send(&ToWorker::Control(order));
     }
+}
+
+/// How a worker process ended, if it has (reaping it); `None` while it runs.
+fn exit_status(pid: u32) -> Option<String> {
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status: {code}")),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(format!("signal: {signal}")),
+        Ok(_) => None,
+        // Not our child (any more): nothing left to wait for.
+        Err(_) => Some("already reaped".to_string()),
+    }
+}
+
+/// Kills a worker without waiting for it (the reaper collects it).
+pub(super) fn kill_worker(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
 /// The hub's view of the workers: frames go into their bus buffers.
@@ -143,7 +162,7 @@ impl Supervisor {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("cannot watch worker bus: {e}"))?;
-        let pid = spawned.child.id();
+        let pid = spawned.pid;
         let now = Instant::now();
         self.workers.insert(
             id,
@@ -151,7 +170,6 @@ impl Supervisor {
                 slot,
                 generation: self.generation,
                 pid,
-                child: spawned.child,
                 conn,
                 started: now,
                 state: Lifecycle::Starting,
@@ -270,16 +288,14 @@ impl Supervisor {
         let exited: Vec<WorkerId> = self
             .workers
             .iter_mut()
-            .filter_map(|(id, w)| match w.child.try_wait() {
-                Ok(Some(status)) => {
-                    if w.end_expected() || stopping {
-                        info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
-                    } else {
-                        warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
-                    }
-                    Some(*id)
+            .filter_map(|(id, w)| {
+                let status = exit_status(w.pid)?;
+                if w.end_expected() || stopping {
+                    info!("slot {}: worker pid {} exited ({status})", w.slot, w.pid);
+                } else {
+                    warn!("slot {}: worker pid {} died ({status})", w.slot, w.pid);
                 }
-                _ => None,
+                Some(*id)
             })
             .collect();
         for id in exited {

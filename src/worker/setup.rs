@@ -56,7 +56,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         pid: std::process::id(),
         generation: args.generation,
         handoff: crate::bus::handoff::VERSION,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::version::VERSION.to_string(),
     }));
     log::debug!("generation {} up with {} listeners", args.generation, worker.accept.listeners());
     // Connections may have queued on the slot's listeners while no worker served it.

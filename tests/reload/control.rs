@@ -16,7 +16,6 @@ use crate::{CONTROL_TIMEOUT, SETTLE_TIMEOUT};
 /// `chatd status --json`, parsed.
 #[derive(Clone, Debug)]
 pub struct Status {
-    pub version: String,
     pub generation: u64,
     pub clients: u64,
     pub listen: Vec<String>,
@@ -52,7 +51,6 @@ fn parse_status(text: &str) -> Status {
         .collect();
     workers.sort_unstable();
     Status {
-        version: v["version"].as_str().expect("status: version").to_string(),
         generation: u(&v, "generation"),
         clients: u(&v, "clients"),
         listen: v["listen"]

@@ -275,7 +275,11 @@ fn packaged_service_end_to_end() {
     let cursor = sb.journal_cursor();
     let upgrade_out = match &package {
         Package::Deb(_) => sb.ok(&["dpkg", "-i", "/tmp/chatd.deb"]),
-        Package::Files => sb.ok(&["/tmp/postinst", "configure", "0.1.0-1"]),
+        Package::Files => {
+            // As dpkg unpacks it: a new file renamed over the old one.
+            sb.cp(Path::new(CHATD), "/usr/bin/chatd");
+            sb.ok(&["/tmp/postinst", "configure", "0.1.0-1"])
+        }
     };
     sb.wait_prop("StatusText", &format!("{WORKERS} workers, 2 clients, generation 4"));
     assert_eq!(
@@ -284,6 +288,15 @@ fn packaged_service_end_to_end() {
         "the upgrade restarted chatd: {upgrade_out}"
     );
     assert_eq!(sb.read("/etc/chatd/chatd.toml"), config, "the upgrade replaced the edited config");
+    // The new file replaced the old one: the supervisor re-executed itself from it (same pid,
+    // under the unit's sandbox and system-call filter), rather than going on from the deleted file.
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    assert!(
+        journal.lines().any(|l| l.contains("re-executed: chatd ")),
+        "the supervisor did not re-execute itself on the upgrade: {upgrade_out}"
+    );
+    let exe = sb.ok(&["readlink", &format!("/proc/{main_pid}/exe")]);
+    assert_eq!(exe.trim(), "/usr/bin/chatd", "the supervisor's binary after the upgrade");
     chat(&mut [&mut alice, &mut bob], 0, &alice_nick, "after the upgrade");
     assert_eq!(sb.warnings_since(&cursor), Vec::<String>::new(), "warnings logged by the upgrade");
     drop((alice, bob));

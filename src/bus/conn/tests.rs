@@ -191,3 +191,42 @@ fn the_leave_reason_survives_the_trip() {
         assert_eq!(pump::<ToHub>(&mut worker, &mut hub), leave(reason));
     }
 }
+
+#[test]
+fn a_parked_connection_resumes_mid_frame_both_ways() {
+    let (mut sup, mut worker) = pair();
+    // Half a frame has arrived at the supervisor, and it has a frame of its own not yet written.
+    let frame = frame::encode(&say("across the exec")).expect("encode");
+    let (first, rest) = frame.split_at(frame.len() / 2);
+    worker.stream().write_all(first).expect("write half");
+    assert_eq!(sup.fill().expect("fill"), Fill::Drained);
+    assert!(sup.next_message::<ToHub>().expect("good so far").is_none());
+    sup.send(&direct(vec!["queued".into()]));
+    let parked = sup.park().expect("no descriptors in flight");
+    assert_eq!(parked.unread, first);
+
+    let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        sup.stream().as_fd().try_clone_to_owned().unwrap(),
+    ));
+    drop(sup);
+    let mut sup = BusConn::resume(stream, Peer::Supervisor, parked);
+    worker.stream().write_all(rest).expect("write the rest");
+    for _ in 0..ROUNDS {
+        sup.fill().expect("fill");
+        if let Some(msg) = sup.next_message::<ToHub>().expect("a good frame") {
+            assert_eq!(msg, say("across the exec"));
+            let got: ToWorker = pump(&mut sup, &mut worker);
+            assert_eq!(got, direct(vec!["queued".into()]));
+            return;
+        }
+    }
+    panic!("the frame cut by the exec never completed");
+}
+
+#[test]
+fn descriptors_in_flight_cannot_be_parked() {
+    let (mut sup, _worker) = pair();
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    sup.send_with_fds(&ToWorker::Control(WorkerOrder::Receive), vec![a.into()]);
+    assert_eq!(sup.park(), Err(DescriptorsInFlight));
+}
