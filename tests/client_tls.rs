@@ -304,3 +304,51 @@ fn large_transfers_both_ways_at_once() {
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.stdout.len(), SERVER_LINES * 500);
 }
+
+/// A server that sends without a pause does not hold up what the user sends: the stand-in sends
+/// 64 KiB lines, looking between two for the client's line, and must see it before 64 MiB went
+/// out. (A client that read for as long as there was something to read would send nothing
+/// while the server kept its socket full.)
+#[test]
+fn lines_go_out_while_the_server_sends_without_a_pause() {
+    const CHUNK: usize = 64 * 1024;
+    const BUDGET: usize = 64 << 20;
+    let pki = Pki::new();
+    let (addr, server) = stand_in_server(&pki, |tls| {
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("handshake");
+        }
+        let chunk = format!("{}\n", "z".repeat(CHUNK - 1));
+        let (mut sent, mut got) = (0, Vec::new());
+        while !got.starts_with(b"hello\n") {
+            assert!(sent < BUDGET, "the client sent nothing while {sent} bytes came its way");
+            let mut rest = chunk.as_bytes();
+            while !rest.is_empty() {
+                rest = &rest[tls.conn.writer().write(rest).unwrap()..];
+                while tls.conn.wants_write() {
+                    tls.conn.write_tls(&mut tls.sock).expect("the client reads");
+                }
+            }
+            sent += CHUNK;
+            // A look at what the client sent, without waiting for it.
+            tls.sock.set_nonblocking(true).unwrap();
+            match tls.conn.read_tls(&mut tls.sock) {
+                Ok(_) => {
+                    tls.conn.process_new_packets().expect("the client's records");
+                    let _ = tls.conn.reader().read_to_end(&mut got);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("reading the client: {e}"),
+            }
+            tls.sock.set_nonblocking(false).unwrap();
+        }
+        tls.read_to_end(&mut got).expect("the client's goodbye");
+        assert_eq!(String::from_utf8_lossy(&got), "hello\n/quit\n");
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    });
+    let ca = pki.ca.to_str().unwrap();
+    let run = client(&["--tls", "--ca", ca, &addr.to_string()], "hello\n", &[]);
+    server.join().expect("the stand-in's checks");
+    assert!(run.status.success(), "{}", run.stderr);
+}

@@ -26,6 +26,10 @@ pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines the sender may queue before it waits for the socket.
 const QUEUE: usize = 64;
 
+/// Bytes read from the socket in one turn of the I/O loop before the queued lines get their
+/// turn: a server that sends without a pause never holds up what the user sends.
+const READ_TURN: usize = 256 * 1024;
+
 const SOCKET: Token = Token(0);
 const WAKE: Token = Token(1);
 
@@ -162,6 +166,16 @@ pub(super) fn start(
     Ok(TlsSender { queue: Some(tx), waker })
 }
 
+/// What one turn of reading found.
+enum Received {
+    /// The server ended the session with close_notify.
+    Closed,
+    /// Nothing more to read for now.
+    Drained,
+    /// The turn's budget is spent; the socket may hold more.
+    More,
+}
+
 /// The I/O thread's state.
 struct Pump {
     socket: mio::net::TcpStream,
@@ -193,9 +207,11 @@ impl Pump {
             return Ok(());
         }
         loop {
-            if self.receive()? {
-                return Ok(());
-            }
+            let more = match self.receive()? {
+                Received::Closed => return Ok(()),
+                Received::Drained => false,
+                Received::More => true,
+            };
             if !self.send()? {
                 return Ok(());
             }
@@ -210,21 +226,29 @@ impl Pump {
                 self.watching_writable = writable;
             }
             // Every wake-up tries both directions; reads and writes that cannot go on return
-            // WouldBlock at once.
-            match poll.poll(&mut events, None) {
+            // WouldBlock at once. The socket's readiness comes as edges, so while it may hold
+            // more to read the poll only looks for a wake-up and returns at once.
+            let timeout = if more { Some(Duration::ZERO) } else { None };
+            match poll.poll(&mut events, timeout) {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 other => other?,
             }
         }
     }
 
-    /// Reads, decrypts and passes on what the socket holds; `Ok(true)` once the server ended the
-    /// session with close_notify.
-    fn receive(&mut self) -> io::Result<bool> {
+    /// Reads, decrypts and passes on what the socket holds, up to [`READ_TURN`] bytes.
+    fn receive(&mut self) -> io::Result<Received> {
+        let mut read = 0;
         loop {
+            if read >= READ_TURN {
+                return Ok(Received::More);
+            }
             let eof = match self.tls.read_tls(&mut self.socket) {
-                Ok(n) => n == 0,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Ok(n) => {
+                    read += n;
+                    n == 0
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Received::Drained),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -237,7 +261,7 @@ impl Pump {
                 ));
             }
             if self.deliver()? {
-                return Ok(true);
+                return Ok(Received::Closed);
             }
             if eof {
                 return Err(truncated());
