@@ -265,10 +265,12 @@ fn a_large_input_goes_through_whole() {
     assert_eq!(echoed, (0..2000).collect::<Vec<_>>());
 }
 
-/// Both ways at once, with a server that reads nothing until it has sent 48 MB (more than the
-/// client's socket buffers, 32 MB at most here) while the client has 16 MB to send (more than
-/// the server's receive buffer, kept small, and the client's send buffer take): everything
-/// arrives both ways, then the goodbyes.
+/// Reading never waits for a blocked send: the server reads nothing until it has sent 48 MB
+/// (more than the client's socket buffers, 32 MB at most here) while the client has 16 MB to
+/// send (more than the server's receive buffer, kept small, and the client's send buffer take),
+/// so the client's sending is stuck for most of the transfer. Everything arrives both ways, then
+/// the goodbyes; a client that stopped reading while its sending was stuck would never let the
+/// server finish.
 #[test]
 fn large_transfers_both_ways_at_once() {
     const LINES: usize = 32_000;

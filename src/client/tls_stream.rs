@@ -7,8 +7,10 @@
 //! behind a lock, a send blocked on a full socket would hold the lock and stop the reading — and
 //! a server whose client stops reading cuts it off as too slow. So one thread does all the
 //! socket I/O, without blocking (mio): it reads and decrypts whenever the server sends, and
-//! seals and writes the lines handed to it through a short queue. The queue is bounded, so a
-//! sender ahead of the socket waits, as a blocking write to a plain socket would.
+//! seals and writes the lines handed to it through a short queue, the two taking turns (at most
+//! [`READ_TURN`] bytes are read before queued lines go out), so neither direction holds up the
+//! other. The queue is bounded, so a sender ahead of the socket waits, as a blocking write to a
+//! plain socket would.
 
 use super::tls::describe;
 use super::transport::{FromServer, LineSplitter};
