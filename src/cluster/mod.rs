@@ -183,6 +183,16 @@ impl Cluster {
         for applied in &changes {
             if let Change::HostGone { node, generation, .. } = &applied.change {
                 self.declared.remove(&(node.clone(), *generation));
+                if *node == self.node && *generation == self.generation {
+                    // This host was silent too long and the others declared it gone: its
+                    // members have left the room, and whatever it still publishes in this
+                    // generation is ignored. It goes on in a new one; the hub sees the
+                    // declaration and deals with its clients (docs/cluster.md).
+                    log::warn!(
+                        "cluster: this host was declared gone; going on as a new generation"
+                    );
+                    self.generation = new_generation();
+                }
             }
         }
         for (node, host) in self.room.hosts() {

@@ -51,7 +51,8 @@ impl Default for Cluster {
 const MAX_NAME: usize = 64;
 /// JetStream keeps at most 5 replicas of a stream.
 const MAX_REPLICAS: usize = 5;
-/// Hosts heartbeat into the stream every second; a timeout must leave room for a few beats.
+/// Hosts beat into the stream five times per `host_timeout`; below this the beats alone would
+/// be a steady load on the stream and a short stall would count as a lost host.
 const MIN_HOST_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(super) fn read_cluster(root: &Section<'_>) -> Result<Cluster> {
@@ -88,7 +89,7 @@ pub(super) fn read_cluster(root: &Section<'_>) -> Result<Cluster> {
         let timeout = duration::parse(v)?;
         if timeout < MIN_HOST_TIMEOUT {
             return Err(format!(
-                "must be at least 3s (hosts heartbeat every second), found {}",
+                "must be at least 3s (a shorter stall of a host would count as its loss), found {}",
                 quoted(v)
             ));
         }

@@ -152,3 +152,31 @@ fn a_host_cut_off_tells_its_clients_and_catches_up() {
     let a_stop = a.cluster;
     a_stop.stop();
 }
+
+#[test]
+fn a_host_stalled_past_host_timeout_finds_itself_declared_gone_and_goes_on() {
+    let nats = NatsCluster::start(3);
+    let mut a = Host::start(&nats, "stall", "a");
+    let mut b = Host::start(&nats, "stall", "b");
+    a.until("the room reachable", |h| h.cluster.connected());
+    b.until("the room reachable", |h| h.cluster.connected());
+    a.cluster.publish(join(1));
+    b.until("a's member", |h| h.nick_of("a", 1).is_some());
+    let first = a.cluster.generation();
+    // a stalls: it runs nothing, so it beats no more (as a stopped or swapped-out process).
+    b.until("a gone", |h| h.cluster.room().hosts().all(|(node, _)| node != "a"));
+    a.until("its own declaration", |h| {
+        h.changes().iter().any(|(_, c)| matches!(c, Change::HostGone { node, .. } if node == "a"))
+    });
+    assert!(
+        a.changes()
+            .iter()
+            .any(|(_, c)| matches!(c, Change::Left { member, .. } if member.node == "a"))
+    );
+    assert_ne!(a.cluster.generation(), first, "a new generation");
+    // What it publishes now counts again, alike for both.
+    a.cluster.publish(join(2));
+    a.until("its new member", |h| h.nick_of("a", 2).is_some());
+    b.until("a's new member", |h| h.nick_of("a", 2).is_some());
+    assert_eq!(a.cluster.room(), b.cluster.room());
+}
