@@ -23,8 +23,13 @@ struct Host {
 
 impl Host {
     fn start(settings: Settings) -> Host {
+        Host::start_at(settings, 1)
+    }
+
+    /// A bridge reading the stream from `from_seq` on.
+    fn start_at(settings: Settings, from_seq: u64) -> Host {
         let (poll, waker) = waker();
-        let bridge = Bridge::start(settings, 1, waker).expect("bridge");
+        let bridge = Bridge::start(settings, from_seq, waker).expect("bridge");
         Host { bridge, _poll: poll, events: Vec::new(), stored: Vec::new(), states: Vec::new() }
     }
 
@@ -114,7 +119,7 @@ fn three_hosts_on_three_nodes_see_one_order() {
 }
 
 #[test]
-fn a_message_id_sent_twice_is_stored_once() {
+fn a_message_id_sent_twice_is_stored_once_and_a_reader_starts_where_told() {
     let nats = NatsCluster::start(3);
     let mut host = Host::start(settings(nats.urls(), "dedup", "h0"));
     host.readable();
@@ -129,6 +134,10 @@ fn a_message_id_sent_twice_is_stored_once() {
     host.publish("h0.3", b"a-2");
     host.until("the last event", |h| h.events.len() >= 3);
     assert_once_in_order(&host.payloads(), &["a"], 3);
+    // A host that has applied the stream up to 1 resumes from 2.
+    let mut late = Host::start_at(settings(nats.urls(), "dedup", "h1"), 2);
+    late.until("the events from 2 on", |h| h.events.len() >= 2);
+    assert_eq!(late.events, [(2, b"a-1".to_vec()), (3, b"a-2".to_vec())]);
 }
 
 #[test]
