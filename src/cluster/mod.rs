@@ -143,7 +143,10 @@ impl Cluster {
                 Report::Problem(problem) => log::warn!("cluster: {problem}"),
             }
         }
-        if self.last_sent.is_none_or(|at| now.duration_since(at) >= self.beat_every) {
+        // Beats and declarations only while the room is reachable: a beat held through an
+        // outage would say nothing true once published.
+        let due = self.last_sent.is_none_or(|at| now.duration_since(at) >= self.beat_every);
+        if due && !self.outage.is_down() {
             let clients = u32::try_from(self.room.online_on(&self.node)).unwrap_or(u32::MAX);
             self.publish(Event::Beat { clients });
         }
