@@ -10,6 +10,7 @@
 //! and is worded for operators, and it lets [`control_socket_lenient`] pull one key out of a file
 //! that is otherwise wrong.
 
+mod cluster;
 pub mod duration;
 mod error;
 mod file;
@@ -31,6 +32,7 @@ use toml::de::{DeTable, DeValue};
 use crate::protocol::template::Template;
 use reader::{Result, Section, quoted};
 
+pub use cluster::Cluster;
 pub use error::ConfigError;
 pub use file::{MAX_BYTES, read as read_file};
 pub use operators::{DEFAULT_RESERVED_NICKS, Log, Moderation};
@@ -48,6 +50,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub moderation: Moderation,
+    pub cluster: Cluster,
 }
 
 /// `[server]`: processes, listeners and room-wide connection limits.
@@ -265,7 +268,7 @@ fn auto_workers() -> usize {
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
     let root = Section::root(
         doc,
-        &["server", "socket", "chat", "reload", "metrics", "log", "moderation"],
+        &["server", "socket", "chat", "reload", "metrics", "log", "moderation", "cluster"],
     )?;
     let server = read_server(&root)?;
     Ok(Config {
@@ -275,6 +278,7 @@ fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
         metrics: read_metrics(&root, &server)?,
         log: operators::read_log(&root)?,
         moderation: operators::read_moderation(&root)?,
+        cluster: cluster::read_cluster(&root)?,
         server,
     })
 }

@@ -106,6 +106,7 @@ fn shipped_config_documents_every_key() {
     assert_eq!(keys("metrics").len(), 1);
     assert_eq!(keys("log").len(), 1);
     assert_eq!(keys("moderation").len(), 1);
+    assert_eq!(keys("cluster").len(), 8);
 }
 
 #[test]

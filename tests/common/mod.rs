@@ -33,6 +33,7 @@
 #![allow(dead_code)]
 
 mod client;
+pub mod nats;
 mod procfs;
 pub mod room;
 mod server;
