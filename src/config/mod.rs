@@ -17,6 +17,7 @@ mod operators;
 mod reader;
 #[cfg(test)]
 mod tests;
+mod tls;
 #[cfg(test)]
 mod value_tests;
 
@@ -34,6 +35,7 @@ use reader::{Result, Section, quoted};
 pub use error::ConfigError;
 pub use file::{MAX_BYTES, read as read_file};
 pub use operators::{DEFAULT_RESERVED_NICKS, Log, Moderation};
+pub use tls::Tls;
 
 /// Where `chatd serve` and the control commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
@@ -46,6 +48,7 @@ pub struct Config {
     pub chat: Chat,
     pub reload: Reload,
     pub metrics: Metrics,
+    pub tls: Tls,
     pub log: Log,
     pub moderation: Moderation,
 }
@@ -265,14 +268,16 @@ fn auto_workers() -> usize {
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
     let root = Section::root(
         doc,
-        &["server", "socket", "chat", "reload", "metrics", "log", "moderation"],
+        &["server", "socket", "chat", "reload", "metrics", "tls", "log", "moderation"],
     )?;
     let server = read_server(&root)?;
+    let metrics = read_metrics(&root, &server)?;
     Ok(Config {
         socket: read_socket(&root)?,
         chat: read_chat(&root)?,
         reload: read_reload(&root)?,
-        metrics: read_metrics(&root, &server)?,
+        tls: tls::read_tls(&root, &server, &metrics)?,
+        metrics,
         log: operators::read_log(&root)?,
         moderation: operators::read_moderation(&root)?,
         server,
