@@ -4,15 +4,17 @@
 //! makes to it, so every plain-line helper (a [`Client`], a fleet) drives TLS clients too.
 //!
 //! The tools come from Debian packages (`openssl`, `python3`, `socat`) that `.ci/run` installs;
-//! a test fails, with the package's name, when one is missing.
+//! a test fails, with the package's name, when one is missing. [`Tool`] runs a command-line
+//! client (`openssl s_client`, `socat`) with its output read line by line.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -206,6 +208,100 @@ impl TlsBridge {
 }
 
 impl Drop for TlsBridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command-line TLS client (`openssl s_client`, `socat`) with its stdin and its stdout read
+/// line by line on a thread.
+pub struct Tool {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Tool {
+    pub fn start(program: &str, args: &[&str]) -> Tool {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program} (Debian package {program}): {e}"));
+        let (tx, lines) = channel();
+        for out in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Tool { stdin: child.stdin.take(), child, lines, seen: Vec::new() }
+    }
+
+    /// `openssl s_client` to `addr` trusting `ca`, not quiet (so `k`/`K` lines send KeyUpdates).
+    pub fn s_client(addr: SocketAddr, ca: &std::path::Path, extra: &[&str]) -> Tool {
+        let connect = addr.to_string();
+        let ca = ca.display().to_string();
+        let mut args =
+            vec!["s_client", "-connect", &connect, "-CAfile", &ca, "-verify_return_error"];
+        args.extend_from_slice(extra);
+        Tool::start("openssl", &args)
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to the tool");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for a line containing `pattern`; returns it.
+    pub fn expect(&mut self, pattern: &str) -> String {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(pattern) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {pattern:?}; the tool printed {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the tool to exit (its stdin closed first); everything it printed.
+    pub fn finish(mut self) -> Vec<String> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Tool {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
