@@ -101,3 +101,56 @@ pub(super) fn read_tls(root: &Section<'_>, server: &Server, metrics: &Metrics) -
         })?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_error, parse};
+
+    #[test]
+    fn no_listener_by_default_and_none_is_fine() {
+        let c = parse("");
+        assert_eq!(c.tls, Tls::default());
+        assert!(c.check_tls().expect("nothing to check").is_none());
+        assert_eq!(parse("[tls]\nlisten = []\n").tls, Tls::default());
+        assert_eq!(c.listeners(), vec![("0.0.0.0:9999".parse().unwrap(), Kind::Plain)]);
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[tls]\nlisten = [\"127.0.0.1:2\", \"[::1]:0\"]\n\
+             cert = \"/c.pem\"\nkey = \"/k.pem\"\nhandshake_timeout = \"3s\"\n",
+        );
+        assert_eq!(c.tls.cert, PathBuf::from("/c.pem"));
+        assert_eq!(c.tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(3));
+        let kinds: Vec<Kind> = c.listeners().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(kinds, [Kind::Plain, Kind::Tls, Kind::Tls]);
+    }
+
+    #[test]
+    fn an_address_of_its_own() {
+        let both = "[server]\nlisten = [\"127.0.0.1:1\"]\n[tls]\nlisten = [\"127.0.0.1:1\"]\n";
+        assert_error(both, "4:10", &["tls.listen: 127.0.0.1:1 is also in server.listen"]);
+        let metrics = "[metrics]\nlisten = \"127.0.0.1:2\"\n[tls]\nlisten = [\"127.0.0.1:2\"]\n";
+        assert_error(metrics, "4:10", &["is also in metrics.listen"]);
+        // Port 0 is a free port of its own each time.
+        parse("[server]\nlisten = [\"127.0.0.1:0\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n");
+    }
+
+    #[test]
+    fn bad_values() {
+        assert_error("[tls]\nlisten = [\"host:1\"]\n", "2:11", &["tls.listen", "IP:PORT"]);
+        assert_error("[tls]\nhandshake_timeout = \"0s\"\n", "2:21", &["longer than 0"]);
+        assert_error("[tls]\ncert = \"\"\n", "2:8", &["tls.cert", "file path"]);
+        assert_error("[tls]\nciphers = 1\n", "2:1", &["unknown key 'ciphers' in [tls]"]);
+    }
+
+    #[test]
+    fn the_pair_is_checked_only_with_listeners() {
+        let c = parse("[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"/nonexistent/c.pem\"\n");
+        let e = c.check_tls().expect_err("a missing certificate").to_string();
+        assert!(e.starts_with("tls.cert"), "{e}");
+    }
+}
