@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// What a listener's connections speak. A slot holds one listener per configured address, each
-/// with its kind, and a worker's setup names the kind of every listener it inherits.
+/// with its kind, and a worker's setup names the kind of every listener it inherits. (Web
+/// listeners, plain and over TLS, will be kinds of their own.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     /// Lines over TCP (`server.listen`).

@@ -211,7 +211,7 @@ impl Worker {
         self.counters.connections += 1;
         let Some(transport) = Transport::accepted(kind, addr, self.openings.tls.as_ref()) else {
             self.counters.tls_rejected += 1;
-            return warn!("cannot serve {kind} connection from {addr}: no certificate loaded");
+            return warn!("cannot start a {kind} session with {addr}");
         };
         let opening = matches!(transport, Transport::Layered(_));
         if opening {
