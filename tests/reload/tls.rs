@@ -88,6 +88,72 @@ fn tls_sessions_move_with_their_socket() {
     assert!(!server.log_contains("refused"), "no failed handshake during the reloads");
 }
 
+/// A handshake under way when a reload starts is finished by the old worker, whose hand-off
+/// waits for it; then the session moves like any other. The client (Python `ssl` over memory
+/// buffers, so the test decides when each flight leaves) has had the server's answer to its
+/// ClientHello and holds back its Finished until the old worker is handing over.
+#[test]
+fn a_handshake_under_way_finishes_across_a_reload() {
+    let (_dir, pki, cert, key) = pki();
+    let server = start_tls(room_server(1), &cert, &key, &[]);
+    let control = server.control_socket();
+    let before = wait_settled(&control, server.pid(), 1, 1, &[]);
+    let (mut watcher, _, _) = server.join("watcher");
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+sock = socket.create_connection(("127.0.0.1", {port}))
+sock.settimeout(20)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+def step():
+    try:
+        tls.do_handshake()
+        return True
+    except ssl.SSLWantReadError:
+        return False
+step()
+sock.sendall(out.read())
+while not step():
+    inc.write(sock.recv(65536))
+print("server answered", flush=True)
+input()
+sock.sendall(out.read())
+def read_line():
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            data += tls.read(65536)
+        except ssl.SSLWantReadError:
+            inc.write(sock.recv(65536))
+    return data.decode().strip()
+print("got", read_line(), flush=True)
+input()
+tls.write(b"hello after the reload\n")
+sock.sendall(out.read())
+print("got", read_line(), flush=True)
+"#,
+        ca = pki.ca.display().to_string(),
+        port = tls_addr(&server).port()
+    );
+    let mut client = Tool::start("python3", &["-c", &script]);
+    client.expect("server answered");
+    let reload = thread::spawn(move || reload_at(&control));
+    server.wait_for_log("handing sessions over to the next generation", LINE_TIMEOUT);
+    client.send("go");
+    let welcome = client.expect("got * Welcome");
+    let nick = parse_welcome(welcome.trim_start_matches("got ")).expect("welcome").0;
+    watcher.expect_line(&format!("* {nick} joined (2 online)"));
+    expect_reload_ok(&reload.join().expect("reload"), 2, 1);
+    // The old worker is gone: the session lives on in the new one.
+    wait_settled(&server.control_socket(), server.pid(), 1, 2, &before.pids());
+    client.send("go on");
+    client.expect(&format!("<{nick}> hello after the reload"));
+    watcher.expect_chat(&nick, "hello after the reload");
+    assert!(!server.log_contains("refused"), "no failed handshake");
+}
+
 /// New certificate files and a reload: new connections are shown the new certificate, the
 /// sessions that were live keep theirs and keep chatting, also while a loop keeps connecting
 /// new TLS clients through the reload.
