@@ -21,4 +21,5 @@ pub mod signals;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;
+pub mod web;
 pub mod worker;
