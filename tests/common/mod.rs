@@ -24,6 +24,9 @@
 //! * `/proc` helpers (`procfs.rs`): which process holds the server side of a client's
 //!   connection ([`worker_of`], [`workers_of`]), how many listening sockets share a port
 //!   ([`listening_sockets`]), process states, children.
+//! * TLS (`tls.rs`): a throwaway CA made with `openssl` ([`Pki`]), a server with a `[tls]`
+//!   listener ([`start_tls`]), and [`TlsBridge`], real Python `ssl` sessions behind plain
+//!   connections so the line helpers drive TLS clients.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 
@@ -37,6 +40,7 @@ pub mod nats;
 mod procfs;
 pub mod room;
 mod server;
+mod tls;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
 // A binary that uses nothing of one submodule would call its re-export unused (same reason as
@@ -47,6 +51,8 @@ pub use client::*;
 pub use procfs::*;
 #[allow(unused_imports)]
 pub use server::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::thread;
 use std::time::{Duration, Instant};
