@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod cloexec;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod listener;

@@ -11,9 +11,70 @@
 //! group first claims its address with a plain socket, which the kernel refuses while anyone
 //! listens there; only then do the slots' sockets bind (see [`bind_group`]).
 
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// What a listener's connections speak. A slot holds one listener per configured address, each
+/// with its kind, and a worker's setup names the kind of every listener it inherits. (Web
+/// listeners, plain and over TLS, will be kinds of their own.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// Lines over TCP (`server.listen`).
+    Plain,
+    /// Lines over TLS (`tls.listen`).
+    Tls,
+}
+
+impl Kind {
+    /// How `chatd who` and the logs name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Plain => "tcp",
+            Kind::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// An inherited listening socket as the supervisor names it on a worker's command line:
+/// `FD` (plain) or `KIND:FD` (`tls:7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenFd {
+    pub fd: std::os::fd::RawFd,
+    pub kind: Kind,
+}
+
+impl fmt::Display for ListenFd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Plain => write!(f, "{}", self.fd),
+            kind => write!(f, "{kind}:{}", self.fd),
+        }
+    }
+}
+
+impl FromStr for ListenFd {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ListenFd, String> {
+        let (kind, fd) = match s.split_once(':') {
+            None => (Kind::Plain, s),
+            Some(("tls", fd)) => (Kind::Tls, fd),
+            Some((kind, _)) => return Err(format!("unknown listener kind '{kind}'")),
+        };
+        let fd = fd.parse().map_err(|e| format!("descriptor '{fd}': {e}"))?;
+        Ok(ListenFd { fd, kind })
+    }
+}
 
 /// Binds one reuseport listener. `SO_REUSEADDR` lets a restarted service bind while old
 /// connections linger in TIME_WAIT; `IPV6_V6ONLY` lets `0.0.0.0:P` and `[::]:P` be listed
@@ -163,6 +224,16 @@ pub fn tune_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_fds_name_their_kind() {
+        for text in ["7", "tls:8"] {
+            assert_eq!(text.parse::<ListenFd>().unwrap().to_string(), text);
+        }
+        assert_eq!("9".parse::<ListenFd>().unwrap(), ListenFd { fd: 9, kind: Kind::Plain });
+        assert!("web:1".parse::<ListenFd>().is_err());
+        assert!("tls:x".parse::<ListenFd>().is_err());
+    }
 
     #[test]
     fn migrate_req_warns_only_when_off() {

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
                 None => chatd::supervisor::run(&config),
             }
         }
-        Cmd::CheckConfig { config } => match Config::load(&config) {
+        Cmd::CheckConfig { config } => match Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.check_tls().map_err(|e| format!("{}: {e}", config.display())))
+        {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Version of the frame layout and of the messages in [`super::message`]. Bump it whenever
 /// either changes shape.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// Bytes before the body: length (4) + version (1).
 pub const HEADER_LEN: usize = 5;

@@ -11,11 +11,12 @@
 //! none is missing: a new variant without golden bytes fails too.
 
 use super::frame::{VERSION, encode};
-use super::handoff::{self, SessionState, Transfer};
+use super::handoff::{self, SessionState, Transfer, TransportState};
 use super::message::{
     ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, SessionLoad, ToHub,
     ToWorker, WorkerCounters, WorkerOrder, WorkerReport,
 };
+use crate::listener::Kind;
 use crate::protocol::decoder::{Decoded, PendingInput};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -115,59 +116,60 @@ fn lines(line: &str) -> Vec<String> {
 
 #[test]
 fn bus_messages_keep_their_bytes() {
-    assert_eq!(VERSION, 3, "the version changed: update the golden bytes below");
+    assert_eq!(VERSION, 4, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
 
     let hello =
         WorkerReport::Hello { slot: 1, pid: 2, generation: 3, handoff: 4, version: "0.1".into() };
-    g.hub_frame(ToHub::Control(hello), "0300000102030403302e31");
+    g.hub_frame(ToHub::Control(hello), "0400000102030403302e31");
     let counters = WorkerCounters {
         connections: 1,
         bytes_received: 2,
         bytes_sent: 300,
         deliveries: 4,
         rate_limited: 5,
+        tls_rejected: 6,
     };
-    g.hub_frame(ToHub::Control(WorkerReport::Heartbeat { counters }), "0300010102ac020405");
-    g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "03000206");
-    g.hub_frame(ToHub::Control(WorkerReport::Draining), "030003");
-    let load = SessionLoad { session: S, idle_ms: 2, queued: 3 };
+    g.hub_frame(ToHub::Control(WorkerReport::Heartbeat { counters }), "0400010102ac02040506");
+    g.hub_frame(ToHub::Control(WorkerReport::HandoffDone { sessions: 6 }), "04000206");
+    g.hub_frame(ToHub::Control(WorkerReport::Draining), "040003");
+    let load = SessionLoad { session: S, idle_ms: 2, queued: 3, transport: Kind::Tls };
     let sessions = WorkerReport::Sessions { id: 1, sessions: vec![load], last: true };
-    g.hub_frame(ToHub::Control(sessions), "030004010105020301");
+    g.hub_frame(ToHub::Control(sessions), "04000401010502030101");
 
     let addr = "127.0.0.1:9".parse().expect("address");
-    g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "03010004007f00000109");
-    g.hub_frame(ToHub::Room(RoomRequest::Say { session: S, text: "hi".into() }), "03010105026869");
-    g.hub_frame(ToHub::Room(RoomRequest::Me { session: S, text: "w".into() }), "030102050177");
-    g.hub_frame(ToHub::Room(RoomRequest::Nick { session: S, nick: "n".into() }), "03010305016e");
+    g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "04010004007f00000109");
+    g.hub_frame(ToHub::Room(RoomRequest::Say { session: S, text: "hi".into() }), "04010105026869");
+    g.hub_frame(ToHub::Room(RoomRequest::Me { session: S, text: "w".into() }), "040102050177");
+    g.hub_frame(ToHub::Room(RoomRequest::Nick { session: S, nick: "n".into() }), "04010305016e");
     let msg = RoomRequest::Msg { session: S, to: "t".into(), text: "x".into() };
-    g.hub_frame(ToHub::Room(msg), "0301040501740178");
+    g.hub_frame(ToHub::Room(msg), "0401040501740178");
     let query = RoomRequest::Query { session: S, query: Query::History(Some(3)) };
-    g.hub_frame(ToHub::Room(query), "03010505010103");
+    g.hub_frame(ToHub::Room(query), "04010505010103");
     let leave = RoomRequest::Leave { session: S, reason: LeaveReason::Quit(Some("b".into())) };
-    g.hub_frame(ToHub::Room(leave), "0301060500010162");
-    g.hub_frame(ToHub::Room(RoomRequest::Adopt { session: S, last_seq: 9 }), "0301070509");
+    g.hub_frame(ToHub::Room(leave), "0401060500010162");
+    g.hub_frame(ToHub::Room(RoomRequest::Adopt { session: S, last_seq: 9 }), "0401070509");
 
     let setup =
         WorkerOrder::Setup { slot: 1, generation: 2, config: "c".into(), config_path: "p".into() };
-    g.worker_frame(ToWorker::Control(setup), "030000010201630170");
-    g.worker_frame(ToWorker::Control(WorkerOrder::Shutdown), "030001");
-    g.worker_frame(ToWorker::Control(WorkerOrder::HandOff), "030002");
-    g.worker_frame(ToWorker::Control(WorkerOrder::Receive), "030003");
-    g.worker_frame(ToWorker::Control(WorkerOrder::Drain { timeout_ms: 300 }), "030004ac02");
-    g.worker_frame(ToWorker::Control(WorkerOrder::Exit), "030005");
-    g.worker_frame(ToWorker::Control(WorkerOrder::Inspect { id: 7 }), "03000607");
+    g.worker_frame(ToWorker::Control(setup), "040000010201630170");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Shutdown), "040001");
+    g.worker_frame(ToWorker::Control(WorkerOrder::HandOff), "040002");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Receive), "040003");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Drain { timeout_ms: 300 }), "040004ac02");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Exit), "040005");
+    g.worker_frame(ToWorker::Control(WorkerOrder::Inspect { id: 7 }), "04000607");
 
-    g.worker_frame(ToWorker::Room(RoomUpdate::Sync { seq: 7 }), "03010007");
+    g.worker_frame(ToWorker::Room(RoomUpdate::Sync { seq: 7 }), "04010007");
     let snapshot =
         RoomUpdate::Snapshot { members: vec![(SessionId(1), "a".into())], history: lines("h") };
-    g.worker_frame(ToWorker::Room(snapshot), "03010101010161010168");
+    g.worker_frame(ToWorker::Room(snapshot), "04010101010161010168");
     let admitted =
         RoomUpdate::Admitted { conn: ConnId(1), session: SessionId(2), welcome: "w".into() };
-    g.worker_frame(ToWorker::Room(admitted), "03010201020177");
+    g.worker_frame(ToWorker::Room(admitted), "04010201020177");
     g.worker_frame(
         ToWorker::Room(RoomUpdate::Refused { conn: ConnId(3), line: "r".into() }),
-        "030103030172",
+        "040103030172",
     );
     let line = RoomUpdate::Line {
         seq: 10,
@@ -175,25 +177,25 @@ fn bus_messages_keep_their_bytes() {
         line: "l".into(),
         event: RoomEvent::Nick { session: SessionId(11), nick: "n".into() },
     };
-    g.worker_frame(ToWorker::Room(line), "0301040a010b016c040b016e");
+    g.worker_frame(ToWorker::Room(line), "0401040a010b016c040b016e");
     g.worker_frame(
         ToWorker::Room(RoomUpdate::Direct { session: S, lines: lines("d") }),
-        "03010505010164",
+        "04010505010164",
     );
-    g.worker_frame(ToWorker::Room(RoomUpdate::Left { session: S }), "03010605");
+    g.worker_frame(ToWorker::Room(RoomUpdate::Left { session: S }), "04010605");
     g.worker_frame(
         ToWorker::Room(RoomUpdate::Resume { session: S, lines: Vec::new() }),
-        "0301070500",
+        "0401070500",
     );
     g.worker_frame(
         ToWorker::Room(RoomUpdate::Replay { session: S, lines: lines("r") }),
-        "03010805010172",
+        "04010805010172",
     );
     g.worker_frame(
         ToWorker::Room(RoomUpdate::Answer { session: S, query: Query::Who }),
-        "0301090500",
+        "0401090500",
     );
-    g.worker_frame(ToWorker::Room(RoomUpdate::Log { line: "l".into() }), "03010a016c");
+    g.worker_frame(ToWorker::Room(RoomUpdate::Log { line: "l".into() }), "04010a016c");
 
     g.part(LeaveReason::Quit(None), "0000");
     g.part(LeaveReason::Closed, "01");
@@ -234,9 +236,9 @@ fn variant_count_counts_every_variant() {
 
 #[test]
 fn handoff_records_keep_their_bytes() {
-    assert_eq!(handoff::VERSION, 4, "the version changed: update the golden bytes below");
+    assert_eq!(handoff::VERSION, 5, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
-    let state = SessionState {
+    let state = |transport| SessionState {
         session: SessionId(1),
         input: PendingInput {
             ready: vec![Decoded::Line("r".into()), Decoded::TooLong],
@@ -251,19 +253,50 @@ fn handoff_records_keep_their_bytes() {
         idle_ms: 3,
         leaving: false,
         eof: false,
+        transport,
     };
     g.frame(
-        &Transfer::Session(state),
-        "030001020001720101700001ff016f010201000000000000f83f030000",
+        &Transfer::Session(state(None)),
+        "040001020001720101700001ff016f010201000000000000f83f03000000",
     );
-    g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "030104010164");
-    g.frame(&Transfer::Left { session: SessionId(4) }, "030204");
-    g.frame(&Transfer::Output { session: SessionId(4), bytes: b"ab".to_vec() }, "030304026162");
+    let tls = TransportState::Tls { session: tls_state(&tls_hex()), unsent: b"u".to_vec() };
+    let expected = "040001020001720101700001ff016f010201000000000000f83f03000001";
+    g.frame(
+        &Transfer::Session(state(Some(Box::new(tls)))),
+        &format!("{expected}00{}0175", tls_hex()),
+    );
+    let tls = TransportState::Tls { session: tls_state(&tls_hex()), unsent: Vec::new() };
+    g.part(tls, &format!("00{}00", tls_hex()));
+    g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "040104010164");
+    g.frame(&Transfer::Left { session: SessionId(4) }, "040204");
+    g.frame(&Transfer::Output { session: SessionId(4), bytes: b"ab".to_vec() }, "040304026162");
     g.part(Decoded::Line("r".into()), "000172");
     g.part(Decoded::TooLong, "01");
     g.covers::<Transfer>();
     g.covers::<Decoded>();
+    g.covers::<TransportState>();
     g.verify(handoff::VERSION);
+}
+
+/// A TLS traffic secret of 48 bytes (SHA-384), as postcard writes it.
+fn secret(byte: u8) -> String {
+    format!("30{}", hex(&[byte; 48]))
+}
+
+/// A TLS session state as postcard writes it: TLS_AES_256_GCM_SHA384 (0x1302), both secrets
+/// and sequence numbers, no partial record or KeyUpdate, counters at 0, no close_notify.
+fn tls_hex() -> String {
+    format!("8226{}07{}09000000000000", secret(1), secret(2))
+}
+
+/// The TLS session state `hex` encodes; its fields are the TLS module's own, so a state is
+/// made from bytes rather than built here.
+fn tls_state(hex: &str) -> crate::tls::SessionState {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    postcard::from_bytes(&bytes).expect("a TLS session state")
 }
 
 #[test]

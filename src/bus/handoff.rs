@@ -4,7 +4,7 @@
 //! (created by the supervisor and given to both over their buses; one per successor when the
 //! sessions are dealt out over several): the TCP socket itself as `SCM_RIGHTS`, plus everything
 //! needed to carry on as if nothing happened: unread input, unsent output, the last room event
-//! it was given, rate-limit and idle state. Byte fields are encoded as byte strings (a length,
+//! it was given, rate-limit and idle state, and the state of its transport (a TLS session). Byte fields are encoded as byte strings (a length,
 //! then the bytes), not as sequences of numbers: the same bytes on the wire, copied at once
 //! rather than one by one. The frames use the bus framing; [`VERSION`] is exchanged in `Hello`
 //! so that a worker never sends sessions to a binary that would misread them (the reload drains
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of [`Transfer`] and [`SessionState`], and of how they travel; bump it when either
 /// changes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The first [`VERSION`] whose old workers take several channels with `HandOff` and deal their
 /// sessions out over them evenly; an older one is given a single channel.
@@ -27,7 +27,7 @@ pub const SEVERAL_CHANNELS_SINCE: u32 = 4;
 pub const MAX_CHANNELS: usize = 4;
 
 /// One live session as it leaves the old worker.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug)]
 pub struct SessionState {
     pub session: SessionId,
     /// Input not processed yet: lines not yet acted on, the partial line, an unfinished telnet
@@ -48,10 +48,24 @@ pub struct SessionState {
     pub leaving: bool,
     /// The client had closed its side.
     pub eof: bool,
+    /// The state of its transport's layers; `None` for lines straight over TCP.
+    pub transport: Option<Box<TransportState>>,
+}
+
+/// A layered transport as data (the transport contract in docs/tls.md).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum TransportState {
+    /// A TLS session: its record state, and records sealed but not yet written, which go out
+    /// before anything the new worker seals.
+    Tls {
+        session: crate::tls::SessionState,
+        #[serde(with = "serde_bytes")]
+        unsent: Vec<u8>,
+    },
 }
 
 /// Old worker → new worker.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug)]
 pub enum Transfer {
     /// A session; its socket is attached to the frame.
     Session(SessionState),

@@ -165,6 +165,8 @@ pub struct SessionLoad {
     pub idle_ms: u64,
     /// Output waiting to be written to it, in bytes.
     pub queued: u64,
+    /// What its connection speaks.
+    pub transport: crate::listener::Kind,
 }
 
 /// What a worker counted since it started (`chatd_*_total` in `src/metrics/`). Cumulative, so a
@@ -182,6 +184,8 @@ pub struct WorkerCounters {
     pub deliveries: u64,
     /// Times a client's input was held back by its rate limit.
     pub rate_limited: u64,
+    /// TLS connections closed before their handshake was done: refused, failed or timed out.
+    pub tls_rejected: u64,
 }
 
 impl WorkerCounters {
@@ -192,6 +196,7 @@ impl WorkerCounters {
         self.bytes_sent += other.bytes_sent;
         self.deliveries += other.deliveries;
         self.rate_limited += other.rate_limited;
+        self.tls_rejected += other.tls_rejected;
     }
 }
 

@@ -10,6 +10,7 @@
 //! and is worded for operators, and it lets [`control_socket_lenient`] pull one key out of a file
 //! that is otherwise wrong.
 
+mod cluster;
 pub mod duration;
 mod error;
 mod file;
@@ -17,6 +18,7 @@ mod operators;
 mod reader;
 #[cfg(test)]
 mod tests;
+mod tls;
 #[cfg(test)]
 mod value_tests;
 
@@ -31,9 +33,11 @@ use toml::de::{DeTable, DeValue};
 use crate::protocol::template::Template;
 use reader::{Result, Section, quoted};
 
+pub use cluster::Cluster;
 pub use error::ConfigError;
 pub use file::{MAX_BYTES, read as read_file};
 pub use operators::{DEFAULT_RESERVED_NICKS, Log, Moderation};
+pub use tls::Tls;
 
 /// Where `chatd serve` and the control commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
@@ -46,8 +50,10 @@ pub struct Config {
     pub chat: Chat,
     pub reload: Reload,
     pub metrics: Metrics,
+    pub tls: Tls,
     pub log: Log,
     pub moderation: Moderation,
+    pub cluster: Cluster,
 }
 
 /// `[server]`: processes, listeners and room-wide connection limits.
@@ -265,16 +271,19 @@ fn auto_workers() -> usize {
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
     let root = Section::root(
         doc,
-        &["server", "socket", "chat", "reload", "metrics", "log", "moderation"],
+        &["server", "socket", "chat", "reload", "metrics", "tls", "log", "moderation", "cluster"],
     )?;
     let server = read_server(&root)?;
+    let metrics = read_metrics(&root, &server)?;
     Ok(Config {
         socket: read_socket(&root)?,
         chat: read_chat(&root)?,
         reload: read_reload(&root)?,
-        metrics: read_metrics(&root, &server)?,
+        tls: tls::read_tls(&root, &server, &metrics)?,
+        metrics,
         log: operators::read_log(&root)?,
         moderation: operators::read_moderation(&root)?,
+        cluster: cluster::read_cluster(&root)?,
         server,
     })
 }

@@ -104,8 +104,10 @@ fn shipped_config_documents_every_key() {
     assert_eq!(keys("chat").len(), 11);
     assert_eq!(keys("reload").len(), 2);
     assert_eq!(keys("metrics").len(), 1);
+    assert_eq!(keys("tls").len(), 4);
     assert_eq!(keys("log").len(), 1);
     assert_eq!(keys("moderation").len(), 1);
+    assert_eq!(keys("cluster").len(), 8);
 }
 
 #[test]

@@ -95,7 +95,7 @@ pub struct WhoEntry {
     pub addr: String,
     /// The worker slot serving it.
     pub slot: usize,
-    /// `"tcp"`: TLS and web sessions are not in this release.
+    /// `"tcp"` or `"tls"`; `"-"` when its worker did not answer in time, as `idle_s`.
     pub transport: String,
     pub connected_s: u64,
     /// `null` when its worker did not answer in time (it may be busy, or moving the session).

@@ -86,7 +86,11 @@ impl Collector for Exposition {
             "Times a client's input was held back by its rate limit.",
             w.rate_limited,
         )?;
-        let rejected = Rejection::ALL.map(|r| (r.label(), s.room.rejected_for(r)));
+        // Workers count failed TLS handshakes: those connections never reach the hub.
+        let rejected = Rejection::ALL.map(|r| {
+            let by_workers = if r == Rejection::Tls { w.tls_rejected } else { 0 };
+            (r.label(), s.room.rejected_for(r) + by_workers)
+        });
         family(
             &mut out,
             MetricType::Counter,

@@ -24,7 +24,7 @@ use crate::bus::WorkerOrder;
 use crate::config::Config;
 use crate::control::server::{ControlSocket, Request};
 use crate::control::{ControlCommand, ReloadOutcome, Reply, Status, WorkerStatus};
-use crate::listener;
+use crate::listener::{self, Kind};
 use crate::signals::Signals;
 use crate::systemd::Notifier;
 use crossbeam_channel::{Receiver, Sender};
@@ -154,6 +154,7 @@ impl Supervisor {
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
+        config.check_tls().map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
         let mut signals =
@@ -178,7 +179,7 @@ impl Supervisor {
             poll,
             hub,
             exe,
-            listen_config: config.server.listen.clone(),
+            listen_config: config.listeners().into_iter().map(|(addr, _)| addr).collect(),
             listen,
             removed_workers: Vec::new(),
             reload: None,
@@ -352,9 +353,7 @@ impl Supervisor {
             return;
         }
         self.run_state = RunState::Running;
-        for addr in &self.listen {
-            info!("listening on {addr} with {} workers", self.slots.len());
-        }
+        self.log_listening();
         let status = self.status_line();
         self.notifier.ready(&status);
     }
@@ -430,7 +429,7 @@ impl Supervisor {
         Status {
             version: crate::version::VERSION.to_string(),
             generation: self.generation,
-            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            listen: self.listening(Kind::Plain),
             clients: self.hub.online(),
             workers: self
                 .workers
@@ -448,9 +447,32 @@ impl Supervisor {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             last_reload: self.last_reload.clone(),
-            tls_listen: Vec::new(),
+            tls_listen: self.listening(Kind::Tls),
             web_listen: Vec::new(),
             cluster: None,
+        }
+    }
+}
+
+impl Supervisor {
+    /// The kind of each of a slot's listeners, in the slots' order (the config's).
+    fn listener_kinds(&self) -> Vec<Kind> {
+        self.config.listeners().into_iter().map(|(_, kind)| kind).collect()
+    }
+
+    /// The bound addresses of the listeners of one kind, for `status`.
+    fn listening(&self, kind: Kind) -> Vec<String> {
+        let kinds = self.listener_kinds();
+        let bound = self.listen.iter().zip(kinds).filter(|(_, k)| *k == kind);
+        bound.map(|(addr, _)| addr.to_string()).collect()
+    }
+
+    /// `listening on IP:PORT with N workers` per address (`(tls)` after a TLS one), at start
+    /// and after a reload: scripts read chosen ports from it.
+    fn log_listening(&self) {
+        for (addr, kind) in self.listen.iter().zip(self.listener_kinds()) {
+            let tag = if kind == Kind::Tls { " (tls)" } else { "" };
+            info!("listening on {addr}{tag} with {} workers", self.slots.len());
         }
     }
 }
@@ -461,8 +483,8 @@ fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
     let count = config.server.workers;
     let mut slots: Vec<Slot> = (0..count).map(|_| Slot::new(Vec::new())).collect();
     let mut listen = Vec::new();
-    for addr in &config.server.listen {
-        let group = listener::bind_group(*addr, count, config.server.backlog, &listen)
+    for (addr, _) in config.listeners() {
+        let group = listener::bind_group(addr, count, config.server.backlog, &listen)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener::local_addr(&group[0]).map_err(|e| format!("{addr}: {e}"))?;
         listen.push(bound);

@@ -225,7 +225,7 @@ impl Supervisor {
                     nick: s.nick,
                     addr: s.addr,
                     slot: self.workers.get(&s.worker).map_or(0, |w| w.slot),
-                    transport: "tcp".into(),
+                    transport: load.map_or("-", |l| l.transport.label()).into(),
                     connected_s: s.connected.as_secs(),
                     idle_s: load.map(|l| l.idle_ms / 1000),
                     queued_bytes: load.map(|l| l.queued),

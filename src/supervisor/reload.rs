@@ -127,6 +127,8 @@ impl Supervisor {
         });
         let old_count = self.slots.len();
         let prepared = parsed.and_then(|(config, text)| {
+            // New handshakes will use the new pair (each new worker loads it): check it first.
+            config.check_tls().map_err(|e| e.to_string())?;
             let metrics = self.prepare_metrics(&config)?;
             self.rebind(&config).map(|retired| (config, text, retired, metrics))
         });
@@ -184,9 +186,16 @@ impl Supervisor {
     fn rebind(&mut self, config: &Config) -> Result<Vec<Socket>, String> {
         let count = config.server.workers;
         let old_count = self.slots.len();
-        let mut groups: Vec<(SocketAddr, SocketAddr, Vec<Option<Socket>>)> = Vec::new();
-        for &wanted in &config.server.listen {
-            let existing = self.listen_config.iter().position(|a| *a == wanted);
+        // An address is kept when it is configured again for the same kind of connections.
+        let old_kinds = self.listener_kinds();
+        let kept = |wanted: SocketAddr, kind| {
+            self.listen_config.iter().zip(&old_kinds).position(|(a, k)| (*a, *k) == (wanted, kind))
+        };
+        // Per address: as configured, as bound, the index it had before, its sockets.
+        type Group = (SocketAddr, SocketAddr, Option<usize>, Vec<Option<Socket>>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (wanted, kind) in config.listeners() {
+            let existing = kept(wanted, kind);
             let (bound, mut sockets) = match existing {
                 Some(i) => {
                     let bound = self.listen[i];
@@ -207,7 +216,7 @@ impl Supervisor {
                     sockets.push(Some(socket));
                 }
             }
-            groups.push((wanted, bound, sockets));
+            groups.push((wanted, bound, existing, sockets));
         }
         // Everything needed is bound; now rearrange (nothing below can fail).
         let mut old_sockets: Vec<Vec<Option<Socket>>> = self
@@ -216,8 +225,8 @@ impl Supervisor {
             .map(|s| std::mem::take(&mut s.listeners).into_iter().map(Some).collect())
             .collect();
         let mut new_listeners: Vec<Vec<Socket>> = (0..count).map(|_| Vec::new()).collect();
-        for (wanted, _, sockets) in &mut groups {
-            let existing = self.listen_config.iter().position(|a| a == wanted);
+        for (_, _, existing, sockets) in &mut groups {
+            let existing = *existing;
             for (slot, listeners) in new_listeners.iter_mut().enumerate() {
                 let socket = match existing {
                     Some(i) if slot < old_count => old_sockets[slot][i].take(),
@@ -237,8 +246,8 @@ impl Supervisor {
                 None => self.slots.push(Slot::new(listeners)),
             }
         }
-        self.listen_config = groups.iter().map(|(wanted, _, _)| *wanted).collect();
-        self.listen = groups.iter().map(|(_, bound, _)| *bound).collect();
+        self.listen_config = groups.iter().map(|(wanted, ..)| *wanted).collect();
+        self.listen = groups.iter().map(|(_, bound, ..)| *bound).collect();
         Ok(retired)
     }
 
@@ -390,9 +399,7 @@ impl Supervisor {
         let elapsed = reload.started.elapsed();
         self.stats.reload_done(elapsed);
         info!("reload to generation {} done in {:.3}s", self.generation, elapsed.as_secs_f64());
-        for addr in &self.listen {
-            info!("listening on {addr} with {} workers", self.slots.len());
-        }
+        self.log_listening();
         self.last_reload =
             Some(ReloadOutcome { ok: true, error: None, duration_s: elapsed.as_secs_f64() });
         let status = self.status_line();

@@ -8,6 +8,7 @@
 use crate::bad_frame::Peer;
 use crate::bus::{BusConn, ToWorker, WorkerOrder};
 use crate::cloexec;
+use crate::listener::{Kind, ListenFd};
 use socket2::Socket;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -22,12 +23,14 @@ pub struct Spawned {
     pub conn: BusConn,
 }
 
-/// Starts the worker for `slot`; `setup` is its first bus frame.
+/// Starts the worker for `slot` on its `listeners`, each taking connections of the kind beside
+/// it in `kinds`; `setup` is its first bus frame.
 pub fn spawn_worker(
     exe: &Path,
     slot: usize,
     generation: u64,
     listeners: &[Socket],
+    kinds: &[Kind],
     setup: WorkerOrder,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
@@ -39,8 +42,8 @@ pub fn spawn_worker(
         .args(["--slot", &slot.to_string()])
         .args(["--generation", &generation.to_string()])
         .args(["--bus-fd", &bus_fd.to_string()]);
-    for fd in &inherit {
-        command.args(["--listen-fd", &fd.to_string()]);
+    for (&fd, &kind) in inherit.iter().zip(kinds) {
+        command.args(["--listen-fd", &ListenFd { fd, kind }.to_string()]);
     }
     inherit.push(bus_fd);
     // Only the supervisor talks to systemd (NotifyAccess=main); the workers must not try.

@@ -148,6 +148,7 @@ impl Supervisor {
             slot,
             self.generation,
             &self.slots[slot].listeners,
+            &self.listener_kinds(),
             setup,
         )
         .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;

@@ -7,9 +7,11 @@
 //! (`EMFILE`, or `ENFILE` for the whole system) pauses the same way.
 
 use super::client::Client;
+use super::transport::Transport;
 use super::{CLIENT_BASE, LISTENER_BASE, Worker};
 use crate::bus::message::ConnId;
 use crate::bus::{RoomRequest, ToHub};
+use crate::listener::Kind;
 use log::{debug, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
@@ -17,6 +19,7 @@ use nix::sys::resource::{Resource, getrlimit};
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,8 @@ pub(super) const FD_RESERVE: usize = 8;
 /// accepted but not yet admitted by the hub.
 pub(super) struct Acceptor {
     listeners: Vec<TcpListener>,
+    /// What each listener's connections speak.
+    kinds: Vec<Kind>,
     /// False once the worker stopped accepting for good (reload, exit).
     open: bool,
     /// Out of descriptors: no accepting until then.
@@ -54,7 +59,8 @@ pub(super) struct Acceptor {
 
 impl Acceptor {
     /// Registers `listeners` with the event loop.
-    pub fn new(registry: &Registry, mut listeners: Vec<TcpListener>) -> io::Result<Acceptor> {
+    pub fn new(registry: &Registry, listeners: Vec<(TcpListener, Kind)>) -> io::Result<Acceptor> {
+        let (mut listeners, kinds): (Vec<TcpListener>, Vec<Kind>) = listeners.into_iter().unzip();
         for (i, listener) in listeners.iter_mut().enumerate() {
             if LISTENER_BASE + i >= CLIENT_BASE {
                 return Err(io::Error::other("too many listen addresses"));
@@ -64,6 +70,7 @@ impl Acceptor {
         let fds_at_start = open_fds(&listeners);
         Ok(Acceptor {
             listeners,
+            kinds,
             open: true,
             paused_until: None,
             out_of_fds_logged: false,
@@ -132,8 +139,9 @@ impl Worker {
                 return self.pause_accepting(why);
             }
             let Some(listener) = self.accept.listeners.get(index) else { return };
+            let kind = self.accept.kinds[index];
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
+                Ok((stream, addr)) => self.admit(stream, addr, kind),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -194,19 +202,40 @@ impl Worker {
         }
     }
 
-    /// A new connection: register it and ask the hub to let it in.
-    pub(super) fn admit(&mut self, stream: mio::net::TcpStream, addr: std::net::SocketAddr) {
+    /// A new connection: register it and ask the hub to let it in, or (a layered transport)
+    /// start its opening phase, after which it asks (`transport::opening`).
+    pub(super) fn admit(&mut self, stream: mio::net::TcpStream, addr: SocketAddr, kind: Kind) {
         if let Err(e) = crate::listener::tune_accepted(&stream, &self.config.socket) {
             debug!("socket options for {addr}: {e}");
         }
+        self.counters.connections += 1;
+        let Some(transport) = Transport::accepted(kind, addr, self.openings.tls.as_ref()) else {
+            self.counters.tls_rejected += 1;
+            return warn!("cannot start a {kind} session with {addr}");
+        };
+        let opening = matches!(transport, Transport::Layered(_));
+        if opening {
+            if !self.openings.admits(addr.ip(), self.config.server.max_clients_per_ip) {
+                self.counters.tls_rejected += 1;
+                return debug!("{kind} connection from {addr} refused: too many opening");
+            }
+            self.openings.started(addr.ip());
+        }
         let conn = self.accept.conn_id();
         let max_line_bytes = self.config.chat.max_line_bytes;
-        let key = match self.add_client(stream, |s| Client::new(s, conn, max_line_bytes)) {
+        let make = |s| Client::new(s, transport, conn, max_line_bytes);
+        let key = match self.add_client(stream, make) {
             Ok(key) => key,
-            Err(e) => return warn!("cannot watch connection from {addr}: {e}"),
+            Err(e) => {
+                if opening {
+                    self.openings.ended(addr.ip());
+                }
+                return warn!("cannot watch connection from {addr}: {e}");
+            }
         };
-        self.counters.connections += 1;
-        self.accept.joining.insert(conn, key);
-        self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
+        if !opening {
+            self.accept.joining.insert(conn, key);
+            self.bus.send(&ToHub::Room(RoomRequest::Join { conn, addr }));
+        }
     }
 }

@@ -8,6 +8,7 @@
 use crate::bus::message::{ConnId, SessionId};
 use crate::protocol::decoder::LineDecoder;
 use crate::worker::rate::TokenBucket;
+use crate::worker::transport::Transport;
 use mio::net::TcpStream;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -20,6 +21,9 @@ const KEEP_CAPACITY: usize = 4 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Accepted on a layered listener, its transport still opening (a TLS handshake): not
+    /// known to the hub yet.
+    Opening,
     /// Accepted; waiting for the hub to admit it.
     Joining,
     /// In the room.
@@ -35,18 +39,12 @@ pub enum Phase {
     Closing { deadline: Instant, write_shut: bool },
 }
 
-/// What one read did.
-pub enum Input {
-    /// This many bytes went into the decoder.
-    Data(usize),
-    /// Nothing to read right now.
-    Empty,
-    /// The client closed its side.
-    Eof,
-}
+pub use super::transport::Input;
 
 pub struct Client {
     pub stream: TcpStream,
+    /// What lies between the socket and the lines: nothing, or layers such as TLS.
+    pub transport: Transport,
     pub conn: ConnId,
     pub session: Option<SessionId>,
     pub phase: Phase,
@@ -73,13 +71,25 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, conn: ConnId, max_line_bytes: usize) -> Client {
+    /// A client; `last_line` starts now, which for a connection still opening is when its
+    /// opening started.
+    pub fn new(
+        stream: TcpStream,
+        transport: Transport,
+        conn: ConnId,
+        max_line_bytes: usize,
+    ) -> Client {
         let now = Instant::now();
+        let phase = match transport {
+            Transport::Layered(_) => Phase::Opening,
+            Transport::Plain => Phase::Joining,
+        };
         Client {
             stream,
+            transport,
             conn,
             session: None,
-            phase: Phase::Joining,
+            phase,
             decoder: LineDecoder::new(max_line_bytes),
             bucket: None,
             last_line: now,
@@ -117,7 +127,7 @@ impl Client {
 
     /// Bytes waiting to be written.
     pub fn backlog(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.transport.unsent()
     }
 
     /// Drops queued output except the rest of a line already partly written, so a final notice
@@ -132,6 +142,7 @@ impl Client {
         };
         self.out = rest[..keep].to_vec();
         self.out_pos = 0;
+        self.transport.discard_unsent();
     }
 
     /// Gives back an empty output buffer, so a connection that is merely open costs little.
@@ -139,6 +150,7 @@ impl Client {
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = Vec::new();
         }
+        self.transport.release_idle_buffers();
     }
 
     /// Takes the unsent output (for a hand-off), and whether it starts mid-line.
@@ -159,6 +171,17 @@ impl Client {
     /// with as few syscalls as the socket allows; what the socket does not take is queued.
     /// Returns the bytes written.
     pub fn flush_with(&mut self, share: &[u8]) -> io::Result<usize> {
+        if let Transport::Layered(layered) = &mut self.transport {
+            let own = &self.out[self.out_pos..];
+            let closing = matches!(self.phase, Phase::Closing { .. });
+            let sent = Transport::flush_layered(layered, &mut self.stream, own, share, closing)?;
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > KEEP_CAPACITY {
+                self.out = Vec::new();
+            }
+            return Ok(sent);
+        }
         let mut shared = 0;
         let mut sent = 0;
         loop {
@@ -213,26 +236,13 @@ impl Client {
         }
     }
 
-    /// One read into `scratch`, fed to the decoder.
+    /// One read into `scratch`, through the transport into the decoder.
     pub fn read_input(&mut self, scratch: &mut [u8]) -> io::Result<Input> {
-        loop {
-            return match self.stream.read(scratch) {
-                Ok(0) => {
-                    self.can_read = false;
-                    Ok(Input::Eof)
-                }
-                Ok(n) => {
-                    self.decoder.feed(&scratch[..n]);
-                    Ok(Input::Data(n))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.can_read = false;
-                    Ok(Input::Empty)
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
+        let input = self.transport.read(&mut self.stream, scratch, &mut self.decoder)?;
+        if matches!(input, Input::Empty | Input::Eof) {
+            self.can_read = false;
         }
+        Ok(input)
     }
 
     /// Reads and throws away whatever the client sends while its connection is closing, so the
@@ -300,7 +310,8 @@ mod tests {
         let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (ours, _) = listener.accept().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let mut client = Client::new(TcpStream::from_std(ours), ConnId(1), 1024);
+        let stream = TcpStream::from_std(ours);
+        let mut client = Client::new(stream, Transport::Plain, ConnId(1), 1024);
         let line = format!("{}\r\n", "x".repeat(998));
         let lines = 16 << 10;
         for _ in 0..lines {

@@ -16,7 +16,7 @@ use crate::bus::{RoomRequest, ToHub};
 use crate::config::Config;
 use crate::protocol::command::{self, Command};
 use crate::protocol::decoder::Decoded;
-use client_io::Input;
+use client_io::{Input, Phase};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
@@ -61,6 +61,9 @@ impl Worker {
                 }
                 return;
             }
+            if client.phase == Phase::Opening {
+                return self.advance_opening(key);
+            }
             if !client.is_live() || client.throttled {
                 return;
             }
@@ -99,11 +102,23 @@ impl Worker {
                 return;
             }
             match client.read_input(&mut self.input.scratch) {
-                Ok(Input::Data(n)) => self.counters.bytes_received += n as u64,
-                Ok(Input::Empty) => {}
+                Ok(Input::Data(n)) => {
+                    self.counters.bytes_received += n as u64;
+                    // A layer's answer (a TLS KeyUpdate of our own) goes out with the next pass.
+                    if client.transport.unsent() > 0 {
+                        self.mark_dirty(key);
+                    }
+                }
+                Ok(Input::Empty | Input::Opened) => {}
                 Ok(Input::Eof) => {
                     client.eof = true;
                     client.decoder.finish();
+                }
+                Ok(Input::Refused(reason)) => {
+                    log::debug!("connection {} cut: {reason}", client.conn);
+                    self.leave(key, LeaveReason::Lost);
+                    self.close(key);
+                    return;
                 }
                 Err(_) => {
                     self.lost(key);

@@ -24,6 +24,7 @@ impl Worker {
                     session: *session,
                     idle_ms: now.saturating_duration_since(client.last_line).as_millis() as u64,
                     queued: (client.backlog() + shared) as u64,
+                    transport: client.transport.kind(),
                 })
             })
             .collect();

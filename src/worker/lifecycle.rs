@@ -118,6 +118,7 @@ impl Worker {
 
     /// Starts closing a connection: no more room lines, flush, FIN, then drop.
     pub(super) fn close(&mut self, key: usize) {
+        self.end_opening(key);
         self.detach(key);
         let Some(client) = self.clients.get_mut(key) else { return };
         client.room_from = None;
@@ -139,6 +140,7 @@ impl Worker {
         if !self.clients.contains(key) {
             return;
         }
+        self.end_opening(key);
         let mut client = self.clients.remove(key);
         let _ = self.poll.registry().deregister(&mut client.stream);
         if let Some(session) = client.session {

@@ -23,6 +23,7 @@ mod room_state;
 mod setup;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 pub use setup::Args;
 
@@ -33,7 +34,9 @@ use crate::bus::{
     BusConn, RoomRequest, RoomUpdate, ToHub, ToWorker, WorkerCounters, WorkerOrder, conn::Fill,
 };
 use crate::config::Config;
+use crate::listener::Kind;
 use crate::signals::Signals;
+use crate::tls::TlsAcceptor;
 use accept::Acceptor;
 use client::{Client, Phase};
 use handoff::Handoff;
@@ -92,6 +95,8 @@ pub struct Worker {
     handoff: Handoff,
     /// Ticks, heartbeats and the way out (`lifecycle`).
     life: Lifetime,
+    /// Connections whose transport is still opening, and the certificate (`transport`).
+    openings: transport::Openings,
     /// What this worker counted, reported with every heartbeat: plain increments where things
     /// happen (a single-threaded process needs neither locks nor atomics).
     counters: WorkerCounters,
@@ -117,7 +122,8 @@ impl Worker {
     pub fn new(
         config: Config,
         bus: UnixStream,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<(TcpListener, Kind)>,
+        tls: Option<TlsAcceptor>,
         mut signals: Signals,
     ) -> io::Result<Worker> {
         let poll = Poll::new()?;
@@ -127,6 +133,7 @@ impl Worker {
         registry.register(signals.source(), SIGNALS, Interest::READABLE)?;
         let accept = Acceptor::new(registry, listeners)?;
         let room_state = RoomState::new(config.chat.history, config.chat.history_events);
+        let openings = transport::Openings::new(tls, config.tls.handshake_timeout);
         Ok(Worker {
             poll,
             config,
@@ -142,6 +149,7 @@ impl Worker {
             output: Output::new(),
             handoff: Handoff::default(),
             life: Lifetime::new(),
+            openings,
             counters: WorkerCounters::default(),
         })
     }
@@ -423,6 +431,7 @@ impl Worker {
             self.accept_all();
         }
         self.check_idle_and_closing(now);
+        self.expire_openings(now);
         self.output.trim_memory_when_quiet();
     }
 }

@@ -6,6 +6,7 @@ use crate::bus::frame::{self, HEADER_LEN};
 use crate::bus::{ToHub, ToWorker, WorkerOrder, WorkerReport};
 use crate::cloexec;
 use crate::config::Config;
+use crate::listener::{Kind, ListenFd};
 use crate::signals::{self, Signals};
 use mio::net::{TcpListener, UnixStream};
 use nix::sys::signal::Signal;
@@ -21,27 +22,31 @@ pub struct Args {
     pub generation: u64,
     #[arg(long)]
     pub bus_fd: RawFd,
+    /// `FD` or `KIND:FD` (`tls:7`): a listener and what its connections speak.
     #[arg(long = "listen-fd")]
-    pub listen_fds: Vec<RawFd>,
+    pub listen_fds: Vec<ListenFd>,
 }
 
 pub(super) fn start(args: Args) -> Result<Worker, String> {
     // SAFETY: the supervisor passed these descriptors to us across exec, named on our command
     // line; nothing else in this process owns them.
     let bus = unsafe { std::os::unix::net::UnixStream::from_raw_fd(args.bus_fd) };
-    let listeners: Vec<TcpListener> = args
+    let listeners: Vec<(TcpListener, Kind)> = args
         .listen_fds
         .iter()
         // SAFETY: as for the bus: passed across exec for us alone, each named once.
-        .map(|&fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
-        .map(TcpListener::from_std)
+        .map(|l| (unsafe { std::net::TcpListener::from_raw_fd(l.fd) }, l.kind))
+        .map(|(listener, kind)| (TcpListener::from_std(listener), kind))
         .collect();
     // Inherited descriptors must not leak into anything this process might start.
-    for fd in listeners.iter().map(AsFd::as_fd).chain([bus.as_fd()]) {
+    for fd in listeners.iter().map(|(l, _)| l.as_fd()).chain([bus.as_fd()]) {
         cloexec::set(fd).map_err(|e| format!("close-on-exec: {e}"))?;
     }
     let (config_text, config_path) = read_setup(&bus)?;
     let config = Config::parse(&config_text, &config_path).map_err(|e| e.to_string())?;
+    // New TLS connections get the certificate on disk now; the supervisor checked it before
+    // starting this generation.
+    let tls = config.check_tls().map_err(|e| e.to_string())?;
     bus.set_nonblocking(true).map_err(|e| format!("bus: {e}"))?;
 
     // Ctrl-C in a terminal reaches the whole process group; the supervisor decides.
@@ -49,7 +54,7 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         signals::ignore(signal).map_err(|e| format!("signals: {e}"))?;
     }
     let signals = Signals::new(&[libc::SIGTERM]).map_err(|e| format!("signals: {e}"))?;
-    let mut worker = Worker::new(config, UnixStream::from_std(bus), listeners, signals)
+    let mut worker = Worker::new(config, UnixStream::from_std(bus), listeners, tls, signals)
         .map_err(|e| format!("event loop: {e}"))?;
     worker.bus.send(&ToHub::Control(WorkerReport::Hello {
         slot: args.slot,

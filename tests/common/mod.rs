@@ -24,8 +24,11 @@
 //! * `/proc` helpers (`procfs.rs`): which process holds the server side of a client's
 //!   connection ([`worker_of`], [`workers_of`]), how many listening sockets share a port
 //!   ([`listening_sockets`]), process states, children.
-//! * TLS (`pki.rs`, `tls_relay.rs`): a throwaway CA and server certificate made with `openssl`
-//!   ([`Pki`]), and a `socat` TLS terminator in front of a plain server ([`TlsRelay`]).
+//! * TLS (`tls.rs`): a throwaway CA made with `openssl` ([`Pki`]), a server with a `[tls]`
+//!   listener ([`start_tls`]), and [`TlsBridge`], real Python `ssl` sessions behind plain
+//!   connections so the line helpers drive TLS clients.
+//! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
+//!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 
@@ -35,10 +38,11 @@
 #![allow(dead_code)]
 
 mod client;
-mod pki;
+pub mod nats;
 mod procfs;
 pub mod room;
 mod server;
+mod tls;
 mod tls_relay;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
@@ -47,11 +51,11 @@ mod tls_relay;
 #[allow(unused_imports)]
 pub use client::*;
 #[allow(unused_imports)]
-pub use pki::*;
-#[allow(unused_imports)]
 pub use procfs::*;
 #[allow(unused_imports)]
 pub use server::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use tls_relay::*;
 

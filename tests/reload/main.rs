@@ -15,8 +15,9 @@
 //! quiet room, when a new worker dies mid-hand-off), `big_backlogs.rs` (sessions carrying tens
 //! of MB of unsent output, handed over while heartbeats stay on time), `config.rs` (a broken
 //! config, hand-off switched off), `worker_count.rs` (fewer or more workers, connecting
-//! meanwhile), `upgrade.rs` (a new binary on disk: the supervisor re-executes itself; one that fails is not used) and `open_files.rs` (a worker out of file
-//! descriptors).
+//! meanwhile), `upgrade.rs` (a new binary on disk: the supervisor re-executes itself; one that
+//! fails is not used), `open_files.rs` (a worker out of file descriptors) and `tls.rs` (TLS
+//! sessions moving with their sockets, certificate rotation).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -30,6 +31,7 @@ mod big_backlogs;
 mod config;
 mod handoff;
 mod open_files;
+mod tls;
 mod upgrade;
 mod worker_count;
 

@@ -6,6 +6,7 @@
 //! channel only once what it already read is processed.
 
 use super::super::client::{Client, Phase};
+use super::super::transport::Transport;
 use super::super::{INCOMING_BASE, Worker, rate::TokenBucket};
 use super::{Handoff, to_mio_unix};
 use crate::bad_frame::Peer;
@@ -141,7 +142,7 @@ impl Worker {
 
     /// Installs a session received from the previous worker; it rejoins the room when the
     /// hub's `Resume` arrives.
-    fn adopt(&mut self, state: SessionState, fd: OwnedFd) {
+    fn adopt(&mut self, mut state: SessionState, fd: OwnedFd) {
         let std_stream = std::net::TcpStream::from(fd);
         if let Err(e) = std_stream.set_nonblocking(true) {
             warn!("adopted session {}: {e}", state.session);
@@ -157,8 +158,17 @@ impl Worker {
         };
         let max_line_bytes = chat.max_line_bytes;
         let session = state.session;
+        let transport = match Transport::restore(state.transport.take()) {
+            Ok(transport) => transport,
+            Err(e) => {
+                // The socket is dropped: without its TLS state nobody can talk to it.
+                warn!("adopted session {session}: {e}; it is lost");
+                let leave = RoomRequest::Leave { session, reason: LeaveReason::Lost };
+                return self.bus.send(&ToHub::Room(leave));
+            }
+        };
         let added = self.add_client(stream, |stream| {
-            let mut client = Client::new(stream, conn, max_line_bytes);
+            let mut client = Client::new(stream, transport, conn, max_line_bytes);
             client.session = Some(session);
             client.phase = Phase::Resuming { leaving: state.leaving };
             client.decoder = LineDecoder::restore(state.input, max_line_bytes);

@@ -12,12 +12,13 @@
 //! holds the whole lot twice (in its clients' queues and encoded for a channel).
 
 use super::super::client::{Client, Phase};
+use super::super::transport::Transport;
 use super::super::{HANDOFF_OUT, Worker};
 use super::{Handoff, to_mio_unix};
 use crate::bad_frame::Peer;
 use crate::bus::handoff::{SessionState, Transfer};
-use crate::bus::message::SessionId;
-use crate::bus::{BusConn, ToHub, WorkerReport};
+use crate::bus::message::{LeaveReason, SessionId};
+use crate::bus::{BusConn, RoomRequest, ToHub, WorkerReport};
 use log::{error, info};
 use mio::Interest;
 use std::collections::VecDeque;
@@ -135,7 +136,8 @@ impl Worker {
                 sessions += 1;
             }
         }
-        let joining = !self.accept.joining.is_empty();
+        // Connections still opening (a TLS handshake) finish here first, then go like joiners.
+        let joining = !self.accept.joining.is_empty() || self.openings.in_progress() > 0;
         if let Some(out) = self.handoff.outgoing.as_mut() {
             if out.queue.is_empty() && !joining && !out.done_reported {
                 out.done_reported = true;
@@ -154,6 +156,16 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut client.stream);
         let Some(session) = client.session else { return };
         self.sessions.remove(&session);
+        let transport =
+            match std::mem::replace(&mut client.transport, Transport::Plain).into_state() {
+                Ok(transport) => transport,
+                Err(why) => {
+                    // Never expected: only open sessions are in the room.
+                    error!("session {session} cannot be handed over ({why}); it is lost");
+                    let leave = RoomRequest::Leave { session, reason: LeaveReason::Lost };
+                    return self.bus.send(&ToHub::Room(leave));
+                }
+            };
         let (output, mid_line) = client.take_output();
         // All but the last piece of the output go ahead of the session; the new worker puts
         // them back together before it adopts the session.
@@ -169,6 +181,7 @@ impl Worker {
             idle_ms: now.saturating_duration_since(client.last_line).as_millis() as u64,
             leaving: client.phase == Phase::Leaving,
             eof: client.eof,
+            transport,
         };
         let fd = OwnedFd::from(client.stream);
         self.handoff.moved.insert(session, channel);

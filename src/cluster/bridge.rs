@@ -1,0 +1,406 @@
+//! The one thread that talks to NATS.
+//!
+//! The NATS client (`async-nats`) is asynchronous; chatd's processes are single-threaded mio
+//! loops. So the client runs on a thread of its own with a current-thread tokio runtime, and
+//! the two sides meet only at channels: commands go in over a tokio channel (sending never
+//! blocks the caller), reports come out over a crossbeam channel, and every report wakes the
+//! caller's mio loop with its [`mio::Waker`]. The bridge knows nothing of the room: it moves
+//! bytes between the caller and NATS, in order, and says how the connection is doing.
+//!
+//! What it does (docs/cluster.md):
+//! * creates the stream `CHATD_<room>` if it is missing (subjects `chatd.<room>.>`);
+//! * publishes events in the order given, each with its `Nats-Msg-Id`, holding them while NATS
+//!   is unreachable and publishing them again until they are stored: a retry of an event that
+//!   was stored already is dropped by JetStream's de-duplication, so each is stored once;
+//! * reads the stream in order from a given sequence with an ephemeral consumer of its own,
+//!   recreated from the next sequence whenever it fails or skips (rather than async-nats'
+//!   ordered consumer, which notices a lost consumer only after 30 s of missed heartbeats);
+//! * sends and receives private messages over core NATS, one subject per host, outside the
+//!   stream's subjects.
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::{Context, ContextBuilder};
+use async_nats::jetstream::{self, stream};
+use crossbeam_channel::{Receiver, Sender};
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// What the bridge needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub urls: Vec<String>,
+    pub room: String,
+    pub node: String,
+    /// Replicas of the stream, if the bridge creates it.
+    pub replicas: usize,
+    /// The stream's `max_msgs` (see [`max_messages`]).
+    pub max_messages: i64,
+}
+
+/// The stream keeps this many events at least: enough that `history` chat lines survive days of
+/// an idle room's heartbeats, and that a host cut off for minutes in a busy room finds every
+/// event it missed. Oldest first out.
+pub fn max_messages(history: usize) -> i64 {
+    i64::try_from(history.saturating_mul(100)).unwrap_or(i64::MAX).max(1_000_000)
+}
+
+/// How long JetStream remembers message ids: a retry within this is never stored twice. An
+/// event sent just before an outage whose acknowledgement was lost is retried as soon as NATS
+/// is back, so this bounds the outage after which such an event could be stored twice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Caller → bridge.
+#[derive(Debug)]
+pub enum Command {
+    /// Store an event in the stream; `id` is its `Nats-Msg-Id`, unique in the room.
+    Publish { id: String, payload: Vec<u8> },
+    /// A private message to the host `node`, over core NATS (not stored).
+    Private { node: String, payload: Vec<u8> },
+}
+
+/// Bridge → caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The connection to a NATS server is up (`true`) or lost (`false`).
+    Connected(bool),
+    /// The stream can be read (`true`) or its reading failed (`false`: no leader, deleted,
+    /// connection lost): until `true` again, events are held.
+    Stream(bool),
+    /// An event of the stream, in stream order, each once. `time_ms` is the stream's timestamp
+    /// (ms since the Unix epoch).
+    Event { seq: u64, time_ms: i64, payload: Vec<u8> },
+    /// A published event is stored (`duplicate`: it was already, by an earlier try).
+    Stored { id: String, seq: u64, duplicate: bool },
+    /// A private message for this host.
+    Private(Vec<u8>),
+    /// Something went wrong that only the log needs to know.
+    Problem(String),
+}
+
+/// The handle of the bridge thread; dropping it stops the thread after a last flush of what is
+/// held (at most [`STOP_FLUSH`]).
+pub struct Bridge {
+    commands: Option<UnboundedSender<Command>>,
+    reports: Receiver<Report>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long a stopping bridge keeps trying to store what it holds.
+pub const STOP_FLUSH: Duration = Duration::from_secs(2);
+/// Publishes in flight at once.
+const WINDOW: usize = 256;
+/// How long a publish waits for JetStream's acknowledgement before it is tried again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The reading consumer's heartbeat: two missed and it is recreated.
+const READ_HEARTBEAT: Duration = Duration::from_secs(1);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Bridge {
+    /// Starts the thread; it reads the stream from `from_seq` on. It connects in the background
+    /// (and keeps trying), so this returns at once even while NATS is unreachable.
+    pub fn start(settings: Settings, from_seq: u64, waker: Arc<mio::Waker>) -> io::Result<Bridge> {
+        let (commands, commands_rx) = unbounded_channel();
+        let (reports_tx, reports) = crossbeam_channel::unbounded();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let out = Out { tx: reports_tx, waker };
+        let thread = std::thread::Builder::new().name("chatd-nats".into()).spawn(move || {
+            runtime.block_on(run(settings, from_seq.max(1), commands_rx, out));
+        })?;
+        Ok(Bridge { commands: Some(commands), reports, thread: Some(thread) })
+    }
+
+    /// Hands a command to the bridge; never blocks.
+    pub fn send(&self, command: Command) {
+        if let Some(commands) = &self.commands {
+            // The thread only ends when this handle is dropped.
+            let _ = commands.send(command);
+        }
+    }
+
+    /// What the bridge reported since the last call, oldest first.
+    pub fn reports(&self) -> impl Iterator<Item = Report> + '_ {
+        self.reports.try_iter()
+    }
+
+    /// Waits up to `timeout` for the next report (for tests and tools without a mio loop).
+    pub fn next_report(&self, timeout: Duration) -> Option<Report> {
+        self.reports.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Closing the channel is the stop signal.
+        self.commands = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The report side: every report wakes the caller.
+#[derive(Clone)]
+struct Out {
+    tx: Sender<Report>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Out {
+    fn send(&self, report: Report) {
+        if self.tx.send(report).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+fn stream_name(room: &str) -> String {
+    format!("CHATD_{room}")
+}
+
+/// The subject of a host's private messages: not under `chatd.<room>.`, so never stored.
+fn private_subject(room: &str, node: &str) -> String {
+    format!("chatd-private.{room}.{node}")
+}
+
+async fn run(
+    settings: Settings,
+    from_seq: u64,
+    mut commands: UnboundedReceiver<Command>,
+    out: Out,
+) {
+    let events = out.clone();
+    let (connected_tx, connected) = tokio::sync::watch::channel(false);
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("chatd {}", settings.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| backoff(u32::try_from(attempts).unwrap_or(u32::MAX)))
+        .event_callback(move |event| {
+            let events = events.clone();
+            let connected_tx = connected_tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        connected_tx.send_replace(true);
+                        events.send(Report::Connected(true));
+                    }
+                    async_nats::Event::Disconnected => {
+                        connected_tx.send_replace(false);
+                        events.send(Report::Connected(false));
+                    }
+                    other => events.send(Report::Problem(format!("NATS: {other}"))),
+                }
+            }
+        })
+        .connect(settings.urls.clone())
+        .await;
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => return out.send(Report::Problem(format!("cannot use the NATS servers: {e}"))),
+    };
+    let js = ContextBuilder::new().timeout(ACK_TIMEOUT).build(client.clone());
+    let (to_publisher, publisher_rx) = unbounded_channel();
+    let publisher =
+        tokio::spawn(publish(js.clone(), settings.clone(), publisher_rx, connected, out.clone()));
+    let reader = tokio::spawn(read(js, settings.clone(), from_seq, out.clone()));
+    let privates = tokio::spawn(receive_private(client.clone(), settings.clone(), out.clone()));
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Publish { id, payload } => {
+                let _ = to_publisher.send((id, payload));
+            }
+            Command::Private { node, payload } => {
+                let subject = private_subject(&settings.room, &node);
+                if let Err(e) = client.publish(subject, payload.into()).await {
+                    out.send(Report::Problem(format!("private message to {node}: {e}")));
+                }
+            }
+        }
+    }
+    // Stopping: the publisher finishes what it holds, for a while.
+    drop(to_publisher);
+    reader.abort();
+    privates.abort();
+    let _ = tokio::time::timeout(STOP_FLUSH, publisher).await;
+    let _ = tokio::time::timeout(STOP_FLUSH, client.flush()).await;
+}
+
+/// Publishes events in order, [`WINDOW`] at a time, until each is acknowledged; on any failure
+/// everything not yet acknowledged is sent again, in order, after a pause. While the connection
+/// is down nothing is sent: the client would only queue copies of the same events.
+async fn publish(
+    js: Context,
+    settings: Settings,
+    mut incoming: UnboundedReceiver<(String, Vec<u8>)>,
+    mut connected: tokio::sync::watch::Receiver<bool>,
+    out: Out,
+) {
+    let subject = format!("chatd.{}.{}", settings.room, settings.node);
+    let mut held: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+    let mut failures = 0u32;
+    let mut open = true;
+    loop {
+        if held.is_empty() {
+            if !open {
+                return;
+            }
+            match incoming.recv().await {
+                Some(event) => held.push_back(event),
+                None => return,
+            }
+        }
+        while let Ok(event) = incoming.try_recv() {
+            held.push_back(event);
+        }
+        if incoming.is_closed() && incoming.is_empty() {
+            open = false;
+        }
+        // The sender lives as long as the client's callback: this only ends with the thread.
+        let _ = connected.wait_for(|up| *up).await;
+        let mut acks = Vec::with_capacity(held.len().min(WINDOW));
+        let mut failed = None;
+        for (id, payload) in held.iter().take(WINDOW) {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone().into())
+                .message_id(id);
+            match js.send_publish(subject.clone(), message).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        for ack in acks {
+            match ack.await {
+                Ok(ack) => {
+                    failures = 0;
+                    if let Some((id, _)) = held.pop_front() {
+                        let (seq, duplicate) = (ack.sequence, ack.duplicate);
+                        out.send(Report::Stored { id, seq, duplicate });
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            failures += 1;
+            if failures == 1 {
+                out.send(Report::Problem(format!("publishing held until NATS answers: {e}")));
+            }
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+}
+
+/// Reads the stream from `next` on, forever, reporting each event once and in order. A consumer
+/// that fails is recreated at once; the stream is reported unreadable only when that fails too,
+/// so a hiccup (a missed heartbeat on a busy machine) is no outage for the clients.
+async fn read(js: Context, settings: Settings, mut next: u64, out: Out) {
+    let mut failures = 0u32;
+    let mut readable = false;
+    loop {
+        let problem = match read_once(&js, &settings, &mut next, &out, &mut readable).await {
+            Ok(()) => "the consumer ended".to_owned(),
+            Err(e) => e,
+        };
+        failures = if readable { 1 } else { failures + 1 };
+        if readable {
+            out.send(Report::Problem(format!("reading the stream again from {next}: {problem}")));
+            readable = false;
+            continue;
+        }
+        if failures == 2 {
+            out.send(Report::Stream(false));
+        }
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+/// One consumer's life: creates the stream if needed and a consumer from `next`, then reports
+/// what it delivers until it fails or skips a message.
+async fn read_once(
+    js: &Context,
+    settings: &Settings,
+    next: &mut u64,
+    out: &Out,
+    readable: &mut bool,
+) -> Result<(), String> {
+    let config = stream::Config {
+        name: stream_name(&settings.room),
+        subjects: vec![format!("chatd.{}.>", settings.room)],
+        num_replicas: settings.replicas,
+        max_messages: settings.max_messages,
+        duplicate_window: DUPLICATE_WINDOW,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let stream = js.get_or_create_stream(config).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: *next },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .heartbeat(READ_HEARTBEAT)
+        .expires(READ_HEARTBEAT * 5)
+        .max_messages_per_batch(500)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !*readable {
+        *readable = true;
+        out.send(Report::Stream(true));
+    }
+    let mut delivered = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| e.to_string())?;
+        let info = message.info().map_err(|e| e.to_string())?;
+        if info.consumer_sequence != delivered + 1 {
+            return Err(format!("the consumer skipped to {}", info.consumer_sequence));
+        }
+        delivered = info.consumer_sequence;
+        let seq = info.stream_sequence;
+        let time_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        if seq >= *next {
+            *next = seq + 1;
+            out.send(Report::Event { seq, time_ms, payload: message.payload.to_vec() });
+        }
+    }
+    Ok(())
+}
+
+async fn receive_private(client: async_nats::Client, settings: Settings, out: Out) {
+    let subject = private_subject(&settings.room, &settings.node);
+    match client.subscribe(subject).await {
+        Ok(mut messages) => {
+            while let Some(message) = messages.next().await {
+                out.send(Report::Private(message.payload.to_vec()));
+            }
+        }
+        Err(e) => out.send(Report::Problem(format!("cannot receive private messages: {e}"))),
+    }
+}
+
+/// 50 ms doubling to 1 s.
+fn backoff(attempts: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << attempts.min(5)).min(MAX_BACKOFF)
+}

@@ -1,0 +1,254 @@
+//! One room across several hosts over NATS JetStream (SPEC §11, docs/cluster.md).
+//!
+//! The door is [`Cluster`], all the hub is meant to call; not wired into the hub yet:
+//!
+//! ```text
+//! let cluster = Cluster::start(&config.cluster, config.chat.history, waker)?; // at start
+//! cluster.publish(Event::Say { session, text });   // what a local client did, instead of
+//!                                                  // numbering it itself
+//! cluster.send_private(&member.node, private);     // /msg to a member of another host
+//! for output in cluster.poll(Instant::now()) {     // when the waker fires, and every tick
+//!     match output {
+//!         Output::Applied(applied) => …,  // a room change in stream order: render, number
+//!                                         // with applied.seq, send to the workers
+//!         Output::Outage(step) => …,      // tell this host's clients (SPEC §11)
+//!         Output::Private(private) => …,  // a /msg for one of this host's sessions
+//!     }
+//! }
+//! cluster.room();                                   // who is where, for /who, /msg, status
+//! cluster.stop();                                   // clean stop: HostDown, flush
+//! ```
+//!
+//! Inside: [`events`] (what travels), [`room`] (the state machine every host applies in stream
+//! order), [`outage`] (the rules while NATS is unreachable), [`bridge`] (the thread that talks
+//! to NATS). The door ties them: it numbers this host's events for de-duplication, beats into
+//! the stream, declares silent hosts gone, publishes this host's roster when another host
+//! starts, and turns the bridge's connection reports into outage steps.
+
+pub mod bridge;
+pub mod events;
+pub mod outage;
+pub mod room;
+
+use crate::config;
+use bridge::{Bridge, Command, Report};
+use events::{Envelope, Event, Private};
+use outage::{Outage, Step};
+use room::{Applied, Change, Room};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What [`Cluster::poll`] gives the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Applied(Applied),
+    Outage(Step),
+    Private(Private),
+}
+
+/// This host's part in the cluster room.
+pub struct Cluster {
+    node: String,
+    generation: u64,
+    room: Room,
+    outage: Outage,
+    bridge: Bridge,
+    connected: bool,
+    readable: bool,
+    /// Events handed to the bridge, for their message ids.
+    published: u64,
+    /// ... of which stored.
+    stored: u64,
+    beat_every: Duration,
+    host_timeout: Duration,
+    last_sent: Option<Instant>,
+    /// Declarations made and not yet seen applied, with the last sequence they name: the same
+    /// one is not made twice, a later one is (the first was stale).
+    declared: BTreeMap<(String, u64), u64>,
+    /// Host generations seen, to publish the roster when a new one appears.
+    hosts_seen: BTreeSet<(String, u64)>,
+}
+
+impl Cluster {
+    /// Starts the bridge; returns at once, even while NATS is unreachable (the outage rules
+    /// then run from now). `history` is `chat.history`, which sizes the stream.
+    pub fn start(
+        config: &config::Cluster,
+        history: usize,
+        waker: Arc<mio::Waker>,
+    ) -> io::Result<Cluster> {
+        let settings = bridge::Settings {
+            urls: config.nats.clone(),
+            room: config.room.clone(),
+            node: config.node.clone(),
+            replicas: config.replicas,
+            max_messages: bridge::max_messages(history),
+        };
+        let now = Instant::now();
+        Ok(Cluster {
+            node: config.node.clone(),
+            generation: new_generation(),
+            room: Room::new(),
+            outage: Outage::new(config.outage_notice, config.outage_timeout, now),
+            bridge: Bridge::start(settings, 1, waker)?,
+            connected: false,
+            readable: false,
+            published: 0,
+            stored: 0,
+            beat_every: config.host_timeout / 5,
+            host_timeout: config.host_timeout,
+            last_sent: None,
+            declared: BTreeMap::new(),
+            hosts_seen: BTreeSet::new(),
+        })
+    }
+
+    /// Sends an event of this host into the stream. It is held, in order, while the room is
+    /// unreachable, and stored once whatever the retries; its effect comes back from
+    /// [`Cluster::poll`] in its place in the stream.
+    pub fn publish(&mut self, event: Event) {
+        self.published += 1;
+        let id = format!("{}.{}.{}", self.node, self.generation, self.published);
+        let envelope = Envelope { node: self.node.clone(), generation: self.generation, event };
+        self.bridge.send(Command::Publish { id, payload: events::encode(&envelope) });
+        self.last_sent = Some(Instant::now());
+    }
+
+    /// A `/msg` for a member served by `node`.
+    pub fn send_private(&self, node: &str, private: &Private) {
+        let payload = events::encode(private);
+        self.bridge.send(Command::Private { node: node.to_owned(), payload });
+    }
+
+    /// What happened since the last call; also runs the timers (beats, declarations, outage),
+    /// so call it on every tick as well as when the waker fires.
+    pub fn poll(&mut self, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        let reports: Vec<Report> = self.bridge.reports().collect();
+        for report in reports {
+            match report {
+                Report::Connected(up) => self.reachability(Some(up), None, now, &mut out),
+                Report::Stream(up) => self.reachability(None, Some(up), now, &mut out),
+                Report::Event { seq, time_ms, payload } => match events::decode(&payload) {
+                    Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
+                    Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
+                },
+                Report::Stored { .. } => self.stored += 1,
+                Report::Private(payload) => match events::decode(&payload) {
+                    Ok(private) => out.push(Output::Private(private)),
+                    Err(e) => log::warn!("cluster: private message ignored: {e}"),
+                },
+                Report::Problem(problem) => log::warn!("cluster: {problem}"),
+            }
+        }
+        // Beats and declarations only while the room is reachable: a beat held through an
+        // outage would say nothing true once published.
+        let due = self.last_sent.is_none_or(|at| now.duration_since(at) >= self.beat_every);
+        if due && !self.outage.is_down() {
+            let clients = u32::try_from(self.room.online_on(&self.node)).unwrap_or(u32::MAX);
+            self.publish(Event::Beat { clients });
+        }
+        if !self.outage.is_down() {
+            for declaration in self.room.overdue(&self.node, self.host_timeout) {
+                if let Event::HostGone { node, generation, last_seq } = &declaration {
+                    let key = (node.clone(), *generation);
+                    if self.declared.insert(key, *last_seq) != Some(*last_seq) {
+                        self.publish(declaration);
+                    }
+                }
+            }
+        }
+        out.extend(self.outage.tick(now).map(Output::Outage));
+        out
+    }
+
+    fn reachability(
+        &mut self,
+        connected: Option<bool>,
+        readable: Option<bool>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        self.connected = connected.unwrap_or(self.connected);
+        self.readable = readable.unwrap_or(self.readable);
+        if self.connected && self.readable {
+            out.extend(self.outage.up().map(Output::Outage));
+        } else {
+            self.outage.down(now);
+        }
+    }
+
+    fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope, out: &mut Vec<Output>) {
+        let changes = self.room.apply(seq, time_ms, envelope);
+        let mut new_host = false;
+        for applied in &changes {
+            if let Change::HostGone { node, generation, .. } = &applied.change {
+                self.declared.remove(&(node.clone(), *generation));
+                if *node == self.node && *generation == self.generation {
+                    // This host was silent too long and the others declared it gone: its
+                    // members have left the room, and whatever it still publishes in this
+                    // generation is ignored. It goes on in a new one; the hub sees the
+                    // declaration and deals with its clients (docs/cluster.md).
+                    log::warn!(
+                        "cluster: this host was declared gone; going on as a new generation"
+                    );
+                    self.generation = new_generation();
+                }
+            }
+        }
+        for (node, host) in self.room.hosts() {
+            if node != self.node && self.hosts_seen.insert((node.to_owned(), host.generation)) {
+                new_host = true;
+            }
+        }
+        out.extend(changes.into_iter().map(Output::Applied));
+        if new_host && self.room.online_on(&self.node) > 0 {
+            let roster = self.room.roster_of(&self.node);
+            self.publish(roster);
+        }
+    }
+
+    /// The room as the stream has made it so far.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the room is reachable (connected and the stream readable).
+    pub fn connected(&self) -> bool {
+        !self.outage.is_down()
+    }
+
+    /// Since when the room has been unreachable, for `status`.
+    pub fn unreachable_since(&self) -> Option<Instant> {
+        self.outage.down_since()
+    }
+
+    /// Events handed over and not yet stored (held while the room is unreachable).
+    pub fn held(&self) -> u64 {
+        self.published.saturating_sub(self.stored)
+    }
+
+    /// A clean stop: says so in the stream (the hub has sent its clients' leaves before), and
+    /// waits a little for what is held to be stored.
+    pub fn stop(mut self) {
+        self.publish(Event::HostDown);
+        drop(self.bridge);
+    }
+}
+
+/// A number for this start of chatd, different from the previous one's: the time in
+/// nanoseconds, mixed with the process id for two starts in the same nanosecond.
+fn new_generation() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 44)
+}

@@ -1,0 +1,369 @@
+//! The room as every host computes it from the stream: a deterministic state machine.
+//!
+//! Every host applies the same events in the same (stream) order with [`Room::apply`], and
+//! nothing else changes the room, so every host holds the same room: the same members under the
+//! same nicks, the same guest numbers, the same hosts alive. A race is settled by the order:
+//! two claims on one nick, the first in the stream wins and the second is refused, on every host
+//! alike; two hosts declaring a third one gone, the first declaration counts and the second
+//! finds nothing left to do. No clock but the stream's own timestamps is read and nothing is
+//! random, so the outcome cannot depend on which host computes it.
+//!
+//! Hosts are known by `cluster.node` and a generation they pick at start. The first event of a
+//! new generation retires the previous one (the host restarted before anyone declared it gone);
+//! events of a retired generation are ignored, so a host that comes back after being declared
+//! gone cannot act on members that already left. A member is numbered by the stream sequence of
+//! its join ([`MemberId`]), the same on every host.
+
+use super::events::{Envelope, Event, RosterEntry};
+use crate::bus::message::{LeaveReason, SessionId};
+use crate::protocol::command::is_valid_nick;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A member of the room, the same number on every host: the stream sequence of its join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId(pub u64);
+
+/// Someone in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The host serving it.
+    pub node: String,
+    /// Its session on that host.
+    pub session: SessionId,
+    pub nick: String,
+    pub addr: SocketAddr,
+}
+
+/// A host taking part in the room, as the stream shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub generation: u64,
+    /// Stream sequence and time (ms since the Unix epoch) of its last event.
+    pub last_seq: u64,
+    pub last_time_ms: i64,
+    /// Clients it said it serves in its last beat.
+    pub clients: u32,
+}
+
+/// What applying one event did to the room, for the hub to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Joined {
+        id: MemberId,
+        member: Member,
+    },
+    Left {
+        id: MemberId,
+        member: Member,
+        reason: LeaveReason,
+    },
+    Said {
+        id: MemberId,
+        member: Member,
+        text: String,
+    },
+    Me {
+        id: MemberId,
+        member: Member,
+        text: String,
+    },
+    Renamed {
+        id: MemberId,
+        member: Member,
+        old: String,
+    },
+    /// The claim came after another one on the same nick (or the nick of a member the claiming
+    /// host did not know yet): only the claiming host tells its client.
+    NickRefused {
+        node: String,
+        session: SessionId,
+        nick: String,
+    },
+    Notice {
+        text: String,
+    },
+    /// A generation of a host is over: declared gone, restarted, or stopped (`clean`). Its
+    /// remaining members left (`connection lost`) just before this.
+    HostGone {
+        node: String,
+        generation: u64,
+        clean: bool,
+    },
+}
+
+/// One change with its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub seq: u64,
+    /// The stream's timestamp of the event, ms since the Unix epoch: `{time}`, alike everywhere.
+    pub time_ms: i64,
+    pub change: Change,
+}
+
+/// The room's state; equal on two hosts that applied the same events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Room {
+    members: BTreeMap<MemberId, Member>,
+    /// `(node, session)` → member.
+    sessions: BTreeMap<(String, SessionId), MemberId>,
+    /// Lower-cased nick → member: nicks are unique case-insensitively.
+    nicks: BTreeMap<String, MemberId>,
+    hosts: BTreeMap<String, Host>,
+    /// Generations that are over; one entry per host restart.
+    retired: BTreeSet<(String, u64)>,
+    next_guest: u64,
+    last_seq: u64,
+    last_time_ms: i64,
+}
+
+impl Room {
+    pub fn new() -> Room {
+        Room { next_guest: 1, ..Room::default() }
+    }
+
+    /// Applies the event at stream sequence `seq`. Sequences at or before the last one applied
+    /// are ignored, so a redelivery changes nothing.
+    pub fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope) -> Vec<Applied> {
+        if seq <= self.last_seq {
+            return Vec::new();
+        }
+        self.last_seq = seq;
+        self.last_time_ms = self.last_time_ms.max(time_ms);
+        let Envelope { node, generation, event } = envelope;
+        if self.retired.contains(&(node.clone(), generation)) {
+            return Vec::new();
+        }
+        let mut changes = Vec::new();
+        match self.hosts.get(&node).map(|h| h.generation) {
+            Some(current) if current != generation => {
+                self.end_generation(&node, false, &mut changes);
+                self.hosts.insert(node.clone(), Host::new(generation));
+            }
+            Some(_) => {}
+            None => {
+                self.hosts.insert(node.clone(), Host::new(generation));
+            }
+        }
+        if let Some(host) = self.hosts.get_mut(&node) {
+            host.last_seq = seq;
+            host.last_time_ms = host.last_time_ms.max(time_ms);
+        }
+        self.event(seq, node, event, &mut changes);
+        changes.into_iter().map(|change| Applied { seq, time_ms, change }).collect()
+    }
+
+    fn event(&mut self, seq: u64, node: String, event: Event, changes: &mut Vec<Change>) {
+        match event {
+            Event::Beat { clients } => {
+                if let Some(host) = self.hosts.get_mut(&node) {
+                    host.clients = clients;
+                }
+            }
+            Event::HostDown => self.end_generation(&node, true, changes),
+            Event::HostGone { node: gone, generation, last_seq } => {
+                let current = self.hosts.get(&gone);
+                if gone != node
+                    && current.is_some_and(|h| h.generation == generation && h.last_seq <= last_seq)
+                {
+                    self.end_generation(&gone, false, changes);
+                }
+            }
+            Event::Join { session, addr } => {
+                if self.sessions.contains_key(&(node.clone(), session)) {
+                    return;
+                }
+                let nick = self.guest_nick();
+                let member = Member { node, session, nick, addr };
+                changes.push(Change::Joined { id: MemberId(seq), member: member.clone() });
+                self.insert(MemberId(seq), member);
+            }
+            Event::Leave { session, reason } => {
+                if let Some((id, member)) = self.remove(&node, session) {
+                    changes.push(Change::Left { id, member, reason });
+                }
+            }
+            Event::Say { session, text } => {
+                if let Some((id, member)) = self.find(&node, session) {
+                    changes.push(Change::Said { id, member: member.clone(), text });
+                }
+            }
+            Event::Me { session, text } => {
+                if let Some((id, member)) = self.find(&node, session) {
+                    changes.push(Change::Me { id, member: member.clone(), text });
+                }
+            }
+            Event::Nick { session, nick } => self.rename(node, session, nick, changes),
+            Event::Notice { text } => changes.push(Change::Notice { text }),
+            Event::Roster { members, next_guest } => self.roster(&node, members, next_guest),
+        }
+    }
+
+    fn rename(&mut self, node: String, session: SessionId, nick: String, out: &mut Vec<Change>) {
+        let Some((id, member)) = self.find(&node, session) else { return };
+        if !is_valid_nick(&nick) || member.nick == nick {
+            return;
+        }
+        let key = nick.to_ascii_lowercase();
+        if self.nicks.get(&key).is_some_and(|owner| *owner != id) {
+            out.push(Change::NickRefused { node, session, nick });
+            return;
+        }
+        let old = member.nick.clone();
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(key, id);
+        if let Some(member) = self.members.get_mut(&id) {
+            member.nick = nick;
+            out.push(Change::Renamed { id, member: member.clone(), old });
+        }
+    }
+
+    /// Learns the members of `node` that this room lacks (it read the stream from after their
+    /// joins). Whatever it already knows stays as it is, so hosts that saw every join are not
+    /// changed. A listed nick someone else holds here is not taken over: that member keeps a
+    /// guest nick.
+    fn roster(&mut self, node: &str, members: Vec<RosterEntry>, next_guest: u64) {
+        self.next_guest = self.next_guest.max(next_guest);
+        for entry in members {
+            let id = MemberId(entry.id);
+            let key = (node.to_owned(), entry.session);
+            if self.members.contains_key(&id) || self.sessions.contains_key(&key) {
+                continue;
+            }
+            let free = is_valid_nick(&entry.nick)
+                && !self.nicks.contains_key(&entry.nick.to_ascii_lowercase());
+            let nick = if free { entry.nick } else { self.guest_nick() };
+            let member =
+                Member { node: node.to_owned(), session: entry.session, nick, addr: entry.addr };
+            self.insert(id, member);
+        }
+    }
+
+    /// The end of `node`'s current generation: its members leave as `connection lost`, in the
+    /// order they joined, and the generation is retired.
+    fn end_generation(&mut self, node: &str, clean: bool, changes: &mut Vec<Change>) {
+        let Some(host) = self.hosts.remove(node) else { return };
+        let gone: Vec<SessionId> =
+            self.members.values().filter(|m| m.node == node).map(|m| m.session).collect();
+        for session in gone {
+            if let Some((id, member)) = self.remove(node, session) {
+                changes.push(Change::Left { id, member, reason: LeaveReason::Lost });
+            }
+        }
+        self.retired.insert((node.to_owned(), host.generation));
+        let generation = host.generation;
+        changes.push(Change::HostGone { node: node.to_owned(), generation, clean });
+    }
+
+    fn insert(&mut self, id: MemberId, member: Member) {
+        self.nicks.insert(member.nick.to_ascii_lowercase(), id);
+        self.sessions.insert((member.node.clone(), member.session), id);
+        self.members.insert(id, member);
+    }
+
+    fn remove(&mut self, node: &str, session: SessionId) -> Option<(MemberId, Member)> {
+        let id = self.sessions.remove(&(node.to_owned(), session))?;
+        let member = self.members.remove(&id)?;
+        self.nicks.remove(&member.nick.to_ascii_lowercase());
+        Some((id, member))
+    }
+
+    fn find(&self, node: &str, session: SessionId) -> Option<(MemberId, &Member)> {
+        let id = *self.sessions.get(&(node.to_owned(), session))?;
+        Some((id, self.members.get(&id)?))
+    }
+
+    /// The next free `guest-N`, skipping numbers someone took with `/nick`.
+    fn guest_nick(&mut self) -> String {
+        loop {
+            let nick = format!("guest-{}", self.next_guest);
+            self.next_guest += 1;
+            if !self.nicks.contains_key(&nick) {
+                return nick;
+            }
+        }
+    }
+
+    /// The declarations `me` should publish now: every other host whose last event is more
+    /// than `timeout` older than the newest event applied. Measured in stream time only, so a
+    /// host that is itself cut off (and so applies nothing new) never declares anyone gone.
+    pub fn overdue(&self, me: &str, timeout: Duration) -> Vec<Event> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        self.hosts
+            .iter()
+            .filter(|(node, host)| {
+                node.as_str() != me
+                    && self.last_time_ms.saturating_sub(host.last_time_ms) > timeout_ms
+            })
+            .map(|(node, host)| Event::HostGone {
+                node: node.clone(),
+                generation: host.generation,
+                last_seq: host.last_seq,
+            })
+            .collect()
+    }
+
+    /// `node`'s members as a roster event (see [`Event::Roster`]).
+    pub fn roster_of(&self, node: &str) -> Event {
+        let members = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.node == node)
+            .map(|(id, m)| RosterEntry {
+                id: id.0,
+                session: m.session,
+                nick: m.nick.clone(),
+                addr: m.addr,
+            })
+            .collect();
+        Event::Roster { members, next_guest: self.next_guest }
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = (MemberId, &Member)> {
+        self.members.iter().map(|(id, m)| (*id, m))
+    }
+
+    pub fn member(&self, id: MemberId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// The member of `node`'s `session`, if it is in the room.
+    pub fn member_of(&self, node: &str, session: SessionId) -> Option<MemberId> {
+        self.sessions.get(&(node.to_owned(), session)).copied()
+    }
+
+    /// Who holds `nick`, case-insensitively: where `/msg` goes.
+    pub fn by_nick(&self, nick: &str) -> Option<(MemberId, &Member)> {
+        let id = *self.nicks.get(&nick.to_ascii_lowercase())?;
+        Some((id, self.members.get(&id)?))
+    }
+
+    pub fn online(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Hosts taking part, by name.
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, &Host)> {
+        self.hosts.iter().map(|(n, h)| (n.as_str(), h))
+    }
+
+    /// Members served by `node`.
+    pub fn online_on(&self, node: &str) -> usize {
+        self.members.values().filter(|m| m.node == node).count()
+    }
+
+    /// The stream sequence of the last event applied: where reading resumes.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+impl Host {
+    fn new(generation: u64) -> Host {
+        Host { generation, last_seq: 0, last_time_ms: 0, clients: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! The door the hub will call: hosts on a real cluster agreeing on the room.
+
+use crate::common::nats::NatsCluster;
+use chatd::bus::message::{LeaveReason, SessionId};
+use chatd::cluster::events::{Event, Private};
+use chatd::cluster::outage::Step;
+use chatd::cluster::room::Change;
+use chatd::cluster::{Cluster, Output};
+use chatd::config;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A host: the door, the mio loop its bridge wakes, and what it gave out so far.
+struct Host {
+    cluster: Cluster,
+    poll: mio::Poll,
+    seen: Vec<Output>,
+}
+
+impl Host {
+    fn start(nats: &NatsCluster, room: &str, node: &str) -> Host {
+        let settings = config::Cluster {
+            enabled: true,
+            nats: nats.urls(),
+            room: room.into(),
+            node: node.into(),
+            replicas: 3,
+            host_timeout: Duration::from_secs(3),
+            outage_notice: Duration::from_secs(1),
+            outage_timeout: Duration::from_secs(20),
+        };
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let cluster = Cluster::start(&settings, 100, waker).expect("start");
+        Host { cluster, poll, seen: Vec::new() }
+    }
+
+    /// Runs the host's loop (woken by the bridge, ticking every 100 ms) until `f` holds.
+    fn until(&mut self, what: &str, mut f: impl FnMut(&Host) -> bool) {
+        let start = Instant::now();
+        let mut events = mio::Events::with_capacity(8);
+        loop {
+            let outputs = self.cluster.poll(Instant::now());
+            self.seen.extend(outputs);
+            if f(self) {
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}: {:#?}", self.seen);
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(100)));
+        }
+    }
+
+    fn changes(&self) -> Vec<(u64, Change)> {
+        self.seen
+            .iter()
+            .filter_map(|o| match o {
+                Output::Applied(a) => Some((a.seq, a.change.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn nick_of(&self, node: &str, session: u64) -> Option<String> {
+        let room = self.cluster.room();
+        let id = room.member_of(node, SessionId(session))?;
+        room.member(id).map(|m| m.nick.clone())
+    }
+}
+
+fn join(session: u64) -> Event {
+    Event::Join { session: SessionId(session), addr: "192.0.2.7:5000".parse().unwrap() }
+}
+
+#[test]
+fn two_hosts_share_one_room_and_a_vanished_host_leaves_it_once() {
+    let nats = NatsCluster::start(3);
+    let mut a = Host::start(&nats, "door", "a");
+    let mut b = Host::start(&nats, "door", "b");
+    a.until("the room reachable", |h| h.cluster.connected());
+    b.until("the room reachable", |h| h.cluster.connected());
+    a.cluster.publish(join(1));
+    a.until("a's member", |h| h.nick_of("a", 1).is_some());
+    b.cluster.publish(join(1));
+    b.until("both members", |h| h.cluster.room().online() == 2);
+    a.until("both members", |h| h.cluster.room().online() == 2);
+    assert_eq!(a.nick_of("a", 1).as_deref(), Some("guest-1"));
+    assert_eq!(b.nick_of("b", 1).as_deref(), Some("guest-2"));
+    // Both claim one nick at once: the stream's order decides, alike on both hosts.
+    a.cluster.publish(Event::Nick { session: SessionId(1), nick: "bob".into() });
+    b.cluster.publish(Event::Nick { session: SessionId(1), nick: "Bob".into() });
+    let settled = |h: &Host| {
+        h.changes().iter().any(|(_, c)| matches!(c, Change::NickRefused { .. }))
+            && h.changes().iter().any(|(_, c)| matches!(c, Change::Renamed { .. }))
+    };
+    a.until("the claims settled", settled);
+    b.until("the claims settled", settled);
+    assert_eq!(a.cluster.room(), b.cluster.room(), "one room");
+    assert_eq!(a.changes(), b.changes(), "the same changes in the same order");
+    // A private message reaches the other host.
+    let private = Private { from: "bob".into(), to: SessionId(1), text: "psst".into() };
+    a.cluster.send_private("b", &private);
+    b.until("the private message", |h| h.seen.contains(&Output::Private(private.clone())));
+    // a vanishes without a word (dropped without stop): after host_timeout b says its member
+    // left, once.
+    b.cluster.publish(Event::Say { session: SessionId(1), text: "still here".into() });
+    drop(a);
+    let lost = |h: &Host| {
+        h.changes()
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c, Change::Left { member, reason: LeaveReason::Lost, .. } if member.node == "a")
+            })
+            .count()
+    };
+    b.until("a's member lost", |h| lost(h) == 1);
+    b.until("a gone", |h| {
+        h.changes()
+            .iter()
+            .any(|(_, c)| matches!(c, Change::HostGone { node, clean: false, .. } if node == "a"))
+    });
+    assert_eq!(b.cluster.room().online(), 1);
+    // Some beats later it is still once.
+    let beats = b.cluster.room().last_seq() + 3;
+    b.until("more beats", |h| h.cluster.room().last_seq() >= beats);
+    assert_eq!(lost(&b), 1);
+    assert!(!b.seen.iter().any(|o| matches!(o, Output::Outage(Step::Notice))));
+}
+
+#[test]
+fn a_host_cut_off_tells_its_clients_and_catches_up() {
+    let mut nats = NatsCluster::start(3);
+    let mut a = Host::start(&nats, "cutoff", "a");
+    a.until("the room reachable", |h| h.cluster.connected());
+    a.cluster.publish(join(1));
+    a.until("a's member", |h| h.nick_of("a", 1).is_some());
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    a.until("the notice", |h| h.seen.contains(&Output::Outage(Step::Notice)));
+    assert!(!a.cluster.connected());
+    a.cluster.publish(Event::Say { session: SessionId(1), text: "held".into() });
+    assert!(a.cluster.held() > 0);
+    nats.restart_all();
+    a.until("the room back", |h| h.seen.contains(&Output::Outage(Step::Back)));
+    a.until("the held line", |h| {
+        h.changes().iter().any(|(_, c)| matches!(c, Change::Said { text, .. } if text == "held"))
+    });
+    let said = a.changes().iter().filter(|(_, c)| matches!(c, Change::Said { .. })).count();
+    assert_eq!(said, 1);
+    let a_stop = a.cluster;
+    a_stop.stop();
+}
+
+#[test]
+fn a_host_stalled_past_host_timeout_finds_itself_declared_gone_and_goes_on() {
+    let nats = NatsCluster::start(3);
+    let mut a = Host::start(&nats, "stall", "a");
+    let mut b = Host::start(&nats, "stall", "b");
+    a.until("the room reachable", |h| h.cluster.connected());
+    b.until("the room reachable", |h| h.cluster.connected());
+    a.cluster.publish(join(1));
+    b.until("a's member", |h| h.nick_of("a", 1).is_some());
+    let first = a.cluster.generation();
+    // a stalls: it runs nothing, so it beats no more (as a stopped or swapped-out process).
+    b.until("a gone", |h| h.cluster.room().hosts().all(|(node, _)| node != "a"));
+    a.until("its own declaration", |h| {
+        h.changes().iter().any(|(_, c)| matches!(c, Change::HostGone { node, .. } if node == "a"))
+    });
+    assert!(
+        a.changes()
+            .iter()
+            .any(|(_, c)| matches!(c, Change::Left { member, .. } if member.node == "a"))
+    );
+    assert_ne!(a.cluster.generation(), first, "a new generation");
+    // What it publishes now counts again, alike for both.
+    a.cluster.publish(join(2));
+    a.until("its new member", |h| h.nick_of("a", 2).is_some());
+    b.until("a's new member", |h| h.nick_of("a", 2).is_some());
+    assert_eq!(a.cluster.room(), b.cluster.room());
+}
