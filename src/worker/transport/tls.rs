@@ -105,6 +105,13 @@ impl TlsLayer {
         Ok(())
     }
 
+    /// Lets an idle session drop its expanded keys (see [`Session::release_idle`]).
+    pub fn release_idle(&mut self) {
+        if let TlsLayer::Established(session) = self {
+            session.release_idle();
+        }
+    }
+
     /// close_notify, after everything sealed so far (once).
     pub fn close(&mut self, wire: &mut Vec<u8>) {
         if let TlsLayer::Established(session) = self {
