@@ -448,7 +448,10 @@ impl Supervisor {
             uptime_s: self.started.elapsed().as_secs(),
             last_reload: self.last_reload.clone(),
             tls_listen: self.listening(Kind::Tls),
-            web_listen: Vec::new(),
+            web_listen: [Kind::Web, Kind::WebTls]
+                .into_iter()
+                .flat_map(|k| self.listening(k))
+                .collect(),
             cluster: None,
         }
     }
@@ -467,11 +470,11 @@ impl Supervisor {
         bound.map(|(addr, _)| addr.to_string()).collect()
     }
 
-    /// `listening on IP:PORT with N workers` per address (`(tls)` after a TLS one), at start
-    /// and after a reload: scripts read chosen ports from it.
+    /// `listening on IP:PORT with N workers` per address (`(tls)`, `(web)` or `(web, tls)`
+    /// after the others), at start and after a reload: scripts read chosen ports from it.
     fn log_listening(&self) {
         for (addr, kind) in self.listen.iter().zip(self.listener_kinds()) {
-            let tag = if kind == Kind::Tls { " (tls)" } else { "" };
+            let tag = kind.log_tag();
             info!("listening on {addr}{tag} with {} workers", self.slots.len());
         }
     }
