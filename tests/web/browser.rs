@@ -11,11 +11,18 @@ use std::net::SocketAddr;
 use serde_json::json;
 
 use super::common::*;
-use super::protocol::web_server;
+use super::{start_web, web_addr};
 use cdp::{Browser, Tab};
 
 /// The text of every line the page shows, in order.
 const LOG_LINES: &str = "Array.from(document.querySelectorAll('#log > div'), d => d.textContent)";
+
+/// A server with a web listener too; returns it with the web address.
+fn web_server(builder: ServerBuilder) -> (Server, SocketAddr) {
+    let server = start_web(builder, None);
+    let web = web_addr(&server);
+    (server, web)
+}
 
 /// Opens the page in a new tab and waits for the welcome line; focuses its input.
 fn open_page(browser: &mut Browser, web: SocketAddr) -> Tab {

@@ -1,10 +1,10 @@
 //! The WebSocket at `/ws` against real clients (docs/web.md, "Reactions to what a client may
-//! send"): tungstenite's client for what a library sends (text, binary, ping, close), and frames
-//! written byte by byte for what no library sends (unmasked, reserved opcode, RSV bits). Each
+//! send"): tungstenite's client for what a library sends (text, binary, ping, close), and the
+//! hand-written client of `tests/common/web.rs` for what no library sends (unmasked, reserved
+//! opcode, RSV bits, a fragmented ping). Each
 //! reaction is checked from both sides: what the web client gets, and what a plain TCP client in
 //! the same room sees (or does not see).
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -13,29 +13,15 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::common::*;
-
-/// A server with one plain and one web listener; returns it with the web address, read from
-/// `chatd status --json` (`web_listen`).
-pub fn web_server(builder: ServerBuilder) -> (Server, SocketAddr) {
-    let dir = tempfile::tempdir().expect("create temp dir");
-    let config =
-        builder.raw("[web]\nlisten = [\"127.0.0.1:0\"]\n").render(&dir.path().join("control.sock"));
-    let server = Server::start_in(dir, &config, 1);
-    let addr = wait_until(START_TIMEOUT, "a web_listen address in status --json", || {
-        let out = server.run(&["status", "--json"], LINE_TIMEOUT);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        status["web_listen"].as_array()?.first()?.as_str()?.parse().ok()
-    });
-    (server, addr)
-}
+use super::{start_web, web_addr};
 
 /// A WebSocket client (tungstenite) with a deadline on every read.
-pub struct WsClient {
+pub struct LibWs {
     socket: WebSocket<TcpStream>,
 }
 
-impl WsClient {
-    pub fn connect(addr: SocketAddr) -> WsClient {
+impl LibWs {
+    pub fn connect(addr: SocketAddr) -> LibWs {
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect to /ws");
         stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
         let url = format!("ws://{addr}/ws");
@@ -44,12 +30,12 @@ impl WsClient {
         // Short reads from now on, so each wait checks its own deadline.
         socket.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         assert_eq!(response.status().as_u16(), 101);
-        WsClient { socket }
+        LibWs { socket }
     }
 
     /// Connects and reads the welcome line; returns the client and its nick.
-    pub fn join(addr: SocketAddr) -> (WsClient, String) {
-        let mut ws = WsClient::connect(addr);
+    pub fn join(addr: SocketAddr) -> (LibWs, String) {
+        let mut ws = LibWs::connect(addr);
         let welcome = ws.next_text();
         let (nick, _) = parse_welcome(&welcome)
             .unwrap_or_else(|| panic!("expected a welcome message, got {welcome:?}"));
@@ -95,88 +81,6 @@ impl WsClient {
     }
 }
 
-/// A connection upgraded by hand, for frames no library would send.
-struct RawWs {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    fn connect(addr: SocketAddr) -> RawWs {
-        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut raw = RawWs { stream, buf: Vec::new() };
-        let end = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(raw.fill(), "the connection ended during the upgrade");
-        };
-        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101 "), "upgrade refused: {head}");
-        raw.buf.drain(..end);
-        raw
-    }
-
-    /// Reads more; false at EOF or reset.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
-            Err(e) => panic!("read from /ws: {e}"),
-        }
-    }
-
-    /// The next server frame (unmasked, short): (opcode, payload); `None` at the end.
-    fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "a masked server frame");
-                let (len, start) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
-                    }
-                    126 => (usize::MAX, 0),
-                    127 => panic!("a server frame over 64 KiB"),
-                    n => (usize::from(n), 2),
-                };
-                if start > 0 && self.buf.len() >= start + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload = self.buf[start..start + len].to_vec();
-                    self.buf.drain(..start + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write a raw frame");
-    }
-}
-
-/// A masked client frame: `first` is FIN/RSV/opcode; a short payload.
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x11, 0x22, 0x33, 0x44];
-    let mut out = vec![first, 0x80 | u8::try_from(payload.len()).unwrap()];
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
-}
-
 /// The observer reads up to its own `marker` line; returns what it read before it.
 fn lines_until_marker(observer: &mut Client, nick: &str, marker: &str) -> Vec<String> {
     observer.send_line(marker);
@@ -190,6 +94,13 @@ fn lines_until_marker(observer: &mut Client, nick: &str, marker: &str) -> Vec<St
     }
 }
 
+/// A server with a web listener too; returns it with the web address.
+fn web_server(builder: ServerBuilder) -> (Server, SocketAddr) {
+    let server = start_web(builder, None);
+    let web = web_addr(&server);
+    (server, web)
+}
+
 fn quiet_room() -> ServerBuilder {
     ServerBuilder::new().workers(2).chat_key("history_on_join = 0")
 }
@@ -201,7 +112,7 @@ fn an_over_long_message_is_refused_like_an_over_long_line() {
         let (c, n, _) = server.join("observer");
         (c, n)
     };
-    let (mut ws, nick) = WsClient::join(web);
+    let (mut ws, nick) = LibWs::join(web);
     observer.read_until(LINE_TIMEOUT, |l| l.contains(" joined ")).unwrap();
 
     ws.send_text(&"x".repeat(17));
@@ -236,7 +147,7 @@ fn an_over_long_message_is_refused_like_an_over_long_line() {
 fn a_binary_message_gets_one_notice_and_the_session_goes_on() {
     let (server, web) = web_server(quiet_room());
     let (mut observer, observer_nick, _) = server.join("observer");
-    let (mut ws, nick) = WsClient::join(web);
+    let (mut ws, nick) = LibWs::join(web);
     observer.read_until(LINE_TIMEOUT, |l| l.contains(" joined ")).unwrap();
 
     ws.send(Message::binary(b"hello as bytes".to_vec()));
@@ -261,31 +172,26 @@ fn a_binary_message_gets_one_notice_and_the_session_goes_on() {
 fn malformed_frames_are_closed_with_1002_and_reach_nobody() {
     let (server, web) = web_server(quiet_room());
     let (mut observer, observer_nick, _) = server.join("observer");
+    let with_first_byte = |opcode: u8, change: fn(u8) -> u8| {
+        let mut frame = ws_frame(opcode, b"secret");
+        frame[0] = change(frame[0]);
+        frame
+    };
     let cases: [(&str, Vec<u8>); 4] = [
-        ("an unmasked text frame", {
-            let mut f = vec![0x81, 6];
-            f.extend_from_slice(b"secret");
-            f
-        }),
-        ("a reserved opcode", masked(0x83, b"secret")),
-        ("RSV1 without an extension", masked(0xC1, b"secret")),
-        ("a fragmented ping", masked(0x09, b"secret")),
+        ("an unmasked text frame", [&[0x81, 6][..], b"secret"].concat()),
+        ("a reserved opcode", ws_frame(3, b"secret")),
+        ("RSV1 without an extension", with_first_byte(1, |b| b | 0x40)),
+        ("a fragmented ping", with_first_byte(9, |b| b & 0x7f)),
     ];
     for (what, frame) in cases {
-        let mut raw = RawWs::connect(web);
-        let (op, welcome) = raw.next_frame().expect("a welcome frame");
-        assert_eq!(op, 1, "{what}: the first frame is not text");
-        let welcome = String::from_utf8(welcome).unwrap();
+        let mut ws = WsClient::connect(web, what);
+        let welcome = ws.next_line();
         let (nick, _) = parse_welcome(&welcome).unwrap_or_else(|| panic!("{what}: {welcome:?}"));
         observer.read_until(LINE_TIMEOUT, |l| l.contains(&format!("* {nick} joined"))).unwrap();
         // The bad frame, then a good line that must not be read after it.
-        raw.send(&frame);
-        raw.send(&masked(0x81, b"after"));
-        let (op, payload) = raw.next_frame().unwrap_or_else(|| panic!("{what}: no close frame"));
-        assert_eq!(op, 8, "{what}: expected a close frame, got opcode {op} {payload:?}");
-        assert_eq!(payload[..2], 1002u16.to_be_bytes(), "{what}: close {payload:?}");
-        assert!(raw.next_frame().is_none(), "{what}: a frame after the close");
-        let seen = lines_until_marker(&mut observer, &observer_nick, &format!("after {what}"));
+        ws.send_raw(&[frame, ws_text("after")].concat());
+        assert_eq!(ws.expect_close(), 1002, "{what}");
+        let seen = lines_until_marker(&mut observer, &observer_nick, &format!("behind {what}"));
         assert!(
             seen.iter().all(|l| !l.contains("secret") && !l.contains("after")),
             "{what}: the room saw the frame's payload: {seen:?}"
@@ -300,7 +206,7 @@ fn malformed_frames_are_closed_with_1002_and_reach_nobody() {
 #[test]
 fn a_ping_gets_a_pong_with_its_payload() {
     let (_server, web) = web_server(quiet_room());
-    let (mut ws, _) = WsClient::join(web);
+    let (mut ws, _) = LibWs::join(web);
     ws.send(Message::Ping(b"are you there".to_vec().into()));
     match ws.next_message() {
         Some(Message::Pong(p)) => assert_eq!(&p[..], b"are you there"),
@@ -312,7 +218,7 @@ fn a_ping_gets_a_pong_with_its_payload() {
 fn a_close_from_the_client_is_answered_and_the_room_sees_it_leave() {
     let (server, web) = web_server(quiet_room());
     let (mut observer, _, _) = server.join("observer");
-    let (mut ws, nick) = WsClient::join(web);
+    let (mut ws, nick) = LibWs::join(web);
     observer.read_until(LINE_TIMEOUT, |l| l.contains(&format!("* {nick} joined"))).unwrap();
     ws.socket.close(None).expect("send a close frame");
     let answer = loop {
@@ -332,7 +238,7 @@ fn the_rate_limit_applies_as_on_a_plain_connection() {
         quiet_room().chat_key(r#"rate_limit = { messages = 20, per = "1s", burst = 5 }"#),
     );
     let (mut observer, _, _) = server.join("observer");
-    let (mut ws, nick) = WsClient::join(web);
+    let (mut ws, nick) = LibWs::join(web);
     observer.read_until(LINE_TIMEOUT, |l| l.contains(&format!("* {nick} joined"))).unwrap();
     const FLOOD: usize = 45;
     let start = Instant::now();
