@@ -96,8 +96,7 @@ impl Deframer {
         self.raw.extend_from_slice(bytes);
         let mut seen = Vec::new();
         let mut at = 0;
-        loop {
-            let Some(&[b0, b1]) = self.raw.get(at..at + 2) else { break };
+        while let Some(&[b0, b1]) = self.raw.get(at..at + 2) {
             let (header, len) = match b1 & 0x7f {
                 126 => match self.raw.get(at + 2..at + 4) {
                     Some(x) => (4, u16::from_be_bytes([x[0], x[1]]) as usize),

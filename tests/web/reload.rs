@@ -161,3 +161,39 @@ fn through_reloads(web: usize, tls: bool) {
         }
     });
 }
+
+/// A request under way when a reload starts is finished by the old worker, whose hand-off
+/// waits for it; then the session moves like any other.
+#[test]
+fn a_request_under_way_finishes_across_a_reload() {
+    let server = start_web(room_server(1), None);
+    let control = server.control_socket();
+    let before = wait_settled(&control, server.pid(), 1, 1, &[]);
+    let (mut watcher, _, _) = server.join("watcher");
+    let addr = web_addr(&server);
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect");
+    stream.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").expect("half a request");
+    let port = stream.local_addr().expect("local addr").port();
+    let pids = before.pids();
+    wait_until(LINE_TIMEOUT, "the worker to accept the connection", || {
+        worker_of(port, addr.port(), &pids)
+    });
+    let reload = thread::spawn(move || reload_at(&control));
+    server.wait_for_log("handing sessions over to the next generation", LINE_TIMEOUT);
+    let rest = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(rest.as_bytes()).expect("the rest of the request");
+    let (head, first) = read_head(&mut stream).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut lines = Vec::new();
+    let mut deframer = Deframer::default();
+    deframer.push(&first, &mut lines);
+    expect_reload_ok(&reload.join().expect("reload"), 2, 1);
+    wait_settled(&server.control_socket(), server.pid(), 1, 2, &before.pids());
+    stream.write_all(&ws_text("hello after the reload")).expect("send");
+    // The welcome (maybe already read with the answer), then the line.
+    let nick = watcher.next_line();
+    let nick = nick.strip_prefix("* ").and_then(|l| l.split(' ').next()).expect("a join");
+    watcher.expect_chat(nick, "hello after the reload");
+    assert!(!server.log_contains("refused"), "no failed opening");
+}

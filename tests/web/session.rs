@@ -121,3 +121,15 @@ fn wss_with_a_throwaway_ca() {
     let how = bridge.wait_closed(LINE_TIMEOUT);
     assert!(how.ends_with(" clean"), "close_notify after the close frame: {how}");
 }
+
+/// An HTTP request not done within `tls.handshake_timeout` is closed, unanswered.
+#[test]
+fn a_stalled_request_is_closed_after_the_opening_timeout() {
+    let server = start_web(room_server(1).raw("[tls]\nhandshake_timeout = \"1s\""), None);
+    let mut s = TcpStream::connect_timeout(&web_addr(&server), CONNECT_TIMEOUT).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").expect("half a request");
+    s.set_read_timeout(Some(LINE_TIMEOUT)).expect("timeout");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("EOF, not a read timeout");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
