@@ -27,6 +27,8 @@
 //! * TLS (`tls.rs`): a throwaway CA made with `openssl` ([`Pki`]), a server with a `[tls]`
 //!   listener ([`start_tls`]), and [`TlsBridge`], real Python `ssl` sessions behind plain
 //!   connections so the line helpers drive TLS clients.
+//! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
+//!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
 //! * WebSocket (`web.rs`): [`WsClient`], a line client over a WebSocket spoken by hand, and
 //!   the frames and [`Deframer`] the reload fleet uses for its web clients.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
@@ -43,6 +45,7 @@ mod procfs;
 pub mod room;
 mod server;
 mod tls;
+mod tls_relay;
 mod web;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
@@ -56,6 +59,8 @@ pub use procfs::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use tls_relay::*;
 #[allow(unused_imports)]
 pub use web::*;
 
