@@ -19,6 +19,8 @@ mod control;
 #[path = "../reload/fleet.rs"]
 mod fleet;
 
+mod browser;
+mod protocol;
 mod reload;
 mod session;
 
