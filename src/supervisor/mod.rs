@@ -15,6 +15,7 @@ mod operators;
 mod reload;
 mod spawn;
 mod stats;
+mod stored;
 mod upgrade;
 mod workers;
 
@@ -128,6 +129,8 @@ pub struct Supervisor {
     last_reload: Option<ReloadOutcome>,
     /// Metrics: the supervisor's own counts and the `/metrics` endpoint.
     stats: stats::Stats,
+    /// The room as kept in systemd's descriptor store, to survive a crash (`stored`).
+    stored: Option<stored::StoredRoom>,
     /// `chatd who` requests waiting for the workers.
     operators: operators::Operators,
 }
@@ -151,6 +154,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
+        let passed = crate::store::take_passed();
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
@@ -173,7 +177,10 @@ impl Supervisor {
 
         listener::check_migrate_req();
         let (slots, listen) = bind_slots(&config)?;
-        let hub = Hub::new(&config);
+        let hub = match stored::take_room(passed) {
+            Some(saved) => Hub::restore(&config, saved),
+            None => Hub::new(&config),
+        };
         let now = Instant::now();
         let mut supervisor = Supervisor {
             poll,
@@ -202,6 +209,7 @@ impl Supervisor {
             last_reload: None,
             stats: stats::Stats::default(),
             operators: operators::Operators::default(),
+            stored: stored::StoredRoom::open(),
             config,
             config_path: config_path.to_path_buf(),
             config_text,
@@ -319,6 +327,9 @@ impl Supervisor {
             return;
         }
         self.notifier.stopping();
+        if let Some(stored) = self.stored.take() {
+            stored.clear();
+        }
         self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {
             reload.abandon("the server is stopping");
