@@ -54,9 +54,11 @@ fn notify(text: &str, fds: &[RawFd]) -> io::Result<()> {
     }
 }
 
-/// Keeps `fd` in the store under `name` (systemd does not poll it: `FDPOLL=0`).
-pub fn store(name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
-    notify(&format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0\n"), &[fd.as_raw_fd()])
+/// Keeps `fds` in the store, each under `name`, in one message (systemd does not poll them:
+/// `FDPOLL=0`).
+pub fn store(name: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    notify(&format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0\n"), &raw)
 }
 
 /// Drops every stored entry named `name`.

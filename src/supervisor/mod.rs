@@ -154,7 +154,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
-        let passed = crate::store::take_passed();
+        let (room, stored_listeners) = stored::take_passed();
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
@@ -176,8 +176,8 @@ impl Supervisor {
         .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
-        let (slots, listen) = bind_slots(&config)?;
-        let hub = match stored::take_room(passed) {
+        let (slots, listen) = bind_slots(&config, stored_listeners)?;
+        let hub = match room {
             Some(saved) => Hub::restore(&config, saved),
             None => Hub::new(&config),
         };
@@ -365,6 +365,7 @@ impl Supervisor {
         }
         self.run_state = RunState::Running;
         self.log_listening();
+        self.store_listeners();
         let status = self.status_line();
         self.notifier.ready(&status);
     }
@@ -488,15 +489,23 @@ impl Supervisor {
     }
 }
 
-/// Binds every slot's listeners; returns the slots and the effective listen addresses (port 0
+/// Binds every slot's listeners, first taking those of the same address from `stored` (the
+/// crashed supervisor's, `stored`); returns the slots and the effective listen addresses (port 0
 /// resolved).
-fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
+fn bind_slots(
+    config: &Config,
+    stored: Vec<Socket>,
+) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
     let count = config.server.workers;
     let mut slots: Vec<Slot> = (0..count).map(|_| Slot::new(Vec::new())).collect();
     let mut listen = Vec::new();
+    let mut stored = stored::by_address(stored);
     for (addr, _) in config.listeners() {
-        let group = listener::bind_group(addr, count, config.server.backlog, &listen)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let group = match stored::take_group(&mut stored, addr, count, config.server.backlog) {
+            Some(group) => group,
+            None => listener::bind_group(addr, count, config.server.backlog, &listen),
+        }
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener::local_addr(&group[0]).map_err(|e| format!("{addr}: {e}"))?;
         listen.push(bound);
         for (slot, socket) in slots.iter_mut().zip(group) {

@@ -6,15 +6,22 @@
 //! Members are not restored: a member is a live session, and a session survives only in the
 //! worker that serves it.
 
+use super::Supervisor;
 use super::hub::Hub;
 use super::upgrade::state::{Header, SavedHub};
+use crate::listener;
 use crate::store::{self, snapshot::Snapshot};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, OwnedFd};
+use socket2::Socket;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// The store entries' name.
+/// The room's entries' name.
 const NAME: &str = "hub";
+/// The listening sockets' entries' name.
+const LISTEN: &str = "listen";
 /// What the record starts with.
 const FORMAT: &str = "chatd-hub-state";
 /// 1: the first layout.
@@ -35,15 +42,67 @@ pub(super) struct StoredRoom {
     seq: Option<u64>,
 }
 
-/// The room the previous supervisor left in the store, if it left one this binary can read.
-/// Every entry passed is consumed: what is not read is dropped from the store.
-pub(super) fn take_room(passed: Vec<(String, OwnedFd)>) -> Option<SavedHub> {
-    let (hub, other): (Vec<_>, Vec<_>) = passed.into_iter().partition(|(name, _)| name == NAME);
-    for (name, _) in &other {
-        warn!("fd store: dropping an unknown entry {name:?}");
-        store::remove(name);
+/// What the previous supervisor left in the store: the room, if this binary can read it, and
+/// the slots' listening sockets. An entry of another name is dropped from the store.
+pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>) {
+    let mut room = Vec::new();
+    let mut listeners = Vec::new();
+    for (name, fd) in store::take_passed() {
+        match name.as_str() {
+            NAME => room.push(fd),
+            LISTEN => listeners.push(Socket::from(fd)),
+            _ => {
+                warn!("fd store: dropping an unknown entry {name:?}");
+                store::remove(&name);
+            }
+        }
     }
-    let files: Vec<OwnedFd> = hub.into_iter().map(|(_, fd)| fd).collect();
+    (take_room(room), listeners)
+}
+
+/// The stored listeners with the address each is bound to.
+pub(super) fn by_address(listeners: Vec<Socket>) -> Vec<(SocketAddr, Socket)> {
+    listeners.into_iter().filter_map(|s| Some((listener::local_addr(&s).ok()?, s))).collect()
+}
+
+/// The group of `count` listeners on `addr` (any port if its port is 0) built on the stored
+/// ones bound there, which are taken out of `stored`: extra ones are closed, missing ones bound
+/// beside them. `None` if none is stored there.
+pub(super) fn take_group(
+    stored: &mut Vec<(SocketAddr, Socket)>,
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Option<io::Result<Vec<Socket>>> {
+    let matches = |a: &SocketAddr| *a == addr || (addr.port() == 0 && a.ip() == addr.ip());
+    let bound = stored.iter().map(|(a, _)| *a).find(matches)?;
+    let (mine, rest): (Vec<_>, Vec<_>) =
+        std::mem::take(stored).into_iter().partition(|(a, _)| *a == bound);
+    *stored = rest;
+    let mut group: Vec<Socket> = mine.into_iter().map(|(_, s)| s).take(count).collect();
+    while group.len() < count {
+        match listener::bind(bound, backlog) {
+            Ok(socket) => group.push(socket),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    info!("listening again on {bound}, kept through the restart");
+    Some(Ok(group))
+}
+
+impl Supervisor {
+    /// Replaces the listeners in the store with the slots' current ones (at start and after a
+    /// reload, which may have added or retired some).
+    pub(super) fn store_listeners(&self) {
+        let Some(stored) = &self.stored else { return };
+        let fds: Vec<BorrowedFd<'_>> =
+            self.slots.iter().flat_map(|s| s.listeners.iter().map(|l| l.as_fd())).collect();
+        stored.store_listeners(&fds);
+    }
+}
+
+/// The newest intact room among the stored memory `files`.
+fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     if files.is_empty() {
         return None;
     }
@@ -102,11 +161,10 @@ impl StoredRoom {
                 return None;
             }
         };
-        for file in snapshot.files() {
-            if let Err(e) = store::store(NAME, file.as_fd()) {
-                warn!("fd store: cannot store the room: {e}; a crash will lose it");
-                return None;
-            }
+        let [a, b] = snapshot.files();
+        if let Err(e) = store::store(NAME, &[a.as_fd(), b.as_fd()]) {
+            warn!("fd store: cannot store the room: {e}; a crash will lose it");
+            return None;
         }
         Some(StoredRoom { snapshot, seq: None })
     }
@@ -122,9 +180,19 @@ impl StoredRoom {
         }
     }
 
-    /// A stop asked for: the next start begins with an empty room.
+    /// The slots' listening sockets, replacing those stored before: a restart after a crash
+    /// listens on them, so connections queued meanwhile are served, not reset.
+    pub(super) fn store_listeners(&self, listeners: &[BorrowedFd<'_>]) {
+        store::remove(LISTEN);
+        if let Err(e) = store::store(LISTEN, listeners) {
+            warn!("fd store: cannot store the listeners: {e}");
+        }
+    }
+
+    /// A stop asked for: the next start begins with an empty room and binds anew.
     pub(super) fn clear(self) {
         store::remove(NAME);
+        store::remove(LISTEN);
     }
 }
 
@@ -133,12 +201,12 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn passed(payloads: &[&[u8]]) -> Vec<(String, OwnedFd)> {
+    fn passed(payloads: &[&[u8]]) -> Vec<OwnedFd> {
         let mut snapshot = Snapshot::create("test").unwrap();
         for p in payloads {
             snapshot.write(p).unwrap();
         }
-        snapshot.files().iter().map(|f| (NAME.to_string(), f.try_clone().unwrap().into())).collect()
+        snapshot.files().iter().map(|f| f.try_clone().unwrap().into()).collect()
     }
 
     #[test]

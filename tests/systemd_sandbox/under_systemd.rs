@@ -331,6 +331,15 @@ fn packaged_service_end_to_end() {
         "carol read {lines:?}"
     );
     note(&format!("supervisor SIGKILLed: the client read {lines:?} before {end}"));
+    // The listeners stay open in systemd's descriptor store (RestartSec=1s): a connection made
+    // before the restart waits in the queue and is served by the restarted supervisor.
+    let mut early = Client::try_connect(addr, "early")
+        .unwrap_or_else(|e| panic!("connecting while the supervisor is down: {e}"));
+    match early.read_line(Duration::from_secs(20)) {
+        Ok(l) if parse_welcome(&l).is_some() => {}
+        other => panic!("a connection queued during the restart: {other:?}"),
+    }
+    drop(early);
     sb.wait_prop("NRestarts", "1");
     sb.wait_prop("ActiveState", "active");
     let new_main: u64 = sb.prop("MainPID").parse().unwrap();
