@@ -1,7 +1,8 @@
 //! The supervisor's entries in systemd's file descriptor store (`crate::store`): the room —
 //! numbering, history, recent events, counters, bans — in a pair of memory files, rewritten
-//! before the events that changed it go out to the workers, and read back by the supervisor
-//! systemd starts after a crash.
+//! when it changed (at most every 100 ms, and never more than a tenth of the supervisor's
+//! time), and read back by the supervisor systemd starts after a crash. The slots' listening
+//! sockets are stored too.
 //!
 //! Members are not restored: a member is a live session, and a session survives only in the
 //! worker that serves it.
@@ -17,6 +18,7 @@ use socket2::Socket;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// The room's entries' name.
 const NAME: &str = "hub";
@@ -36,10 +38,20 @@ struct Record {
     hub: SavedHub,
 }
 
-/// The room as stored: where it is written and the sequence number written last.
+/// `/history` lines kept in the store at most: the newest.
+const HISTORY: usize = 10_000;
+/// The shortest pause between two writes.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// A write may take at most 1/SHARE of the supervisor's time: after a write that took `d`, the
+/// next waits `SHARE × d` at least.
+const SHARE: u32 = 10;
+
+/// The room as stored: where it is written, the sequence number written last and when the next
+/// write may be.
 pub(super) struct StoredRoom {
     snapshot: Snapshot,
     seq: Option<u64>,
+    next: Instant,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
@@ -134,6 +146,8 @@ fn encode(mut saved: SavedHub) -> Vec<u8> {
     saved.members.clear();
     let skip = saved.events.len().saturating_sub(EVENTS);
     saved.events.drain(..skip);
+    let skip = saved.history.len().saturating_sub(HISTORY);
+    saved.history.drain(..skip);
     let record = Record {
         header: Header {
             format: FORMAT.to_string(),
@@ -166,18 +180,23 @@ impl StoredRoom {
             warn!("fd store: cannot store the room: {e}; a crash will lose it");
             return None;
         }
-        Some(StoredRoom { snapshot, seq: None })
+        Some(StoredRoom { snapshot, seq: None, next: Instant::now() })
     }
 
-    /// Writes the room down if it changed since the last write.
+    /// Writes the room down if it changed since the last write and the last write is long
+    /// enough ago: the room in the store is at most [`INTERVAL`] (or ten times the time a write
+    /// takes) older than the one the workers are told about, plus the wait for the event loop's
+    /// next turn.
     pub(super) fn save(&mut self, hub: &Hub) {
-        if self.seq == Some(hub.seq()) {
+        let started = Instant::now();
+        if self.seq == Some(hub.seq()) || started < self.next {
             return;
         }
         match self.snapshot.write(&encode(hub.save())) {
             Ok(()) => self.seq = Some(hub.seq()),
             Err(e) => warn!("fd store: writing the room: {e}"),
         }
+        self.next = started + INTERVAL.max(started.elapsed() * SHARE);
     }
 
     /// The slots' listening sockets, replacing those stored before: a restart after a crash

@@ -391,7 +391,7 @@ impl Supervisor {
     }
 
     pub(super) fn flush_buses(&mut self) {
-        // The room is written down before the events that changed it go out (`stored`).
+        // The room is written down (when due) before the events that changed it go out.
         if let Some(stored) = &mut self.stored {
             stored.save(&self.hub);
         }
