@@ -1,7 +1,7 @@
 //! The supervisor's entries in systemd's file descriptor store (`crate::store`): the room —
 //! numbering, history, recent events, counters, bans — in a pair of memory files, rewritten
-//! when it changed (at most every 100 ms, and never more than a tenth of the supervisor's
-//! time), and read back by the supervisor systemd starts after a crash. The slots' listening
+//! when it changed, before the events that changed it go out to the workers (slow writes are
+//! spaced out, so they take at most a tenth of the supervisor's time), and read back by the supervisor systemd starts after a crash. The slots' listening
 //! sockets are stored too.
 //!
 //! Members are not restored: a member is a live session, and a session survives only in the
@@ -40,10 +40,10 @@ struct Record {
 
 /// `/history` lines kept in the store at most: the newest.
 const HISTORY: usize = 10_000;
-/// The shortest pause between two writes.
-const INTERVAL: Duration = Duration::from_millis(100);
-/// A write may take at most 1/SHARE of the supervisor's time: after a write that took `d`, the
-/// next waits `SHARE × d` at least.
+/// A write that takes longer than this (a long history) defers the next one.
+const SLOW: Duration = Duration::from_millis(20);
+/// Slow writes take at most 1/SHARE of the supervisor's time: after one that took `d`, the next
+/// waits `SHARE × d`.
 const SHARE: u32 = 10;
 
 /// The room as stored: where it is written, the sequence number written last and when the next
@@ -183,10 +183,9 @@ impl StoredRoom {
         Some(StoredRoom { snapshot, seq: None, next: Instant::now() })
     }
 
-    /// Writes the room down if it changed since the last write and the last write is long
-    /// enough ago: the room in the store is at most [`INTERVAL`] (or ten times the time a write
-    /// takes) older than the one the workers are told about, plus the wait for the event loop's
-    /// next turn.
+    /// Writes the room down if it changed since the last write, unless the last write was slow
+    /// and recent: then the room in the store is behind the one the workers are told about by
+    /// at most ten times that write's duration, plus the wait for the event loop's next turn.
     pub(super) fn save(&mut self, hub: &Hub) {
         let started = Instant::now();
         if self.seq == Some(hub.seq()) || started < self.next {
@@ -196,7 +195,8 @@ impl StoredRoom {
             Ok(()) => self.seq = Some(hub.seq()),
             Err(e) => warn!("fd store: writing the room: {e}"),
         }
-        self.next = started + INTERVAL.max(started.elapsed() * SHARE);
+        let took = started.elapsed();
+        self.next = if took > SLOW { started + took * SHARE } else { started };
     }
 
     /// The slots' listening sockets, replacing those stored before: a restart after a crash
