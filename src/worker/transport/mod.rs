@@ -209,8 +209,9 @@ impl Transport {
     /// Gives back an empty wire buffer, and what the layers hold only while busy.
     pub fn release_idle_buffers(&mut self) {
         if let Transport::Layered(layered) = self {
-            let Layer::Tls(tls) = &mut layered.layer;
-            tls.release_idle();
+            if let Some(tls) = layered.tls.as_mut() {
+                tls.release_idle();
+            }
             if layered.wire_pos == layered.wire.len() && layered.wire.capacity() > 0 {
                 layered.wire = Vec::new();
                 layered.wire_pos = 0;
