@@ -10,6 +10,7 @@
 //! binary's answer (`upgrade`). A reload that finds its binary replaced on disk re-executes the
 //! supervisor in place before rolling the workers (`upgrade`).
 
+mod cluster;
 mod hub;
 mod operators;
 mod reload;
@@ -207,6 +208,7 @@ impl Supervisor {
             config_text,
         };
         supervisor.start_metrics()?;
+        supervisor.start_cluster()?;
         for slot in 0..supervisor.slots.len() {
             supervisor.start_worker(slot)?;
         }
@@ -239,6 +241,7 @@ impl Supervisor {
                 self.on_control(request);
             }
             self.tend_operators();
+            self.poll_cluster();
             self.on_timers();
             if self.reload.is_some() {
                 self.advance_reload();
@@ -319,6 +322,7 @@ impl Supervisor {
             return;
         }
         self.notifier.stopping();
+        self.hub.stop_cluster();
         self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {
             reload.abandon("the server is stopping");
@@ -413,6 +417,7 @@ impl Supervisor {
             line.push_str("; last reload failed: ");
             line.push_str(e);
         }
+        line.extend(self.cluster_status_line());
         line
     }
 
@@ -449,7 +454,7 @@ impl Supervisor {
             last_reload: self.last_reload.clone(),
             tls_listen: self.listening(Kind::Tls),
             web_listen: Vec::new(),
-            cluster: None,
+            cluster: self.cluster_status(),
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Session {
 impl Hub {
     /// `chatd say TEXT`: `* notice: TEXT` to everyone, a numbered room line.
     pub fn notice(&mut self, text: &str, out: &mut impl Outbox) {
+        if self.cluster_notice(text) {
+            return;
+        }
         self.publish(None, format!("* notice: {text}"), RoomEvent::Notice, out);
     }
 
