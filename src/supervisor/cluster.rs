@@ -28,6 +28,21 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Whether a reload may re-execute the supervisor from a changed binary. Not in cluster
+    /// mode: the room state and the host's generation are not carried across the exec yet,
+    /// so the reload goes on with this image (the new workers run the new binary) and the
+    /// supervisor's own upgrade waits for the next restart (docs/cluster.md).
+    pub(super) fn may_reexec(&self) -> bool {
+        if self.hub.cluster().is_some() {
+            log::warn!(
+                "cluster: the binary changed, but the supervisor does not re-execute in cluster \
+                 mode; restart chatd to upgrade it"
+            );
+            return false;
+        }
+        true
+    }
+
     /// Applies what the stream brought; every turn of the loop, so on every wake of the
     /// bridge's waker and every tick.
     pub(super) fn poll_cluster(&mut self) {

@@ -72,7 +72,11 @@ fn three_hosts_one_order_exactly_once_who_and_msg() {
         client.send_line("/who");
         let line = until(client, "online:");
         for nick in &nicks {
-            assert!(line.contains(nick.as_str()), "{line:?} lacks {nick}");
+            assert!(
+                line.contains(nick.as_str()),
+                "{line:?} lacks {nick}: {:?}",
+                client.transcript()
+            );
         }
     }
     // Private messages across hosts.

@@ -75,6 +75,11 @@ impl Hub {
         self.cluster.as_ref().map(|c| c.door())
     }
 
+    /// Whether the member is served by another host (only in cluster mode).
+    pub(super) fn is_remote(&self, session: SessionId) -> bool {
+        self.members.get(&session).is_some_and(|m| m.worker == REMOTE)
+    }
+
     /// Clients of this host (in cluster mode the member list holds the whole room).
     pub fn local_online(&self) -> usize {
         self.members.values().filter(|m| m.worker != REMOTE).count()

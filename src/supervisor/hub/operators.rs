@@ -39,6 +39,9 @@ impl Hub {
         let Some(session) = found.filter(|s| self.members.contains_key(s)) else {
             return Err(format!("no such nick '{nick}'"));
         };
+        if self.is_remote(session) {
+            return Err(format!("'{nick}' is served by another host: kick it there"));
+        }
         let name = self.members.get(&session).map(|m| m.nick.to_string()).unwrap_or_default();
         self.remove(session, LeaveReason::Kicked(reason), out);
         Ok(name)
@@ -105,7 +108,7 @@ impl Hub {
         let mut hit: Vec<(SessionId, String)> = self
             .members
             .iter()
-            .filter(|(_, m)| matches(m.ip))
+            .filter(|(s, m)| matches(m.ip) && !self.is_remote(**s))
             .map(|(s, m)| (*s, m.nick.to_string()))
             .collect();
         hit.sort_unstable();
