@@ -6,7 +6,12 @@ scenarios of ../shared/tools/chatload/README.md interleaved (server by server, r
 prints a markdown table of medians and ratios. Peers that are not installed are skipped
 (Debian packages: redis-server, nats-server, inspircd).
 
-    python3 benches/compare.py [--reps 3] [--scenarios S1,S2,S3] [--duration 10]
+    python3 benches/compare.py [--reps 3] [--scenarios S1,S2,S3] [--duration 10] [--tls]
+
+--tls adds the TLS form of chatd, Redis and NATS (servers chatd-tls, redis-tls, nats-tls; they
+can also be named in --servers) to S1 and S2: a throwaway CA and server certificate from
+chatload's peers/tls-certs.sh, chatload with --tls --ca. chatd-tls is skipped, saying why, when
+the chatd under test refuses a [tls] listen address.
 """
 
 import argparse
@@ -75,7 +80,9 @@ class Server:
                 self.proc.wait()
 
 
-def start_chatd(tmp, binary=CHATD, name="chatd", metrics=False):
+def chatd_config(tmp, metrics=False, tls=None):
+    """Writes chatd's config: shipped defaults but no rate limit, loopback port 0; with `tls` (the
+    certificates) a TLS listener too, on a port of its own."""
     config = os.path.join(tmp, "chatd.toml")
     with open(config, "w") as f:
         f.write('[server]\nlisten = ["127.0.0.1:0"]\nworkers = "auto"\n'
@@ -83,8 +90,23 @@ def start_chatd(tmp, binary=CHATD, name="chatd", metrics=False):
                 '[chat]\nrate_limit = { messages = 0 }\n')
         if metrics:
             f.write(f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
-    server = Server(name, [binary, "serve", "--config", config], 0,
-                    ready_re=r"listening on 127\.0\.0\.1:(\d+) with")
+        if tls:
+            f.write(f'[tls]\nlisten = ["127.0.0.1:0"]\ncert = "{tls["cert"]}"\nkey = "{tls["key"]}"\n')
+    return config
+
+
+def chatd_refuses_tls(tmp, certs, binary=CHATD):
+    """Why `binary` cannot serve TLS (its check-config's complaint), or None if it can."""
+    config = chatd_config(tmp, tls=certs)
+    out = subprocess.run([binary, "check-config", "--config", config], capture_output=True, text=True)
+    return None if out.returncode == 0 else (out.stderr or out.stdout).strip()
+
+
+def start_chatd(tmp, binary=CHATD, name="chatd", metrics=False, tls=None):
+    config = chatd_config(tmp, metrics, tls)
+    # The TLS listener logs `listening on IP:PORT (tls) with N workers` (SPEC §7).
+    ready = r"listening on 127\.0\.0\.1:(\d+) \(tls\) with" if tls else r"listening on 127\.0\.0\.1:(\d+) with"
+    server = Server(name, [binary, "serve", "--config", config], 0, ready_re=ready)
     if metrics:
         server.scraper = Scraper(re.search(r"^listen = \"(.*)\"$", open(config).read(), re.M)[1])
     return server
@@ -130,6 +152,30 @@ def start_nats(tmp):
     if not shutil.which("nats-server"):
         return None
     return Server("nats", ["nats-server", "-c", os.path.join(CHATLOAD_DIR, "peers", "nats.conf")], 14222)
+
+
+def make_certs(tmp):
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (chatload's script)."""
+    directory = os.path.join(tmp, "tls")
+    subprocess.run(["sh", os.path.join(CHATLOAD_DIR, "peers", "tls-certs.sh"), directory],
+                   check=True, capture_output=True)
+    return {name: os.path.join(directory, file)
+            for name, file in (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"))}
+
+
+def start_redis_tls(tmp, certs):
+    if not shutil.which("redis-server"):
+        return None
+    return Server("redis-tls", ["redis-server", os.path.join(CHATLOAD_DIR, "peers", "redis-tls.conf"),
+                                "--tls-cert-file", certs["cert"], "--tls-key-file", certs["key"],
+                                "--tls-ca-cert-file", certs["ca"]], 16380)
+
+
+def start_nats_tls(tmp, certs):
+    if not shutil.which("nats-server"):
+        return None
+    return Server("nats-tls", ["nats-server", "-c", os.path.join(CHATLOAD_DIR, "peers", "nats-tls.conf")],
+                  14223, env={"CHATLOAD_TLS_CERT": certs["cert"], "CHATLOAD_TLS_KEY": certs["key"]})
 
 
 def start_inspircd(tmp):
@@ -184,9 +230,12 @@ def scenario_args(name, duration, server=None):
     return args
 
 
-def run_chatload(server, scenario, duration):
+def run_chatload(server, scenario, duration, certs=None):
     argv = [CHATLOAD, "--port", str(server.port), "--server-pid", str(server.proc.pid), "--quiet"]
     argv += ADAPTER[server.name] + scenario_args(scenario, duration, server.name)
+    if server.name.endswith("-tls"):
+        # The certificate names 127.0.0.1, chatload's --host: verified, as a client would.
+        argv += ["--tls", "--ca", certs["ca"]]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=400)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -202,11 +251,14 @@ def summary(report, scenario):
                 "alive": idle.get("alive_after_hold", idle.get("alive"))}
     dps = load.get("deliveries_per_s", 0.0)
     cores = cpu.get("server_cores") or float("nan")
+    tls = report.get("tls", {})
     return {"deliveries_per_s": dps, "server_cores": cores,
             "per_core_s": dps / cores if cores else float("nan"),
             "harness_cores": cpu.get("harness_cores"),
             "p99_ms": report.get("latency_us", {}).get("p99", float("nan")) / 1000,
-            "loss": load.get("loss"), "disagree": load.get("order", {}).get("disagree_receivers")}
+            "loss": load.get("loss"), "disagree": load.get("order", {}).get("disagree_receivers"),
+            "handshake_p50_ms": tls.get("handshake_ms", {}).get("p50") if tls.get("enabled") else None,
+            "tls_version": f'{tls.get("version")} {tls.get("cipher_suite")}' if tls.get("enabled") else None}
 
 
 def main():
@@ -221,30 +273,62 @@ def main():
     ap.add_argument("--chatd-metrics", action="store_true",
                     help="also measure chatd with [metrics] on and scraped once a second, as server "
                          "'chatd-metrics'; prints how long each scrape took")
+    ap.add_argument("--tls", action="store_true",
+                    help="also measure chatd, Redis and NATS over TLS (chatd-tls, redis-tls, "
+                         "nats-tls) in S1 and S2")
     args = ap.parse_args()
     build()
     starters = {"chatd": start_chatd, "redis": start_redis, "nats": start_nats,
                 "inspircd": start_inspircd}
+    servers = args.servers.split(",")
+    if args.tls:
+        servers += [f"{n}-tls" for n in ("chatd", "redis", "nats")
+                    if n in servers and f"{n}-tls" not in servers]
+    tls_servers = [n for n in servers if n.endswith("-tls")]
     if args.chatd_metrics:
         ADAPTER["chatd-metrics"] = ADAPTER["chatd"]
         starters["chatd-metrics"] = lambda tmp: start_chatd(tmp, name="chatd-metrics", metrics=True)
-        if "chatd-metrics" not in args.servers.split(","):
-            args.servers += ",chatd-metrics"
+        if "chatd-metrics" not in servers:
+            servers.append("chatd-metrics")
     if args.chatd_base:
         ADAPTER["chatd-base"] = ADAPTER["chatd"]
         starters["chatd-base"] = lambda tmp: start_chatd(tmp, args.chatd_base, "chatd-base")
-        if "chatd-base" not in args.servers.split(","):
-            args.servers += ",chatd-base"
+        if "chatd-base" not in servers:
+            servers.append("chatd-base")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        certs = make_certs(tmp) if tls_servers else None
+        for name in tls_servers:
+            ADAPTER[name] = ADAPTER[name[:-len("-tls")]]
+        starters["redis-tls"] = lambda tmp: start_redis_tls(tmp, certs)
+        starters["nats-tls"] = lambda tmp: start_nats_tls(tmp, certs)
+        starters["chatd-tls"] = lambda tmp: start_chatd(tmp, name="chatd-tls", tls=certs)
+        if "chatd-tls" in servers:
+            refusal = chatd_refuses_tls(tmp, certs)
+            if refusal:
+                print(f"skipping chatd-tls: this chatd refuses a [tls] listener: {refusal}",
+                      file=sys.stderr, flush=True)
+                servers.remove("chatd-tls")
+        skipped = set()
         for rep in range(args.reps):
             for scenario in args.scenarios.split(","):
-                for name in args.servers.split(","):
-                    server = starters[name](tmp)
+                for name in servers:
+                    if name in tls_servers and scenario == "S3" or name in skipped:
+                        continue
+                    try:
+                        server = starters[name](tmp)
+                    except RuntimeError:
+                        if name != "chatd-tls":
+                            raise
+                        # It took the config but never said it listens with TLS.
+                        print("skipping chatd-tls: chatd did not log `listening on IP:PORT (tls)`",
+                              file=sys.stderr, flush=True)
+                        skipped.add(name)
+                        continue
                     if server is None:
                         continue
                     try:
-                        report = run_chatload(server, scenario, args.duration)
+                        report = run_chatload(server, scenario, args.duration, certs)
                     finally:
                         scrapes = server.scraper.stop() if hasattr(server, "scraper") else None
                         server.stop()
@@ -260,7 +344,7 @@ def main():
         if not rows:
             continue
         med = {n: {k: statistics.median([x[k] for x in r if x[k] is not None] or [float("nan")])
-                   for k in r[0]} for n, r in rows.items()}
+                   for k in r[0] if k != "tls_version"} for n, r in rows.items()}
         if scenario == "S3":
             print(f"| {scenario} | RSS per idle connection (bytes) |\n|---|---|")
             for n, m in med.items():
@@ -276,12 +360,19 @@ def main():
                 if "scrape_ms_max" in m:
                     print(f"\n{n}: /metrics scraped once a second answered in {m['scrape_ms_p50']:.1f} ms"
                           f" (median), {m['scrape_ms_max']:.1f} ms at most (medians over runs)")
-            if "chatd" in med:
-                for n, m in med.items():
-                    if n != "chatd":
-                        print(f"\nchatd / {n}: {med['chatd']['per_core_s'] / m['per_core_s']:.2f}x per"
-                              f" core-second, {med['chatd']['deliveries_per_s'] / m['deliveries_per_s']:.2f}x"
-                              f" deliveries/s, p99 {med['chatd']['p99_ms']:.1f} vs {m['p99_ms']:.1f} ms")
+            for n, r in rows.items():
+                if r[0]["tls_version"]:
+                    print(f"\n{n}: {r[0]['tls_version']}, handshake p50 {med[n]['handshake_p50_ms']:.1f} ms"
+                          f" (all clients connecting at once)")
+            # chatd against the peers of its kind (plain with plain, TLS with TLS), and what TLS
+            # costs each server.
+            pairs = [(ref, n) for ref in ("chatd", "chatd-tls") if ref in med
+                     for n in med if n != ref and n.endswith("-tls") == ref.endswith("-tls")]
+            pairs += [(n, n[:-len("-tls")]) for n in med if n.endswith("-tls") and n[:-len("-tls")] in med]
+            for a, b in pairs:
+                print(f"\n{a} / {b}: {med[a]['per_core_s'] / med[b]['per_core_s']:.2f}x per"
+                      f" core-second, {med[a]['deliveries_per_s'] / med[b]['deliveries_per_s']:.2f}x"
+                      f" deliveries/s, p99 {med[a]['p99_ms']:.1f} vs {med[b]['p99_ms']:.1f} ms")
         print()
 
 

@@ -103,11 +103,7 @@ pub enum Cmd {
     /// Chat from a terminal: a line editor with the room printed above it, reconnecting when
     /// the connection drops; /quit or Ctrl-D leaves. With stdin not a terminal: sends stdin's
     /// lines, prints what the server says, and exits after its answers.
-    Client {
-        /// Server address: HOST[:PORT], e.g. 127.0.0.1, [::1]:9999 (port 9999 if none).
-        #[arg(default_value = "127.0.0.1:9999")]
-        address: String,
-    },
+    Client(crate::client::Args),
     /// A worker process (started by the supervisor, not by hand).
     #[command(hide = true)]
     Worker(crate::worker::Args),
@@ -170,5 +166,38 @@ mod tests {
                 assert!(!help.trim().is_empty(), "chatd {} --{id} has no help", sub.get_name());
             }
         }
+    }
+
+    fn client(args: &[&str]) -> Result<crate::client::Args, clap::Error> {
+        let cli = Cli::try_parse_from([&["chatd", "client"], args].concat())?;
+        match cli.command {
+            Cmd::Client(args) => Ok(args),
+            other => panic!("not the client: {other:?}"),
+        }
+    }
+
+    /// `chatd client` connects to 9999, or 9998 with --tls, when the address names no port.
+    #[test]
+    fn client_ports_and_tls_options() {
+        use crate::client::Trust;
+        let plain = client(&["chat.example.org"]).unwrap();
+        assert_eq!((plain.address(), plain.trust()), ("chat.example.org:9999".into(), None));
+        let tls = client(&["--tls", "chat.example.org"]).unwrap();
+        assert_eq!(
+            (tls.address(), tls.trust()),
+            ("chat.example.org:9998".into(), Some(Trust::System))
+        );
+        assert_eq!(client(&["--tls", "[::1]"]).unwrap().address(), "[::1]:9998");
+        assert_eq!(client(&["--tls", "h:7000"]).unwrap().address(), "h:7000");
+        assert_eq!(client(&["--tls"]).unwrap().address(), "127.0.0.1:9998");
+        assert_eq!(client(&[]).unwrap().address(), "127.0.0.1:9999");
+        let ca = client(&["--tls", "--ca", "ca.pem", "h"]).unwrap();
+        assert_eq!(ca.trust(), Some(Trust::Ca("ca.pem".into())));
+        let insecure = client(&["--tls", "--insecure", "h"]).unwrap();
+        assert_eq!(insecure.trust(), Some(Trust::Insecure));
+        // The TLS options need --tls, and --insecure contradicts --ca.
+        assert!(client(&["--ca", "ca.pem", "h"]).is_err());
+        assert!(client(&["--insecure", "h"]).is_err());
+        assert!(client(&["--tls", "--insecure", "--ca", "ca.pem", "h"]).is_err());
     }
 }

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             control_command(&control, ControlCommand::Unban { target }, false)
         }
         Cmd::Bans { control, json } => control_command(&control, ControlCommand::Bans, json),
-        Cmd::Client { address } => chatd::client::run(&address),
+        Cmd::Client(args) => chatd::client::run(&args),
         Cmd::Worker(args) => chatd::worker::run(args),
     }
 }

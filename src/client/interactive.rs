@@ -16,7 +16,7 @@
 
 use super::backoff::Backoff;
 use super::nick::{Nick, Reaction};
-use super::{Connection, FromServer};
+use super::transport::{Connection, Dialer, FromServer};
 use crate::protocol::command::{Command, parse};
 use crate::protocol::sanitize::sanitize;
 use crossbeam_channel::{Receiver, after, never, select, unbounded};
@@ -62,11 +62,12 @@ impl Terminal {
         Ok(Terminal { editor, printer })
     }
 
-    /// Chats over `connection` (to `address`) until the user leaves.
-    pub(super) fn run(self, address: &str, connection: Connection) -> ExitCode {
+    /// Chats over `connection` (opened by `dialer`, which opens the next ones) until the user
+    /// leaves.
+    pub(super) fn run(self, dialer: &Dialer, connection: Connection) -> ExitCode {
         restore_terminal_on_signals();
         let typed = spawn_editor(self.editor);
-        let mut session = Session { address, printer: self.printer, typed, nick: Nick::default() };
+        let mut session = Session { dialer, printer: self.printer, typed, nick: Nick::default() };
         session.run(connection)
     }
 }
@@ -78,7 +79,7 @@ enum Ended {
 }
 
 struct Session<'a> {
-    address: &'a str,
+    dialer: &'a Dialer,
     printer: Box<dyn ExternalPrinter + Send>,
     typed: Receiver<Typed>,
     nick: Nick,
@@ -90,7 +91,10 @@ impl Session<'_> {
             match self.converse(&mut connection) {
                 Ended::Left(code) => return code,
                 Ended::Lost(why) => {
-                    self.say(&format!("connection to {} lost ({why}); reconnecting", self.address));
+                    self.say(&format!(
+                        "connection to {} lost ({why}); reconnecting",
+                        self.dialer.address()
+                    ));
                     self.nick.lost();
                 }
             }
@@ -205,9 +209,9 @@ impl Session<'_> {
                     },
                 }
             }
-            match Connection::open(self.address) {
+            match self.dialer.open() {
                 Ok(connection) => {
-                    self.say(&format!("reconnected to {}", self.address));
+                    self.say(&format!("reconnected to {}", self.dialer.address()));
                     return Ok(connection);
                 }
                 Err(e) => {

@@ -6,43 +6,94 @@
 //! server as they are, what the server says goes to stdout, and it exits after the server has
 //! answered the end of input.
 //!
-//! Both modes read the server through a [`Connection`], which shows every line as text: the
-//! server already removes control characters and escape sequences from what clients send, but
-//! the client applies the same rule again, so no server (an older one, someone else's, or one in
+//! Both modes talk to the server through a `transport::Connection`, plain TCP or TLS (`--tls`,
+//! [`tls`]), and see every line as text: the server already removes control characters and
+//! escape sequences from what clients send, but the client applies the same rule again, so no server (an older one, someone else's, or one in
 //! the middle) can move the cursor, retitle the window or ring the bell of the person reading.
 
 mod backoff;
 mod interactive;
 mod nick;
 mod piped;
+mod tls;
+mod tls_stream;
+mod transport;
+
+pub use tls::Trust;
 
 use crate::protocol::sanitize::sanitize;
-use crossbeam_channel::{Receiver, unbounded};
-use std::io::{self, BufRead, BufReader, IsTerminal, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread;
-use std::time::Duration;
+use transport::Dialer;
 
 /// The port used when the address names none.
 pub const DEFAULT_PORT: u16 = 9999;
+/// The port used with `--tls` when the address names none.
+pub const DEFAULT_TLS_PORT: u16 = 9998;
 
-/// How long one connection attempt may take before the next address (or try) is used.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `chatd client`'s command line.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Server address: HOST[:PORT], e.g. 127.0.0.1, [::1]:9999 (port 9999 if none, 9998 with
+    /// --tls).
+    #[arg(default_value = "127.0.0.1")]
+    pub address: String,
+    /// Connect with TLS 1.3; the server's certificate must be valid for HOST.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust only the CA certificates in this PEM file (default: the system's).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate: encrypted, but anyone on the way can pose as the server.
+    #[arg(long, requires = "tls", conflicts_with = "ca")]
+    pub insecure: bool,
+}
+
+impl Args {
+    /// `HOST:PORT`, with the default port of the mode when none was given.
+    pub fn address(&self) -> String {
+        with_default_port(&self.address, if self.tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT })
+    }
+
+    /// Which certificates to accept, for a TLS connection.
+    pub fn trust(&self) -> Option<Trust> {
+        match (&self.ca, self.insecure) {
+            _ if !self.tls => None,
+            (Some(ca), _) => Some(Trust::Ca(ca.clone())),
+            (None, true) => Some(Trust::Insecure),
+            (None, false) => Some(Trust::System),
+        }
+    }
+}
 
 /// Runs the client until the session ends.
-pub fn run(address: &str) -> ExitCode {
-    let address = with_default_port(address, DEFAULT_PORT);
-    let connection = match Connection::open(&address) {
+pub fn run(args: &Args) -> ExitCode {
+    let address = args.address();
+    let trust = args.trust();
+    if trust == Some(Trust::Insecure) {
+        eprintln!(
+            "chatd client: warning: --insecure: the server's certificate is not checked, so \
+             anyone on the way can pose as the server and read this conversation"
+        );
+    }
+    let dialer = match Dialer::new(address, trust.as_ref()) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            eprintln!("chatd client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let connection = match dialer.open() {
         Ok(connection) => connection,
         Err(e) => {
-            eprintln!("chatd client: cannot connect to {address}: {e}");
+            eprintln!("chatd client: cannot connect to {}: {e}", dialer.address());
             return ExitCode::FAILURE;
         }
     };
     if io::stdin().is_terminal() && io::stdout().is_terminal() {
         match interactive::Terminal::new() {
-            Ok(terminal) => return terminal.run(&address, connection),
+            Ok(terminal) => return terminal.run(&dialer, connection),
             // A terminal the line editor cannot drive (TERM=dumb): read it like a pipe.
             Err(e) => log::debug!("line editor unavailable ({e}); reading stdin as a pipe"),
         }
@@ -62,80 +113,6 @@ pub fn with_default_port(address: &str, port: u16) -> String {
         // More than one colon without brackets: an IPv6 address on its own.
         _ => format!("[{address}]:{port}"),
     }
-}
-
-/// What the reader thread of a [`Connection`] passes on.
-enum FromServer {
-    /// One line, without its line end, safe to print.
-    Line(String),
-    /// The server closed the connection (`None`) or it failed.
-    Closed(Option<io::Error>),
-}
-
-/// One TCP connection to the server: lines are written directly, and a thread reads the
-/// server's lines into a channel so the caller can wait on them together with the keyboard.
-struct Connection {
-    stream: TcpStream,
-    lines: Receiver<FromServer>,
-}
-
-impl Connection {
-    /// Connects to the first address `address` resolves to that answers.
-    fn open(address: &str) -> io::Result<Connection> {
-        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
-        for addr in address.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    let lines = spawn_reader(stream.try_clone()?);
-                    return Ok(Connection { stream, lines });
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Sends `line` with its LF.
-    fn send(&mut self, line: &str) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        self.stream.write_all(&bytes)
-    }
-
-    /// Says goodbye: `/quit` (unless `line` already leaves), then end of input, so the server
-    /// answers everything sent so far and then closes.
-    fn leave(&mut self, line: Option<&str>) {
-        let _ = self.send(line.unwrap_or("/quit"));
-        let _ = self.stream.shutdown(Shutdown::Write);
-    }
-}
-
-fn spawn_reader(stream: TcpStream) -> Receiver<FromServer> {
-    let (tx, rx) = unbounded();
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) => {
-                    let _ = tx.send(FromServer::Closed(None));
-                    return;
-                }
-                Ok(_) => {
-                    if tx.send(FromServer::Line(shown(&buf))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(FromServer::Closed(Some(e)));
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// A line from the server as it is shown: without its CRLF, invalid UTF-8 replaced, and

@@ -7,7 +7,8 @@
 //! valid UTF-8 is still a line to send (with U+FFFD in place of what is invalid), never the end
 //! of input.
 
-use super::{Connection, FromServer, without_line_end};
+use super::transport::{Connection, FromServer};
+use super::without_line_end;
 use crossbeam_channel::{Receiver, select, unbounded};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;

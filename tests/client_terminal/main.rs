@@ -3,11 +3,13 @@
 //! client in the same room checks what was actually sent. Covered: the editing keys, the
 //! half-typed line surviving incoming lines, history recall, reconnecting after a server restart
 //! with the nick taken back, leaving with Ctrl-D and `/quit`, a signal giving the terminal back
-//! as it was, and a server's control characters never reaching the terminal.
+//! as it was, and a server's control characters never reaching the terminal; and the same client
+//! over TLS (`tls.rs`).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
 mod common;
+mod tls;
 mod tmux;
 
 use common::{Client, LINE_TIMEOUT, START_TIMEOUT, Server, ServerBuilder};
@@ -37,7 +39,7 @@ fn observer_and_client(server: &Server) -> (Client, String, Tmux, String) {
 }
 
 /// The nick from the welcome line on the screen.
-fn welcome_nick(term: &Tmux) -> String {
+pub(crate) fn welcome_nick(term: &Tmux) -> String {
     let welcome = term.wait_for_text("* Welcome to chatd. You are ");
     let rest = welcome.split("You are ").nth(1).expect("a nick");
     rest.split('.').next().expect("a nick").to_owned()

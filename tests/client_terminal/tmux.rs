@@ -29,10 +29,10 @@ pub const PROMPT: &str = "> ";
 /// written whole by a rename. tmux's own `pane_dead_status` is not used: tmux 3.3 sometimes
 /// never reaps a pane's process, leaving the status unknown although the client has exited.
 /// A second line says whether the client left the terminal's settings as it found them.
-const WRAPPER: &str = r#"tty=$(stty -g); "$0" client "$1"; st=$?
-if [ "$st" -gt 128 ]; then echo "signal $((st - 128))"; else echo "exit $st"; fi > "$2.new"
-if [ "$(stty -g)" = "$tty" ]; then echo "terminal restored"; else echo "terminal changed"; fi >> "$2.new"
-mv "$2.new" "$2""#;
+const WRAPPER: &str = r#"status=$1; shift; tty=$(stty -g); "$0" client "$@"; st=$?
+if [ "$st" -gt 128 ]; then echo "signal $((st - 128))"; else echo "exit $st"; fi > "$status.new"
+if [ "$(stty -g)" = "$tty" ]; then echo "terminal restored"; else echo "terminal changed"; fi >> "$status.new"
+mv "$status.new" "$status""#;
 
 /// One tmux server with one pane running `chatd client`.
 pub struct Tmux {
@@ -45,6 +45,11 @@ pub struct Tmux {
 impl Tmux {
     /// Runs `chatd client ADDRESS` in a new pane of `COLUMNS`×`ROWS` and waits for its prompt.
     pub fn client(address: &str) -> Tmux {
+        Tmux::client_with(&[address])
+    }
+
+    /// Runs `chatd client ARGS…` (options, then the address) like [`Tmux::client`].
+    pub fn client_with(args: &[&str]) -> Tmux {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("tmux.sock");
         let conf = dir.path().join("tmux.conf");
@@ -57,7 +62,7 @@ impl Tmux {
         let (columns, rows) = (COLUMNS.to_string(), ROWS.to_string());
         let conf = conf.to_str().expect("utf-8 temp path");
         let status = tmux.status.to_str().expect("utf-8 temp path");
-        tmux.run(&[
+        let mut command = vec![
             "-f",
             conf,
             "new-session",
@@ -72,9 +77,10 @@ impl Tmux {
             "-c",
             WRAPPER,
             CHATD,
-            address,
             status,
-        ]);
+        ];
+        command.extend_from_slice(args);
+        tmux.run(&command);
         tmux.wait_for_prompt();
         tmux
     }

@@ -27,6 +27,8 @@
 //! * TLS (`tls.rs`): a throwaway CA made with `openssl` ([`Pki`]), a server with a `[tls]`
 //!   listener ([`start_tls`]), and [`TlsBridge`], real Python `ssl` sessions behind plain
 //!   connections so the line helpers drive TLS clients.
+//! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
+//!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 
@@ -41,6 +43,7 @@ mod procfs;
 pub mod room;
 mod server;
 mod tls;
+mod tls_relay;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
 // A binary that uses nothing of one submodule would call its re-export unused (same reason as
@@ -53,6 +56,8 @@ pub use procfs::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use tls_relay::*;
 
 use std::thread;
 use std::time::{Duration, Instant};
