@@ -214,7 +214,7 @@ impl Hub {
         }
     }
 
-    /// Whether the session is this host's member, and its id in the hub.
+    /// The hub's session id of a room member: its own for this host's, [`remote_session`] else.
     fn hub_session(&self, id: MemberId, node: &str, session: SessionId) -> SessionId {
         let mine = self.cluster.as_ref().is_some_and(|c| c.door.node() == node);
         if mine { session } else { remote_session(id) }
@@ -273,12 +273,13 @@ impl Hub {
             }
             Change::Said { id, member, text } => {
                 let session = self.hub_session(id, &member.node, member.session);
-                let Some(m) = self.members.get(&session) else { return };
+                // From the room's member, which a roster may have added without a join.
+                let addr = member.addr.to_string();
                 let mut line = String::with_capacity(text.len() + 32);
                 let values = Values {
                     time: &time,
-                    nick: &m.nick,
-                    addr: &m.addr_text,
+                    nick: &member.nick,
+                    addr: &addr,
                     text: &text,
                     seq: applied.seq,
                 };
