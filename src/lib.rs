@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod protocol;
 pub mod signals;
+pub mod store;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;

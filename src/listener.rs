@@ -19,14 +19,17 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// What a listener's connections speak. A slot holds one listener per configured address, each
-/// with its kind, and a worker's setup names the kind of every listener it inherits. (Web
-/// listeners, plain and over TLS, will be kinds of their own.)
+/// with its kind, and a worker's setup names the kind of every listener it inherits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     /// Lines over TCP (`server.listen`).
     Plain,
     /// Lines over TLS (`tls.listen`).
     Tls,
+    /// The page and its WebSocket over TCP (`web.listen`).
+    Web,
+    /// The page and its WebSocket over TLS (`web.listen` with `web.tls = true`).
+    WebTls,
 }
 
 impl Kind {
@@ -35,6 +38,18 @@ impl Kind {
         match self {
             Kind::Plain => "tcp",
             Kind::Tls => "tls",
+            Kind::Web => "web",
+            Kind::WebTls => "web+tls",
+        }
+    }
+
+    /// What the `listening on` log line adds after the address.
+    pub fn log_tag(self) -> &'static str {
+        match self {
+            Kind::Plain => "",
+            Kind::Tls => " (tls)",
+            Kind::Web => " (web)",
+            Kind::WebTls => " (web, tls)",
         }
     }
 }
@@ -69,6 +84,8 @@ impl FromStr for ListenFd {
         let (kind, fd) = match s.split_once(':') {
             None => (Kind::Plain, s),
             Some(("tls", fd)) => (Kind::Tls, fd),
+            Some(("web", fd)) => (Kind::Web, fd),
+            Some(("web+tls", fd)) => (Kind::WebTls, fd),
             Some((kind, _)) => return Err(format!("unknown listener kind '{kind}'")),
         };
         let fd = fd.parse().map_err(|e| format!("descriptor '{fd}': {e}"))?;
@@ -227,11 +244,11 @@ mod tests {
 
     #[test]
     fn listen_fds_name_their_kind() {
-        for text in ["7", "tls:8"] {
+        for text in ["7", "tls:8", "web:9", "web+tls:10"] {
             assert_eq!(text.parse::<ListenFd>().unwrap().to_string(), text);
         }
         assert_eq!("9".parse::<ListenFd>().unwrap(), ListenFd { fd: 9, kind: Kind::Plain });
-        assert!("web:1".parse::<ListenFd>().is_err());
+        assert!("udp:1".parse::<ListenFd>().is_err());
         assert!("tls:x".parse::<ListenFd>().is_err());
     }
 

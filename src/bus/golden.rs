@@ -236,7 +236,7 @@ fn variant_count_counts_every_variant() {
 
 #[test]
 fn handoff_records_keep_their_bytes() {
-    assert_eq!(handoff::VERSION, 5, "the version changed: update the golden bytes below");
+    assert_eq!(handoff::VERSION, 6, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = |transport| SessionState {
         session: SessionId(1),
@@ -267,6 +267,14 @@ fn handoff_records_keep_their_bytes() {
     );
     let tls = TransportState::Tls { session: tls_state(&tls_hex()), unsent: Vec::new() };
     g.part(tls, &format!("00{}00", tls_hex()));
+    let web = TransportState::Web { socket: web_state(WEB_HEX), unsent: b"u".to_vec() };
+    g.part(web, &format!("01{WEB_HEX}0175"));
+    let both = TransportState::TlsWeb {
+        session: tls_state(&tls_hex()),
+        socket: web_state(WEB_HEX),
+        unsent: Vec::new(),
+    };
+    g.part(both, &format!("02{}{WEB_HEX}00", tls_hex()));
     g.frame(&Transfer::Direct { session: SessionId(4), lines: lines("d") }, "040104010164");
     g.frame(&Transfer::Left { session: SessionId(4) }, "040204");
     g.frame(&Transfer::Output { session: SessionId(4), bytes: b"ab".to_vec() }, "040304026162");
@@ -291,6 +299,18 @@ fn tls_hex() -> String {
 
 /// The TLS session state `hex` encodes; its fields are the TLS module's own, so a state is
 /// made from bytes rather than built here.
+/// A WebSocket state as postcard writes it: one header byte (0x81) arrived, no frame under
+/// way, a text message with half a `é` (0xc3), no close, told about a binary message.
+const WEB_HEX: &str = "0181000101c3000001";
+
+fn web_state(hex: &str) -> crate::web::WebState {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    postcard::from_bytes(&bytes).expect("a WebSocket state")
+}
+
 fn tls_state(hex: &str) -> crate::tls::SessionState {
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)

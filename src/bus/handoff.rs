@@ -4,7 +4,7 @@
 //! (created by the supervisor and given to both over their buses; one per successor when the
 //! sessions are dealt out over several): the TCP socket itself as `SCM_RIGHTS`, plus everything
 //! needed to carry on as if nothing happened: unread input, unsent output, the last room event
-//! it was given, rate-limit and idle state, and the state of its transport (a TLS session). Byte fields are encoded as byte strings (a length,
+//! it was given, rate-limit and idle state, and the state of its transport (a TLS session, a WebSocket, or both). Byte fields are encoded as byte strings (a length,
 //! then the bytes), not as sequences of numbers: the same bytes on the wire, copied at once
 //! rather than one by one. The frames use the bus framing; [`VERSION`] is exchanged in `Hello`
 //! so that a worker never sends sessions to a binary that would misread them (the reload drains
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of [`Transfer`] and [`SessionState`], and of how they travel; bump it when either
 /// changes.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// The first [`VERSION`] whose old workers take several channels with `HandOff` and deal their
 /// sessions out over them evenly; an older one is given a single channel.
@@ -59,6 +59,19 @@ pub enum TransportState {
     /// before anything the new worker seals.
     Tls {
         session: crate::tls::SessionState,
+        #[serde(with = "serde_bytes")]
+        unsent: Vec<u8>,
+    },
+    /// A WebSocket over TCP: its framing state, and frames not yet written.
+    Web {
+        socket: crate::web::WebState,
+        #[serde(with = "serde_bytes")]
+        unsent: Vec<u8>,
+    },
+    /// A WebSocket inside TLS: both states, and records not yet written.
+    TlsWeb {
+        session: crate::tls::SessionState,
+        socket: crate::web::WebState,
         #[serde(with = "serde_bytes")]
         unsent: Vec<u8>,
     },

@@ -21,6 +21,7 @@ mod tests;
 mod tls;
 #[cfg(test)]
 mod value_tests;
+mod web;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -38,6 +39,7 @@ pub use error::ConfigError;
 pub use file::{MAX_BYTES, read as read_file};
 pub use operators::{DEFAULT_RESERVED_NICKS, Log, Moderation};
 pub use tls::Tls;
+pub use web::Web;
 
 /// Where `chatd serve` and the control commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
@@ -51,6 +53,7 @@ pub struct Config {
     pub reload: Reload,
     pub metrics: Metrics,
     pub tls: Tls,
+    pub web: Web,
     pub log: Log,
     pub moderation: Moderation,
     pub cluster: Cluster,
@@ -271,15 +274,29 @@ fn auto_workers() -> usize {
 fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
     let root = Section::root(
         doc,
-        &["server", "socket", "chat", "reload", "metrics", "tls", "log", "moderation", "cluster"],
+        &[
+            "server",
+            "socket",
+            "chat",
+            "reload",
+            "metrics",
+            "tls",
+            "web",
+            "log",
+            "moderation",
+            "cluster",
+        ],
     )?;
     let server = read_server(&root)?;
     let metrics = read_metrics(&root, &server)?;
+    let tls = tls::read_tls(&root, &server, &metrics)?;
+    let web = web::read_web(&root, &server, &tls, &metrics)?;
     Ok(Config {
         socket: read_socket(&root)?,
         chat: read_chat(&root)?,
         reload: read_reload(&root)?,
-        tls: tls::read_tls(&root, &server, &metrics)?,
+        tls,
+        web,
         metrics,
         log: operators::read_log(&root)?,
         moderation: operators::read_moderation(&root)?,

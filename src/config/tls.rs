@@ -40,16 +40,21 @@ impl Default for Tls {
 
 impl Config {
     /// Every listen address with the kind of connection it takes, in the order a worker slot
-    /// holds its listeners: `server.listen`, then `tls.listen`.
+    /// holds its listeners: `server.listen`, then `tls.listen`, then `web.listen`.
     pub fn listeners(&self) -> Vec<(SocketAddr, Kind)> {
         let plain = self.server.listen.iter().map(|&a| (a, Kind::Plain));
-        plain.chain(self.tls.listen.iter().map(|&a| (a, Kind::Tls))).collect()
+        let tls = self.tls.listen.iter().map(|&a| (a, Kind::Tls));
+        let web_kind = if self.web.tls { Kind::WebTls } else { Kind::Web };
+        let web = self.web.listen.iter().map(|&a| (a, web_kind));
+        plain.chain(tls).chain(web).collect()
     }
 
-    /// The certificate and key, read and checked, when some listener speaks TLS; `None` when
-    /// none does (the files are then not looked at).
+    /// The certificate and key, read and checked, when some listener speaks TLS (`tls.listen`,
+    /// or `web.listen` with `web.tls`); `None` when none does (the files are then not looked
+    /// at).
     pub fn check_tls(&self) -> std::result::Result<Option<TlsAcceptor>, CertError> {
-        if self.tls.listen.is_empty() {
+        let web_tls = self.web.tls && !self.web.listen.is_empty();
+        if self.tls.listen.is_empty() && !web_tls {
             return Ok(None);
         }
         TlsAcceptor::load(&self.tls.cert, &self.tls.key).map(Some)

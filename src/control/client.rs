@@ -85,6 +85,9 @@ pub fn format_status(status: &Status) -> String {
     if !status.tls_listen.is_empty() {
         out.push_str(&format!("tls: listening on {}\n", status.tls_listen.join(", ")));
     }
+    if !status.web_listen.is_empty() {
+        out.push_str(&format!("web: listening on {}\n", status.web_listen.join(", ")));
+    }
     match &status.last_reload {
         None => out.push_str("last reload: none\n"),
         Some(r) if r.ok => {

@@ -289,6 +289,17 @@ mod tests {
         let answer = get(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{answer}");
         assert!(answer.contains("\r\nAllow: GET\r\n"), "{answer}");
+        // A thread names itself once it runs, which on a busy machine may be after the answers
+        // above (another responder gave them).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while responders() < RESPONDERS {
+            assert!(
+                Instant::now() < deadline,
+                "{} responder threads of {RESPONDERS}",
+                responders()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(responders(), RESPONDERS);
         drop(endpoint);
         // Every thread woke up from `accept` and ended; the address can be bound again.

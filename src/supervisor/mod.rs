@@ -16,6 +16,7 @@ mod operators;
 mod reload;
 mod spawn;
 mod stats;
+mod stored;
 mod upgrade;
 mod workers;
 
@@ -129,6 +130,8 @@ pub struct Supervisor {
     last_reload: Option<ReloadOutcome>,
     /// Metrics: the supervisor's own counts and the `/metrics` endpoint.
     stats: stats::Stats,
+    /// The room as kept in systemd's descriptor store, to survive a crash (`stored`).
+    stored: Option<stored::StoredRoom>,
     /// `chatd who` requests waiting for the workers.
     operators: operators::Operators,
 }
@@ -152,6 +155,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
+        let (room, stored_listeners) = stored::take_passed();
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
@@ -173,8 +177,11 @@ impl Supervisor {
         .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
-        let (slots, listen) = bind_slots(&config)?;
-        let hub = Hub::new(&config);
+        let (slots, listen) = bind_slots(&config, stored_listeners)?;
+        let hub = match room {
+            Some(saved) => Hub::restore(&config, saved),
+            None => Hub::new(&config),
+        };
         let now = Instant::now();
         let mut supervisor = Supervisor {
             poll,
@@ -203,6 +210,7 @@ impl Supervisor {
             last_reload: None,
             stats: stats::Stats::default(),
             operators: operators::Operators::default(),
+            stored: stored::StoredRoom::open(),
             config,
             config_path: config_path.to_path_buf(),
             config_text,
@@ -323,6 +331,9 @@ impl Supervisor {
         }
         self.notifier.stopping();
         self.hub.stop_cluster();
+        if let Some(stored) = self.stored.take() {
+            stored.clear();
+        }
         self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {
             reload.abandon("the server is stopping");
@@ -358,6 +369,7 @@ impl Supervisor {
         }
         self.run_state = RunState::Running;
         self.log_listening();
+        self.store_listeners();
         let status = self.status_line();
         self.notifier.ready(&status);
     }
@@ -453,7 +465,10 @@ impl Supervisor {
             uptime_s: self.started.elapsed().as_secs(),
             last_reload: self.last_reload.clone(),
             tls_listen: self.listening(Kind::Tls),
-            web_listen: Vec::new(),
+            web_listen: [Kind::Web, Kind::WebTls]
+                .into_iter()
+                .flat_map(|k| self.listening(k))
+                .collect(),
             cluster: self.cluster_status(),
         }
     }
@@ -472,25 +487,33 @@ impl Supervisor {
         bound.map(|(addr, _)| addr.to_string()).collect()
     }
 
-    /// `listening on IP:PORT with N workers` per address (`(tls)` after a TLS one), at start
-    /// and after a reload: scripts read chosen ports from it.
+    /// `listening on IP:PORT with N workers` per address (`(tls)`, `(web)` or `(web, tls)`
+    /// after the others), at start and after a reload: scripts read chosen ports from it.
     fn log_listening(&self) {
         for (addr, kind) in self.listen.iter().zip(self.listener_kinds()) {
-            let tag = if kind == Kind::Tls { " (tls)" } else { "" };
+            let tag = kind.log_tag();
             info!("listening on {addr}{tag} with {} workers", self.slots.len());
         }
     }
 }
 
-/// Binds every slot's listeners; returns the slots and the effective listen addresses (port 0
+/// Binds every slot's listeners, first taking those of the same address from `stored` (the
+/// crashed supervisor's, `stored`); returns the slots and the effective listen addresses (port 0
 /// resolved).
-fn bind_slots(config: &Config) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
+fn bind_slots(
+    config: &Config,
+    stored: Vec<Socket>,
+) -> Result<(Vec<Slot>, Vec<SocketAddr>), String> {
     let count = config.server.workers;
     let mut slots: Vec<Slot> = (0..count).map(|_| Slot::new(Vec::new())).collect();
     let mut listen = Vec::new();
+    let mut stored = stored::by_address(stored);
     for (addr, _) in config.listeners() {
-        let group = listener::bind_group(addr, count, config.server.backlog, &listen)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let group = match stored::take_group(&mut stored, addr, count, config.server.backlog) {
+            Some(group) => group,
+            None => listener::bind_group(addr, count, config.server.backlog, &listen),
+        }
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener::local_addr(&group[0]).map_err(|e| format!("{addr}: {e}"))?;
         listen.push(bound);
         for (slot, socket) in slots.iter_mut().zip(group) {

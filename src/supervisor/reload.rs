@@ -400,6 +400,7 @@ impl Supervisor {
         self.stats.reload_done(elapsed);
         info!("reload to generation {} done in {:.3}s", self.generation, elapsed.as_secs_f64());
         self.log_listening();
+        self.store_listeners();
         self.last_reload =
             Some(ReloadOutcome { ok: true, error: None, duration_s: elapsed.as_secs_f64() });
         let status = self.status_line();

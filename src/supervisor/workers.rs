@@ -391,6 +391,10 @@ impl Supervisor {
     }
 
     pub(super) fn flush_buses(&mut self) {
+        // The room is written down (when due) before the events that changed it go out.
+        if let Some(stored) = &mut self.stored {
+            stored.save(&self.hub);
+        }
         let mut broken = Vec::new();
         for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.bus_open()) {
             if let Err(e) = w.conn.flush() {

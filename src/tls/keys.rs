@@ -3,7 +3,7 @@
 //! a session can move to another process, but every derivation and every record goes through the
 //! cipher suite's own HKDF and AEAD from the rustls provider: chatd implements no cryptography.
 
-use std::fmt;
+use std::{fmt, mem};
 
 use rustls::crypto::cipher::{
     AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, NONCE_LEN,
@@ -105,19 +105,22 @@ fn with_label<T>(label: &[u8], len: usize, f: impl FnOnce(&[&[u8]]) -> T) -> T {
     f(&[&len, &label_len, PREFIX, label, &[0]])
 }
 
-/// The sending half of a session: the current secret, the next record's sequence number and the
-/// suite's encrypter for them.
+/// The sending half of a session: the current secret, the next record's sequence number and,
+/// while the connection is busy, the suite's encrypter for them. The encrypter (the expanded AEAD
+/// key) is most of a session's memory, so an idle session lets it go ([`Sending::release`]) and
+/// derives it again from the secret for the next record.
 pub(crate) struct Sending {
+    suite: &'static Tls13CipherSuite,
     pub(crate) secret: Secret,
     pub(crate) seq: u64,
-    encrypter: Box<dyn MessageEncrypter>,
+    encrypter: Option<Box<dyn MessageEncrypter>>,
+    /// Whether a record was sealed since the last [`Sending::release`].
+    used: bool,
 }
 
 impl Sending {
-    pub(crate) fn new(suite: &Tls13CipherSuite, secret: Secret, seq: u64) -> Sending {
-        let (key, iv) = secret.record_keys(suite);
-        let encrypter = suite.aead_alg.encrypter(key, iv);
-        Sending { secret, seq, encrypter }
+    pub(crate) fn new(suite: &'static Tls13CipherSuite, secret: Secret, seq: u64) -> Sending {
+        Sending { suite, secret, seq, encrypter: None, used: false }
     }
 
     /// Appends one record carrying `payload` (at most 2^14 bytes) as content `typ` to `out`.
@@ -133,30 +136,53 @@ impl Sending {
             version: ProtocolVersion::TLSv1_2,
             payload: OutboundChunks::Single(payload),
         };
-        let record = self.encrypter.encrypt(message, self.seq)?;
+        let (suite, secret) = (self.suite, &self.secret);
+        let encrypter = self.encrypter.get_or_insert_with(|| {
+            let (key, iv) = secret.record_keys(suite);
+            suite.aead_alg.encrypter(key, iv)
+        });
+        let record = encrypter.encrypt(message, self.seq)?;
         self.seq = next;
+        self.used = true;
         out.extend_from_slice(&record.encode());
         Ok(())
     }
 
     /// Moves to the next secret (after sending a KeyUpdate); sequence numbers start again at 0.
-    pub(crate) fn update(&mut self, suite: &Tls13CipherSuite) {
-        *self = Sending::new(suite, self.secret.next(suite), 0);
+    pub(crate) fn update(&mut self) {
+        self.secret = self.secret.next(self.suite);
+        self.seq = 0;
+        self.encrypter = None;
+    }
+
+    /// Drops the encrypter if nothing was sealed since the last call: called once per quiet
+    /// tick, so a busy session keeps its key and an idle one keeps only its secret.
+    pub(crate) fn release(&mut self) {
+        if !mem::take(&mut self.used) {
+            self.encrypter = None;
+        }
+    }
+
+    /// Whether the encrypter is held (for tests).
+    #[cfg(test)]
+    pub(crate) fn has_key(&self) -> bool {
+        self.encrypter.is_some()
     }
 }
 
 /// The receiving half of a session, like [`Sending`].
 pub(crate) struct Receiving {
+    suite: &'static Tls13CipherSuite,
     pub(crate) secret: Secret,
     pub(crate) seq: u64,
-    decrypter: Box<dyn MessageDecrypter>,
+    decrypter: Option<Box<dyn MessageDecrypter>>,
+    /// Whether a record was opened since the last [`Receiving::release`].
+    used: bool,
 }
 
 impl Receiving {
-    pub(crate) fn new(suite: &Tls13CipherSuite, secret: Secret, seq: u64) -> Receiving {
-        let (key, iv) = secret.record_keys(suite);
-        let decrypter = suite.aead_alg.decrypter(key, iv);
-        Receiving { secret, seq, decrypter }
+    pub(crate) fn new(suite: &'static Tls13CipherSuite, secret: Secret, seq: u64) -> Receiving {
+        Receiving { suite, secret, seq, decrypter: None, used: false }
     }
 
     /// Decrypts a record's body in place; returns the inner content type and the length of the
@@ -165,16 +191,37 @@ impl Receiving {
         let next = self.seq.checked_add(1).ok_or(rustls::Error::DecryptError)?;
         let message =
             InboundOpaqueMessage::new(ContentType::ApplicationData, ProtocolVersion::TLSv1_2, body);
+        let (suite, secret) = (self.suite, &self.secret);
+        let decrypter = self.decrypter.get_or_insert_with(|| {
+            let (key, iv) = secret.record_keys(suite);
+            suite.aead_alg.decrypter(key, iv)
+        });
         // The provider decrypts in place and only shortens the payload, so the plaintext is the
         // front of `body`.
-        let plain = self.decrypter.decrypt(message, self.seq)?;
+        let plain = decrypter.decrypt(message, self.seq)?;
         self.seq = next;
+        self.used = true;
         Ok((plain.typ, plain.payload.len()))
     }
 
     /// Moves to the next secret (after receiving a KeyUpdate).
-    pub(crate) fn update(&mut self, suite: &Tls13CipherSuite) {
-        *self = Receiving::new(suite, self.secret.next(suite), 0);
+    pub(crate) fn update(&mut self) {
+        self.secret = self.secret.next(self.suite);
+        self.seq = 0;
+        self.decrypter = None;
+    }
+
+    /// Like [`Sending::release`].
+    pub(crate) fn release(&mut self) {
+        if !mem::take(&mut self.used) {
+            self.decrypter = None;
+        }
+    }
+
+    /// Whether the decrypter is held (for tests).
+    #[cfg(test)]
+    pub(crate) fn has_key(&self) -> bool {
+        self.decrypter.is_some()
     }
 }
 

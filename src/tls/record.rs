@@ -312,7 +312,7 @@ impl Session {
                 ));
             }
         }
-        self.rx.update(self.suite);
+        self.rx.update();
         Ok(())
     }
 
@@ -348,7 +348,7 @@ impl Session {
     /// Sends a KeyUpdate (`update_not_requested`) and moves the sending side to the next secret.
     pub(super) fn send_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.tx.seal(ContentType::Handshake, &KEY_UPDATE_NOTIFY, out).map_err(RecordError::Seal)?;
-        self.tx.update(self.suite);
+        self.tx.update();
         Ok(())
     }
 
@@ -363,6 +363,17 @@ impl Session {
         }
         self.sent_close = true;
         self.tx.seal(ContentType::Alert, &[level, u8::from(alert)], out).map_err(RecordError::Seal)
+    }
+
+    /// Lets go of what an idle session need not hold: the expanded record keys of a direction
+    /// unused since the last call (derived again from the secret for the next record), and
+    /// buffer capacity. Called on the worker's quiet tick.
+    pub fn release_idle(&mut self) {
+        self.tx.release();
+        self.rx.release();
+        if self.partial_record.is_empty() {
+            self.partial_record = Vec::new();
+        }
     }
 
     #[cfg(test)]

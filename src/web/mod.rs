@@ -1,6 +1,6 @@
 //! The web side of chatd (docs/web.md): the page at `/` and the WebSocket at `/ws`, as a codec
 //! driven on byte buffers, so the worker's event loop runs it like the TLS layer, without
-//! knowing HTTP or RFC 6455. Not yet wired into the workers.
+//! knowing HTTP or RFC 6455 (`src/worker/transport/web.rs` drives it).
 //!
 //! The interface the worker follows:
 //!

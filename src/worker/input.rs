@@ -114,7 +114,7 @@ impl Worker {
                     client.eof = true;
                     client.decoder.finish();
                 }
-                Ok(Input::Refused(reason)) => {
+                Ok(Input::Refused(reason) | Input::Answered(reason)) => {
                     log::debug!("connection {} cut: {reason}", client.conn);
                     self.leave(key, LeaveReason::Lost);
                     self.close(key);

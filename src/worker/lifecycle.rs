@@ -168,6 +168,7 @@ impl Worker {
                 continue;
             }
             client.left = true;
+            client.transport.going_away();
             self.send_lines(key, &[line]);
             self.close(key);
         }

@@ -29,6 +29,8 @@
 //!   connections so the line helpers drive TLS clients.
 //! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
 //!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
+//! * WebSocket (`web.rs`): [`WsClient`], a line client over a WebSocket spoken by hand, and
+//!   the frames and [`Deframer`] the reload fleet uses for its web clients.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 
@@ -44,6 +46,7 @@ pub mod room;
 mod server;
 mod tls;
 mod tls_relay;
+mod web;
 
 // Re-exported, so `common::X` and `use common::*` reach every helper whichever file holds it.
 // A binary that uses nothing of one submodule would call its re-export unused (same reason as
@@ -58,6 +61,8 @@ pub use server::*;
 pub use tls::*;
 #[allow(unused_imports)]
 pub use tls_relay::*;
+#[allow(unused_imports)]
+pub use web::*;
 
 use std::thread;
 use std::time::{Duration, Instant};

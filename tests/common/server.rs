@@ -105,11 +105,11 @@ impl Log {
 }
 
 /// Parses a supervisor log line containing `listening on IP:PORT with N workers` (or
-/// `IP:PORT (tls)`).
+/// `IP:PORT (tls)`, `(web)`, `(web, tls)`).
 pub fn parse_listen_line(line: &str) -> Option<(SocketAddr, usize)> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
     let (addr, rest) = rest.split_once(" with ")?;
-    let addr = addr.strip_suffix(" (tls)").unwrap_or(addr);
+    let addr = addr.split_once(" (").map_or(addr, |(addr, _)| addr);
     let (n, _) = rest.split_once(" worker")?;
     Some((addr.trim().parse().ok()?, n.trim().parse().ok()?))
 }

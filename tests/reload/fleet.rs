@@ -1,5 +1,5 @@
-//! Load for the reload tests: a [`Fleet`] of a thousand or more clients, read by a few poll(2)
-//! threads that classify every line as it arrives ([`Tally`]) instead of keeping it, so a
+//! Load for the reload tests: a [`Fleet`] of a thousand or more clients (line clients, or
+//! WebSocket clients whose frames it turns into lines), read by a few poll(2) threads that classify every line as it arrives ([`Tally`]) instead of keeping it, so a
 //! 2-core machine can follow them all; [`connect_welcomed`] for loops that keep connecting
 //! while reloads run; [`StopOnDrop`] to end such background loops even when a test panics.
 
@@ -111,13 +111,18 @@ impl Tally {
 /// `i % READERS`, so a reader never contends with the other readers, only with the main thread.
 type Shard = Arc<Mutex<Vec<Tally>>>;
 
-type Inbox = Arc<Mutex<Vec<(usize, TcpStream, Vec<u8>)>>>;
+/// A client for a reader: its index, socket, bytes not yet split into lines, and for a
+/// WebSocket client the frames not yet whole.
+type Conn = (usize, TcpStream, Vec<u8>, Option<Deframer>);
+
+type Inbox = Arc<Mutex<Vec<Conn>>>;
 
 pub struct Fleet {
     shards: Vec<Shard>,
     inboxes: Vec<Inbox>,
-    /// Write handles by client index; its lock also serialises `add`.
-    writers: Mutex<Vec<TcpStream>>,
+    /// Write handles by client index, and whether it speaks WebSocket; its lock also
+    /// serialises `add`.
+    writers: Mutex<Vec<(TcpStream, bool)>>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -151,18 +156,40 @@ impl Fleet {
         nick: Option<String>,
         leftover: Vec<u8>,
     ) -> usize {
+        self.add_conn(stream, want_nick, nick, leftover, None)
+    }
+
+    /// Adds an upgraded WebSocket client; `leftover` is what was read past the upgrade answer
+    /// (its first frames). Returns its index. (For the web tests, which share this file.)
+    #[allow(dead_code)]
+    pub fn add_web(&self, stream: TcpStream, want_nick: Option<String>, leftover: &[u8]) -> usize {
+        let mut deframer = Deframer::default();
+        let mut lines = Vec::new();
+        let odd = deframer.push(leftover, &mut lines);
+        assert!(odd.is_empty(), "frames other than text after the upgrade: {odd:?}");
+        self.add_conn(stream, want_nick, None, lines, Some(deframer))
+    }
+
+    fn add_conn(
+        &self,
+        stream: TcpStream,
+        want_nick: Option<String>,
+        nick: Option<String>,
+        leftover: Vec<u8>,
+        deframer: Option<Deframer>,
+    ) -> usize {
         // Reads only happen after poll says readable; the timeout is a safety net.
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
         stream.set_write_timeout(Some(LINE_TIMEOUT)).expect("write timeout");
         let writer = stream.try_clone().expect("clone");
         let mut writers = self.writers.lock().unwrap();
         let index = writers.len();
-        writers.push(writer);
+        writers.push((writer, deframer.is_some()));
         let mut shard = self.shards[index % READERS].lock().unwrap();
         assert_eq!(shard.len(), index / READERS);
         shard.push(Tally { want_nick, nick, ..Tally::default() });
         drop(shard);
-        self.inboxes[index % READERS].lock().unwrap().push((index, stream, leftover));
+        self.inboxes[index % READERS].lock().unwrap().push((index, stream, leftover, deframer));
         index
     }
 
@@ -182,12 +209,14 @@ impl Fleet {
     }
 
     pub fn send(&self, index: usize, line: &str) -> io::Result<()> {
-        let mut w = self.writers.lock().unwrap()[index].try_clone()?;
-        w.write_all(format!("{line}\n").as_bytes())
+        let (w, web) = &self.writers.lock().unwrap()[index];
+        let mut w = w.try_clone()?;
+        if *web { w.write_all(&ws_text(line)) } else { w.write_all(format!("{line}\n").as_bytes()) }
     }
 
+    /// A line client's socket, to write lines to directly.
     pub fn writer(&self, index: usize) -> TcpStream {
-        self.writers.lock().unwrap()[index].try_clone().expect("clone")
+        self.writers.lock().unwrap()[index].0.try_clone().expect("clone")
     }
 
     /// Runs `f` on every client's tally, in index order (all shards locked meanwhile).
@@ -248,19 +277,23 @@ enum Seen {
 }
 
 fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
-    let mut conns: Vec<(usize, TcpStream, Vec<u8>)> = Vec::new();
+    let mut conns: Vec<Conn> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut seen: Vec<(usize, Seen)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut fresh = std::mem::take(&mut *inbox.lock().unwrap());
         // Bytes read together with a welcome line (by the connect loop) come first.
-        for (index, _, buf) in &mut fresh {
+        for (index, _, buf, _) in &mut fresh {
             split_lines(*index, buf, &mut seen);
         }
         conns.append(&mut fresh);
         let mut fds: Vec<libc::pollfd> = conns
             .iter()
-            .map(|(_, s, _)| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .map(|(_, s, _, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
@@ -270,7 +303,7 @@ fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
                 if fd.revents == 0 {
                     continue;
                 }
-                let (index, stream, buf) = &mut conns[k];
+                let (index, stream, buf, deframer) = &mut conns[k];
                 match stream.read(&mut chunk) {
                     Ok(0) => {
                         let how = if buf.is_empty() {
@@ -282,8 +315,16 @@ fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
                         dead.push(k);
                     }
                     Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
+                        let mut other = Vec::new();
+                        match deframer {
+                            Some(d) => other = d.push(&chunk[..n], buf),
+                            None => buf.extend_from_slice(&chunk[..n]),
+                        }
                         split_lines(*index, buf, &mut seen);
+                        if let Some(frame) = other.first() {
+                            seen.push((*index, Seen::Closed(format!("{frame:?}"))));
+                            dead.push(k);
+                        }
                     }
                     Err(e)
                         if matches!(

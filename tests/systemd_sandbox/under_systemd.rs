@@ -331,11 +331,29 @@ fn packaged_service_end_to_end() {
         "carol read {lines:?}"
     );
     note(&format!("supervisor SIGKILLed: the client read {lines:?} before {end}"));
+    // The listeners stay open in systemd's descriptor store (RestartSec=1s): a connection made
+    // before the restart waits in the queue and is served by the restarted supervisor.
+    let mut early = Client::try_connect(addr, "early")
+        .unwrap_or_else(|e| panic!("connecting while the supervisor is down: {e}"));
+    match early.read_line(Duration::from_secs(20)) {
+        Ok(l) if parse_welcome(&l).is_some() => {}
+        other => panic!("a connection queued during the restart: {other:?}"),
+    }
+    drop(early);
     sb.wait_prop("NRestarts", "1");
     sb.wait_prop("ActiveState", "active");
     let new_main: u64 = sb.prop("MainPID").parse().unwrap();
     assert_ne!(new_main, main_pid);
     sb.wait_prop("StatusText", &format!("{WORKERS} workers, 0 clients, generation 1"));
+    // The room survived in systemd's descriptor store: its history goes on.
+    let (mut erin, erin_nick) = join(addr, "erin");
+    assert!(
+        erin.transcript().iter().any(|l| l.ends_with("after the hang")),
+        "the history did not survive the crash: {:?}",
+        erin.transcript()
+    );
+    chat(&mut [&mut erin], 0, &erin_nick, "after the crash");
+    drop(erin);
 
     // --- stop: every client is told, then EOF; a clean exit.
     let mut clients: Vec<Client> = (0..3).map(|i| join(addr, &format!("stop{i}")).0).collect();
@@ -355,6 +373,12 @@ fn packaged_service_end_to_end() {
     sb.ok(&["systemctl", "enable", "--now", "chatd"]);
     assert_eq!(sb.prop("UnitFileState"), "enabled");
     let (mut dave, _) = join(addr, "dave");
+    // A stop empties the descriptor store: the new start has no history.
+    assert!(
+        !dave.transcript().iter().any(|l| l.contains("after the crash")),
+        "history came back after a stop: {:?}",
+        dave.transcript()
+    );
     uninstall(&sb, &package);
     dave.read_until(LINE_TIMEOUT, |l| l == "* server shutting down")
         .unwrap_or_else(|e| panic!("dave: no shutdown notice on package removal: {e}"));

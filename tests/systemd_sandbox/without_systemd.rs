@@ -81,6 +81,7 @@ fn unit_file_has_the_contract_settings() {
         ("ExecReload", "/usr/bin/chatd reload --config /etc/chatd/chatd.toml"),
         ("KillMode", "mixed"),
         ("Restart", "on-failure"),
+        ("FileDescriptorStoreMax", "1024"),
         ("WatchdogSec", "10s"),
         ("RuntimeDirectory", "chatd"),
         ("User", "chatd"),

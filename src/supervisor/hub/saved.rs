@@ -11,6 +11,11 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 impl Hub {
+    /// The number of the last room event: the hub's state changed when it moved.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn save(&self) -> SavedHub {
         let mut members: Vec<SavedMember> = self
             .members

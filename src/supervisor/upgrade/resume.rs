@@ -201,6 +201,7 @@ impl Supervisor {
             last_reload: state.last_reload,
             stats,
             operators: Operators::starting_at(state.next_inspect),
+            stored: super::super::stored::StoredRoom::open(),
             config,
             config_path: state.config_path,
             config_text: state.config_text,

@@ -53,7 +53,7 @@ fn a_key_update_split_over_records_survives_a_hand_off() {
     let mut pair = pair.hand_off();
     let mut second = Vec::new();
     peer.tx.seal(rustls::ContentType::Handshake, &[0, 1, 0], &mut second).expect("seal");
-    peer.tx.update(peer.suite);
+    peer.tx.update();
     peer.seal(b"after the split key update\n", &mut second).expect("seal");
     let (plain, _) = pair.server_opens(&second);
     assert_eq!(plain, b"after the split key update\n");

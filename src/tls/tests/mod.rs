@@ -4,6 +4,7 @@
 mod certs;
 mod handoff;
 mod handshake;
+mod idle;
 mod session;
 
 use std::io::{ErrorKind, Read, Write};

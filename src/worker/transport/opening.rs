@@ -1,8 +1,11 @@
 //! The opening phase of layered connections, from the worker's side: a connection accepted on
-//! a TLS listener is in the client table at once (same tokens, same descriptor accounting) but
-//! joins the room only when its handshake is done. A failed handshake, or one not done within
+//! a TLS or web listener is in the client table at once (same tokens, same descriptor
+//! accounting) but joins the room only when its handshake is done and, on a web listener, its
+//! HTTP request upgraded to a WebSocket. A failed handshake, or an opening not done within
 //! `tls.handshake_timeout`, closes the connection before anything reaches the room; it is
-//! logged at debug level and counted as `chatd_rejected_total{reason="tls"}`.
+//! logged at debug level and, when TLS is involved, counted as
+//! `chatd_rejected_total{reason="tls"}`. A request answered without an upgrade (the page, a
+//! 404) is written out, then the connection closes.
 //!
 //! The hub counts `max_clients_per_ip` at `Join`, which an opening connection has not sent yet;
 //! so each worker also holds the connections still opening from one address to that limit.
@@ -10,6 +13,7 @@
 use super::Input;
 use crate::bus::message::ConnId;
 use crate::bus::{RoomRequest, ToHub};
+use crate::listener::Kind;
 use crate::tls::TlsAcceptor;
 use crate::worker::Worker;
 use crate::worker::client::Phase;
@@ -81,8 +85,12 @@ impl Worker {
                     self.refuse_opening(key, &reason);
                     break;
                 }
+                Ok(Input::Answered(what)) => {
+                    self.answered(key, &what);
+                    break;
+                }
                 Ok(Input::Eof) | Err(_) => {
-                    self.refuse_opening(key, "connection lost during the TLS handshake");
+                    self.refuse_opening(key, "connection lost during the opening");
                     return;
                 }
             }
@@ -99,10 +107,25 @@ impl Worker {
 
     /// A failed opening: counted, logged at debug, closed after the alert it calls for.
     fn refuse_opening(&mut self, key: usize, reason: &str) {
+        let kind = self.clients.get(key).map(|c| c.transport.kind());
         let addr = self.end_opening(key);
-        self.counters.tls_rejected += 1;
-        if let Some(addr) = addr {
-            debug!("TLS connection from {addr} refused: {reason}");
+        if kind != Some(Kind::Web) {
+            self.counters.tls_rejected += 1;
+        }
+        if let (Some(addr), Some(kind)) = (addr, kind) {
+            debug!("{kind} connection from {addr} refused: {reason}");
+        }
+        if let Some(client) = self.clients.get_mut(key) {
+            client.left = true;
+        }
+        self.close(key);
+    }
+
+    /// An HTTP request answered without an upgrade: the answer goes out, then the connection
+    /// closes.
+    fn answered(&mut self, key: usize, what: &str) {
+        if let Some(addr) = self.end_opening(key) {
+            debug!("web request from {addr}: {what}");
         }
         if let Some(client) = self.clients.get_mut(key) {
             client.left = true;
@@ -136,7 +159,7 @@ impl Worker {
             .map(|(key, _)| key)
             .collect();
         for key in stalled {
-            self.refuse_opening(key, "TLS handshake timed out");
+            self.refuse_opening(key, "opening (TLS handshake, HTTP request) timed out");
         }
     }
 }

@@ -3,8 +3,6 @@
 //! worker with the socket on a reload.
 
 use super::Input;
-use crate::bus::handoff::TransportState;
-use crate::protocol::decoder::LineDecoder;
 use crate::tls::{Handshake, MAX_PLAINTEXT, Progress, RestoreError, Session, Status, TlsAcceptor};
 use std::io;
 
@@ -26,14 +24,18 @@ impl TlsLayer {
         Session::restore(state).map(TlsLayer::Established)
     }
 
+    pub fn is_established(&self) -> bool {
+        matches!(self, TlsLayer::Established(_))
+    }
+
     /// Takes bytes as read (`eof`: the client closed its side): handshake messages while
-    /// opening, records once established. Plaintext goes to `decoder`, what must be answered
+    /// opening, records once established. Plaintext goes to `plain`, what must be answered
     /// to `wire`.
     pub fn decode(
         &mut self,
         input: &[u8],
         eof: bool,
-        decoder: &mut LineDecoder,
+        plain: &mut Vec<u8>,
         wire: &mut Vec<u8>,
     ) -> Input {
         match self {
@@ -42,35 +44,29 @@ impl TlsLayer {
             }
             TlsLayer::Opening(handshake) => match handshake.advance(input, wire) {
                 Ok(Progress::NeedInput) => Input::Data(input.len()),
-                Ok(Progress::Done) => self.established(decoder, wire),
+                Ok(Progress::Done) => self.established(plain, wire),
                 Err(e) => Input::Refused(e.to_string()),
             },
             TlsLayer::Established(_) if eof => Input::Eof,
-            TlsLayer::Established(session) => {
-                let mut plain = Vec::new();
-                match session.open(input, &mut plain, wire) {
-                    Ok(status) => {
-                        decoder.feed(&plain);
-                        match status {
-                            Status::Open => Input::Data(input.len()),
-                            Status::PeerClosed => Input::Eof,
-                        }
-                    }
-                    Err(e) => {
-                        let _ = session.abort(&e, wire);
-                        let reason = e.to_string();
-                        *self = TlsLayer::Done;
-                        Input::Refused(reason)
-                    }
+            TlsLayer::Established(session) => match session.open(input, plain, wire) {
+                Ok(status) => match status {
+                    Status::Open => Input::Data(input.len()),
+                    Status::PeerClosed => Input::Eof,
+                },
+                Err(e) => {
+                    let _ = session.abort(&e, wire);
+                    let reason = e.to_string();
+                    *self = TlsLayer::Done;
+                    Input::Refused(reason)
                 }
-            }
+            },
             TlsLayer::Done => Input::Data(input.len()),
         }
     }
 
     /// The handshake is done: the session takes over, and opens what followed the client's
     /// Finished.
-    fn established(&mut self, decoder: &mut LineDecoder, wire: &mut Vec<u8>) -> Input {
+    fn established(&mut self, plain: &mut Vec<u8>, wire: &mut Vec<u8>) -> Input {
         let TlsLayer::Opening(handshake) = std::mem::replace(self, TlsLayer::Done) else {
             return Input::Refused("no handshake to finish".into());
         };
@@ -82,27 +78,42 @@ impl TlsLayer {
         if rest.is_empty() {
             return Input::Opened;
         }
-        match self.decode(&rest, false, decoder, wire) {
+        match self.decode(&rest, false, plain, wire) {
             Input::Refused(reason) => Input::Refused(reason),
             _ => Input::Opened,
         }
     }
 
-    /// Seals whole lines, many to a record, each record ending at a line's end where a line
-    /// fits (so a record in flight never leaves a line half told).
-    pub fn encode(&mut self, mut lines: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+    /// Seals whole units (lines, WebSocket frames), many to a record, each record ending where
+    /// a unit ends when one fits (so a record in flight never leaves a line half told):
+    /// `units_end` finds the end of the last whole unit in a record's worth of bytes, 0 if none.
+    pub fn encode(
+        &mut self,
+        mut lines: &[u8],
+        wire: &mut Vec<u8>,
+        units_end: fn(&[u8]) -> usize,
+    ) -> io::Result<()> {
         let TlsLayer::Established(session) = self else { return Ok(()) };
         while !lines.is_empty() {
             let take = if lines.len() <= MAX_PLAINTEXT {
                 lines.len()
             } else {
-                let window = &lines[..MAX_PLAINTEXT];
-                window.iter().rposition(|&b| b == b'\n').map_or(MAX_PLAINTEXT, |i| i + 1)
+                match units_end(&lines[..MAX_PLAINTEXT]) {
+                    0 => MAX_PLAINTEXT,
+                    end => end,
+                }
             };
             session.seal(&lines[..take], wire).map_err(io::Error::other)?;
             lines = &lines[take..];
         }
         Ok(())
+    }
+
+    /// Lets an idle session drop its expanded keys (see [`Session::release_idle`]).
+    pub fn release_idle(&mut self) {
+        if let TlsLayer::Established(session) = self {
+            session.release_idle();
+        }
     }
 
     /// close_notify, after everything sealed so far (once).
@@ -113,12 +124,15 @@ impl TlsLayer {
     }
 
     /// The session as data; `None` if there is none to continue.
-    pub fn into_state(self, unsent: Vec<u8>) -> Option<TransportState> {
+    pub fn into_state(self) -> Option<crate::tls::SessionState> {
         match self {
-            TlsLayer::Established(session) => {
-                Some(TransportState::Tls { session: session.into_state(), unsent })
-            }
+            TlsLayer::Established(session) => Some(session.into_state()),
             TlsLayer::Opening(_) | TlsLayer::Done => None,
         }
     }
+}
+
+/// The end of the last whole line in `bytes`, 0 if none.
+pub(super) fn lines_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
 }

@@ -1,0 +1,67 @@
+//! End-to-end tests of the web page and its WebSocket (docs/web.md) against the real binary:
+//! the page and the 404, web clients in the same room as TCP clients (one order, commands,
+//! `chatd who`, `status`), WebSocket inside TLS with a throwaway CA, the close codes, and
+//! hundreds of web sessions handed to the next worker generation on reload without a
+//! disconnect or a lost, repeated or reordered line.
+//!
+//! The WebSocket client is spoken by hand over std sockets (`tests/common/web.rs`); TLS comes
+//! from the TLS bridge the TLS tests use (Python `ssl`); the reload load reuses the reload
+//! tests' fleet and control helpers.
+
+// The shared harness, one directory up (`mod common;` would look in this binary's directory).
+#[path = "../common/mod.rs"]
+mod common;
+// The reload tests' helpers, of which these tests use a part.
+#[allow(dead_code)]
+#[path = "../reload/control.rs"]
+mod control;
+#[allow(dead_code)]
+#[path = "../reload/fleet.rs"]
+mod fleet;
+
+mod browser;
+mod protocol;
+mod reload;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Server, ServerBuilder};
+
+/// How long a `chatd reload` / `chatd status` may take before the test gives up.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline for the room to settle after a reload (old workers gone, new ones listed).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A server for room tests: no history on join (a client's first line is its welcome), no rate
+/// limit (fast senders are not slowed down).
+fn room_server(workers: usize) -> ServerBuilder {
+    ServerBuilder::new()
+        .workers(workers)
+        .chat_key("history_on_join = 0")
+        .chat_key("rate_limit = { messages = 0 }")
+}
+
+/// Starts `builder`'s server (one plain listen address) with a web listener too; with a
+/// certificate, the web listener speaks TLS (`web.tls = true`). The web address is
+/// [`web_addr`].
+fn start_web(builder: ServerBuilder, tls: Option<(&Path, &Path)>) -> Server {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let web = match tls {
+        None => "[web]\nlisten = [\"127.0.0.1:0\"]\n".to_string(),
+        Some((cert, key)) => format!(
+            "[web]\nlisten = [\"127.0.0.1:0\"]\ntls = true\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    };
+    let config = builder.raw(&web).render(&dir.path().join("control.sock"));
+    Server::start_in(dir, &config, 2)
+}
+
+/// The web listener of a server started with [`start_web`].
+fn web_addr(server: &Server) -> SocketAddr {
+    server.listen_addrs()[1]
+}
