@@ -69,6 +69,10 @@ pub struct Cluster {
     declared: BTreeMap<(String, u64), u64>,
     /// Host generations seen, to publish the roster when a new one appears.
     hosts_seen: BTreeSet<(String, u64)>,
+    /// Since when the room is reachable: no host is declared gone before every host had
+    /// `host_timeout` to beat after an outage (after one that cut off every host, the first
+    /// events make the stream's clock jump past everyone's last beat).
+    reachable_since: Option<Instant>,
 }
 
 impl Cluster {
@@ -102,6 +106,7 @@ impl Cluster {
             last_sent: None,
             declared: BTreeMap::new(),
             hosts_seen: BTreeSet::new(),
+            reachable_since: None,
         })
     }
 
@@ -150,7 +155,8 @@ impl Cluster {
             let clients = u32::try_from(self.room.online_on(&self.node)).unwrap_or(u32::MAX);
             self.publish(Event::Beat { clients });
         }
-        if !self.outage.is_down() {
+        let settled = self.reachable_since.is_some_and(|at| now - at >= self.host_timeout);
+        if !self.outage.is_down() && settled {
             for declaration in self.room.overdue(&self.node, self.host_timeout) {
                 if let Event::HostGone { node, generation, last_seq } = &declaration {
                     let key = (node.clone(), *generation);
@@ -174,8 +180,10 @@ impl Cluster {
         self.connected = connected.unwrap_or(self.connected);
         self.readable = readable.unwrap_or(self.readable);
         if self.connected && self.readable {
+            self.reachable_since.get_or_insert(now);
             out.extend(self.outage.up().map(Output::Outage));
         } else {
+            self.reachable_since = None;
             self.outage.down(now);
         }
     }

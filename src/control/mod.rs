@@ -161,7 +161,7 @@ pub struct Status {
     pub tls_listen: Vec<String>,
     #[serde(default)]
     pub web_listen: Vec<String>,
-    /// The cluster link: none in this release, always `null`.
+    /// The cluster room (SPEC §11, docs/control.md): `null` when `[cluster]` is off.
     #[serde(default)]
     pub cluster: Option<serde_json::Value>,
 }

@@ -131,6 +131,8 @@ pub struct Hub {
     bans: Bans,
     /// A reload changed `[moderation] banned`: members it matches are still to be kicked.
     bans_changed: bool,
+    /// Cluster mode (SPEC §11): the room comes from the stream (`cluster.rs`).
+    cluster: Option<Box<cluster::ClusterMode>>,
 }
 
 impl Hub {
@@ -149,6 +151,7 @@ impl Hub {
             counters: RoomCounters::default(),
             bans: Bans::configured_with(&config.moderation.banned),
             bans_changed: false,
+            cluster: None,
         }
     }
 
@@ -208,6 +211,7 @@ impl Hub {
 
     /// Handles one request from `worker`.
     pub fn handle(&mut self, worker: WorkerId, msg: RoomRequest, out: &mut impl Outbox) {
+        let Some(msg) = self.cluster_request(worker, msg, out) else { return };
         match msg {
             RoomRequest::Join { conn, addr } => self.join(worker, conn, addr, out),
             RoomRequest::Say { session, text } => {
@@ -251,6 +255,9 @@ impl Hub {
 
     /// `worker` is gone: its clients leave the room as `connection lost`.
     pub fn worker_lost(&mut self, worker: WorkerId, out: &mut impl Outbox) {
+        if self.cluster_worker_lost(worker) {
+            return;
+        }
         let mut lost: Vec<SessionId> =
             self.members.iter().filter(|(_, m)| m.worker == worker).map(|(s, _)| *s).collect();
         lost.sort_unstable();
@@ -311,21 +318,9 @@ impl Hub {
         nick: String,
         out: &mut impl Outbox,
     ) {
+        let Some(nick) = self.check_nick(worker, session, nick, out) else { return };
         let Some(member) = self.members.get(&session) else { return };
-        if !is_valid_nick(&nick) {
-            let line = format!("! {}", crate::protocol::command::CommandError::InvalidNick(nick));
-            return direct(out, worker, session, vec![line]);
-        }
-        if *member.nick == *nick {
-            return direct(out, worker, session, vec![format!("* you are already {nick}")]);
-        }
         let key = nick.to_ascii_lowercase();
-        if self.settings.reserved_nicks.contains(&key) {
-            return direct(out, worker, session, vec![format!("! nickname '{nick}' is reserved")]);
-        }
-        if self.nicks.get(&key).is_some_and(|owner| *owner != session) {
-            return direct(out, worker, session, vec![format!("! nickname '{nick}' is taken")]);
-        }
         let old = member.nick.to_string();
         let audit = format!("nick {old} -> {nick} ({})", member.addr_text);
         let audit_worker = member.worker;
@@ -337,6 +332,30 @@ impl Hub {
         let line = format!("* {old} is now known as {nick}");
         self.publish(None, line, RoomEvent::Nick { session, nick }, out);
         self.audit(audit_worker, audit, out);
+    }
+
+    /// What a `/nick` must pass before it is a claim: the client is told why not.
+    fn check_nick(
+        &self,
+        worker: WorkerId,
+        session: SessionId,
+        nick: String,
+        out: &mut impl Outbox,
+    ) -> Option<String> {
+        let member = self.members.get(&session)?;
+        let refusal = if !is_valid_nick(&nick) {
+            format!("! {}", crate::protocol::command::CommandError::InvalidNick(nick))
+        } else if *member.nick == *nick {
+            format!("* you are already {nick}")
+        } else if self.settings.reserved_nicks.contains(&nick.to_ascii_lowercase()) {
+            format!("! nickname '{nick}' is reserved")
+        } else if self.nicks.get(&nick.to_ascii_lowercase()).is_some_and(|o| *o != session) {
+            format!("! nickname '{nick}' is taken")
+        } else {
+            return Some(nick);
+        };
+        direct(out, worker, session, vec![refusal]);
+        None
     }
 
     fn private(
@@ -363,6 +382,9 @@ impl Hub {
     }
 
     fn leave(&mut self, session: SessionId, reason: &LeaveReason, out: &mut impl Outbox) {
+        if self.cluster_leave(session, reason) {
+            return;
+        }
         let worker = self.members.get(&session).map(|m| m.worker);
         if let (Some(worker), Some(line)) = (worker, self.remove_member(session, reason, out)) {
             self.audit(worker, line, out);
@@ -538,6 +560,7 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
     }
 }
 
+mod cluster;
 mod operators;
 mod saved;
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! binary's answer (`upgrade`). A reload that finds its binary replaced on disk re-executes the
 //! supervisor in place before rolling the workers (`upgrade`).
 
+mod cluster;
 mod hub;
 mod operators;
 mod reload;
@@ -215,6 +216,7 @@ impl Supervisor {
             config_text,
         };
         supervisor.start_metrics()?;
+        supervisor.start_cluster()?;
         for slot in 0..supervisor.slots.len() {
             supervisor.start_worker(slot)?;
         }
@@ -247,6 +249,7 @@ impl Supervisor {
                 self.on_control(request);
             }
             self.tend_operators();
+            self.poll_cluster();
             self.on_timers();
             if self.reload.is_some() {
                 self.advance_reload();
@@ -327,6 +330,7 @@ impl Supervisor {
             return;
         }
         self.notifier.stopping();
+        self.hub.stop_cluster();
         if let Some(stored) = self.stored.take() {
             stored.clear();
         }
@@ -425,6 +429,7 @@ impl Supervisor {
             line.push_str("; last reload failed: ");
             line.push_str(e);
         }
+        line.extend(self.cluster_status_line());
         line
     }
 
@@ -464,7 +469,7 @@ impl Supervisor {
                 .into_iter()
                 .flat_map(|k| self.listening(k))
                 .collect(),
-            cluster: None,
+            cluster: self.cluster_status(),
         }
     }
 }

@@ -101,7 +101,7 @@ impl Supervisor {
         let started = Instant::now();
         let text = crate::config::read_file(&self.config_path).map_err(|e| e.to_string());
         match text {
-            Ok(text) if upgrade::binary_changed(&self.exe) => {
+            Ok(text) if upgrade::binary_changed(&self.exe) && self.may_reexec() => {
                 self.start_upgrade(reply, client, text, started)
             }
             text => self.apply_reload(reply, text, started),

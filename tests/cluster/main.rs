@@ -11,6 +11,7 @@ mod common;
 
 mod bridge;
 mod door;
+mod serve;
 
 use std::sync::Arc;
 

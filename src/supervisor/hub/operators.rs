@@ -21,6 +21,9 @@ pub struct Session {
 impl Hub {
     /// `chatd say TEXT`: `* notice: TEXT` to everyone, a numbered room line.
     pub fn notice(&mut self, text: &str, out: &mut impl Outbox) {
+        if self.cluster_notice(text) {
+            return;
+        }
         self.publish(None, format!("* notice: {text}"), RoomEvent::Notice, out);
     }
 
@@ -36,6 +39,9 @@ impl Hub {
         let Some(session) = found.filter(|s| self.members.contains_key(s)) else {
             return Err(format!("no such nick '{nick}'"));
         };
+        if self.is_remote(session) {
+            return Err(format!("'{nick}' is served by another host: kick it there"));
+        }
         let name = self.members.get(&session).map(|m| m.nick.to_string()).unwrap_or_default();
         self.remove(session, LeaveReason::Kicked(reason), out);
         Ok(name)
@@ -102,7 +108,7 @@ impl Hub {
         let mut hit: Vec<(SessionId, String)> = self
             .members
             .iter()
-            .filter(|(_, m)| matches(m.ip))
+            .filter(|(s, m)| matches(m.ip) && !self.is_remote(**s))
             .map(|(s, m)| (*s, m.nick.to_string()))
             .collect();
         hit.sort_unstable();
