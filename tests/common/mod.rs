@@ -29,8 +29,8 @@
 //!   connections so the line helpers drive TLS clients.
 //! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
 //!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
-//! * WebSocket (`web.rs`): [`WsClient`], a line client over a WebSocket spoken by hand, and
-//!   the frames and [`Deframer`] the reload fleet uses for its web clients.
+//! * WebSocket (`web.rs`): [`WsClient`], a line client over tungstenite's WebSocket client, and
+//!   the hand-written frames and [`Deframer`] for malformed frames and the reload fleet.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 

@@ -1,11 +1,14 @@
-//! WebSocket clients for the web tests, spoken by hand over a std `TcpStream` (RFC 6455 is a
-//! few lines for a client): the upgrade request, masked text frames out, the server's unmasked
-//! frames back into CRLF lines, so the line helpers and the reload fleet read web clients like
-//! any others.
+//! WebSocket clients for the web tests. [`WsClient`] is tungstenite's client over a std
+//! `TcpStream`, its text messages turned into lines so the tests read web clients like any
+//! others. The hand-written pieces ([`ws_upgrade`], [`ws_frame`], [`Deframer`]) remain for
+//! frames no library sends and for the reload fleet, which reads many sockets from poll(2).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+use tungstenite::protocol::WebSocket;
 
 use super::{CONNECT_TIMEOUT, LINE_TIMEOUT};
 
@@ -130,10 +133,9 @@ impl Deframer {
     }
 }
 
-/// A WebSocket line client with deadlines on every read, like `Client`.
+/// A WebSocket line client (tungstenite's) with deadlines on every read, like `Client`.
 pub struct WsClient {
-    pub stream: TcpStream,
-    deframer: Deframer,
+    socket: WebSocket<TcpStream>,
     lines: Vec<u8>,
     /// Non-text frames the server sent.
     pub controls: Vec<Control>,
@@ -143,39 +145,31 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `addr` (a web listener, or a TLS bridge to one) and upgrades.
     pub fn connect(addr: SocketAddr, label: &str) -> WsClient {
-        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{label}: connect to {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
-        let rest = ws_upgrade(&mut stream).unwrap_or_else(|e| panic!("{label}: {e}"));
-        let mut c = WsClient {
-            stream,
-            deframer: Deframer::default(),
-            lines: Vec::new(),
-            controls: Vec::new(),
-            label: label.to_string(),
-        };
-        c.take(&rest);
-        c
-    }
-
-    fn take(&mut self, bytes: &[u8]) {
-        let seen = self.deframer.push(bytes, &mut self.lines);
-        self.controls.extend(seen);
+        stream.set_read_timeout(Some(LINE_TIMEOUT)).expect("read timeout");
+        let url = format!("ws://{addr}/ws");
+        let (socket, response) = tungstenite::client::client(url.as_str(), stream)
+            .unwrap_or_else(|e| panic!("{label}: WebSocket handshake with {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 101, "{label}: not upgraded");
+        WsClient { socket, lines: Vec::new(), controls: Vec::new(), label: label.to_string() }
     }
 
     pub fn send_line(&mut self, line: &str) {
-        self.send_raw(&ws_text(line));
+        let label = &self.label;
+        self.socket.send(Message::text(line)).unwrap_or_else(|e| panic!("{label}: send: {e}"));
     }
 
+    /// Writes bytes past the library (frames no library sends).
     pub fn send_raw(&mut self, bytes: &[u8]) {
         let label = &self.label;
-        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("{label}: send: {e}"));
+        self.socket.get_mut().write_all(bytes).unwrap_or_else(|e| panic!("{label}: send: {e}"));
     }
 
     /// The next line within `timeout`; `Err` on timeout, EOF or a close frame.
     pub fn read_line(&mut self, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
-        let mut chunk = [0u8; 8192];
         loop {
             if let Some(pos) = self.lines.windows(2).position(|w| w == b"\r\n") {
                 let raw: Vec<u8> = self.lines.drain(..pos + 2).collect();
@@ -188,13 +182,23 @@ impl WsClient {
             if now >= deadline {
                 return Err(format!("no line within {timeout:?}"));
             }
-            self.stream.set_read_timeout(Some(deadline - now)).expect("read timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("EOF".into()),
-                Ok(n) => self.take(&chunk[..n]),
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            self.socket.get_ref().set_read_timeout(Some(deadline - now)).expect("read timeout");
+            match self.socket.read() {
+                Ok(Message::Text(t)) => {
+                    self.lines.extend_from_slice(t.as_bytes());
+                    self.lines.extend_from_slice(b"\r\n");
+                }
+                Ok(Message::Close(frame)) => {
+                    self.controls.push(Control::Close(frame.map_or(1005, |f| f.code.into())));
+                }
+                Ok(other) => self.controls.push(Control::Odd(format!("{other:?}"))),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(format!("read: {e}")),
             }
         }
