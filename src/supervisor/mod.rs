@@ -161,16 +161,7 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         config.check_tls().map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
-        let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
-        let mut signals =
-            Signals::new(&CAUGHT).map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        poll.registry()
-            .register(signals.source(), SIGNALS, Interest::READABLE)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), CONTROL)
-                .map_err(|e| format!("cannot create waker: {e}"))?,
-        );
+        let (poll, signals, waker) = event_loop()?;
         let (control_socket, control) = crate::signals::in_threads_blocked(&CAUGHT, || {
             crate::control::server::start(&config.server.control_socket, waker.clone())
         })
@@ -529,4 +520,19 @@ fn signal_name(signal: i32) -> &'static str {
         libc::SIGINT => "SIGINT",
         _ => "signal",
     }
+}
+
+/// The supervisor's event loop with its signals and the waker of the control thread, as both a
+/// fresh start and a supervisor taking over after an exec need them.
+fn event_loop() -> Result<(Poll, Signals, Arc<Waker>), String> {
+    let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
+    let mut signals =
+        Signals::new(&CAUGHT).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    poll.registry()
+        .register(signals.source(), SIGNALS, Interest::READABLE)
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), CONTROL).map_err(|e| format!("cannot create waker: {e}"))?,
+    );
+    Ok((poll, signals, waker))
 }

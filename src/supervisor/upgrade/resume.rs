@@ -10,22 +10,21 @@ use crate::cloexec;
 use crate::config::Config;
 use crate::control;
 use crate::control::Reply;
-use crate::signals::{self, Signals};
+use crate::signals;
 use crate::supervisor::hub::{Hub, WorkerId};
 use crate::supervisor::operators::Operators;
 use crate::supervisor::stats::Stats;
 use crate::supervisor::workers::{Lifecycle, WorkerProc};
-use crate::supervisor::{CAUGHT, CONTROL, RunState, SIGNALS, Slot, Supervisor, TICK, WORKER_BASE};
+use crate::supervisor::{CAUGHT, RunState, Slot, Supervisor, TICK, WORKER_BASE, event_loop};
 use crate::systemd::Notifier;
 use crossbeam_channel::Sender;
 use log::{error, info};
-use mio::{Interest, Poll, Token, Waker};
+use mio::{Interest, Token};
 use socket2::Socket;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The reload that asked for the upgrade: who waits for its answer, the config text it read,
@@ -85,16 +84,7 @@ impl Supervisor {
             header.release,
             header.version
         );
-        let poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
-        let mut signals =
-            Signals::new(&CAUGHT).map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        poll.registry()
-            .register(signals.source(), SIGNALS, Interest::READABLE)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), CONTROL)
-                .map_err(|e| format!("cannot create waker: {e}"))?,
-        );
+        let (poll, signals, waker) = event_loop()?;
         let listener = std::os::unix::net::UnixListener::from(adopt(state.control_fd)?);
         let path = config.server.control_socket.clone();
         let (control_socket, control) = signals::in_threads_blocked(&CAUGHT, || {
