@@ -31,7 +31,12 @@ pub struct NatsNode {
 pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
     dir: tempfile::TempDir,
+    /// One cluster at a time per test binary: three nats-servers per test, several tests at
+    /// once on two cores, stall acknowledgements past the tests' one-second outage notice.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Where `nats-server` is: on `PATH`, or where Debian puts it.
 fn nats_server() -> PathBuf {
@@ -55,6 +60,7 @@ fn free_port() -> u16 {
 impl NatsCluster {
     /// Starts `n` nodes (1 to 5) and waits until all are healthy.
     pub fn start(n: usize) -> NatsCluster {
+        let one_at_a_time = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes: Vec<NatsNode> = (1..=n)
             .map(|i| NatsNode {
@@ -93,7 +99,7 @@ impl NatsCluster {
         for node in &mut nodes {
             node.spawn();
         }
-        let cluster = NatsCluster { nodes, dir };
+        let cluster = NatsCluster { nodes, dir, _one_at_a_time: one_at_a_time };
         for i in 0..n {
             cluster.wait_healthy(i);
         }
