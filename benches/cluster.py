@@ -183,7 +183,7 @@ def start_cluster(tmp, args):
             own_first = nodes[i:] + nodes[:i]
             urls = ", ".join(f'"nats://127.0.0.1:{node["port"]}"' for node in own_first)
             table = (f'[cluster]\nenabled = true\nnats = [{urls}]\nroom = "bench"\n'
-                     f'node = "h{i + 1}"\nreplicas = {HOSTS}\n')
+                     f'node = "h{i + 1}"\nreplicas = {args.replicas}\n')
             configs.append(chatd_config(os.path.join(directory, f"h{i + 1}"), args.host_workers,
                                         table))
         hosts = [start_chatd(f"chatd-h{i + 1}", config) for i, config in enumerate(configs)]
@@ -282,6 +282,12 @@ def summary(report, system):
     return s
 
 
+def loss_cell(rows):
+    losses = sorted(r["loss"] or 0 for r in rows)
+    middle = statistics.median(losses)
+    return f"{middle:,.0f}" + (f" (one run {losses[-1]:,})" if losses[-1] != middle else "")
+
+
 def median(rows, key):
     values = [r[key] for r in rows if r.get(key) is not None]
     return statistics.median(values) if values else float("nan")
@@ -291,11 +297,17 @@ def fmt_ms(value):
     return "–" if value != value else (f"{value:,.0f}" if value >= 100 else f"{value:.1f}")
 
 
+def load_average():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def report_table(results, scenarios, args):
     print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores shared by every server process"
           f" and chatload; medians of {args.reps} runs; single chatd: {args.workers} workers;"
           f" cluster: {HOSTS} chatd hosts × {args.host_workers} workers + {HOSTS} nats-server"
-          f" nodes (JetStream, replicas {HOSTS}); irc: {HOSTS} InspIRCd linked A - B - C\n")
+          f" nodes (JetStream, replicas {args.replicas}); irc: {HOSTS} InspIRCd linked A - B - C;"
+          f" 1-minute load average {args.load_before} before, {load_average()} after\n")
     print("| scenario, system | deliveries/s | system cores | deliveries per CPU-s | p50 ms |"
           " p99 ms | max ms | p99 across hosts | loss | chatload cores | machine busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -313,9 +325,9 @@ def report_table(results, scenarios, args):
             print(f"| {scenario} {name} | {m['deliveries_per_s'] / 1e6:.2f} M | {cores} |"
                   f" {m['per_core_s'] / 1e6:.2f} M | {fmt_ms(m['p50_ms'])} | {fmt_ms(m['p99_ms'])} |"
                   f" {fmt_ms(m['max_ms'])} | {fmt_ms(m['cross_p99_ms'])} |"
-                  f" {max(r['loss'] or 0 for r in rows):.0f} |"
+                  f" {loss_cell(rows)} |"
                   f" {m['harness_cores']:.2f} | {m['machine_busy_cores']:.2f} |")
-    print("\nloss: the largest of the runs; the other columns: medians.")
+    print("\nMedians of the runs; loss: the median, and the largest when a run lost more.")
     s2 = {name: m for (sc, name), m in med.items() if sc == "S2"}
     if "cluster" in s2:
         c = s2["cluster"]
@@ -343,6 +355,8 @@ def main():
     ap.add_argument("--systems", default="single,cluster,irc")
     ap.add_argument("--workers", type=int, default=2, help="workers of the single chatd host")
     ap.add_argument("--host-workers", type=int, default=1, help="workers of each cluster host")
+    ap.add_argument("--replicas", type=int, default=HOSTS,
+                    help="replicas of the cluster's stream (to see what replication costs)")
     ap.add_argument("--json", metavar="FILE", help="write every run's summary there")
     ap.add_argument("--chatd", metavar="PATH",
                     help="this chatd binary, not built (default: build target/release/chatd)")
@@ -355,6 +369,7 @@ def main():
         sys.exit("nats-server is not installed (apt-get install nats-server)")
     scenarios = args.scenarios.split(",")
     results, runs = {}, []
+    args.load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="chatd-cluster-bench-") as tmp:
         for rep in range(args.reps):
             for scenario in scenarios:
