@@ -186,12 +186,14 @@ def start_cluster(tmp, args):
                      f'node = "h{i + 1}"\nreplicas = {args.replicas}\n')
             configs.append(chatd_config(os.path.join(directory, f"h{i + 1}"), args.host_workers,
                                         table))
-        hosts = [start_chatd(f"chatd-h{i + 1}", config) for i, config in enumerate(configs)]
-        # Hosts before NATS nodes in the stop order.
-        system.servers = hosts + system.servers
+        nats = list(system.servers)
+        for i, config in enumerate(configs):
+            # Hosts before NATS nodes in the stop order.
+            system.servers.insert(i, start_chatd(f"chatd-h{i + 1}", config))
+        hosts = system.servers[:HOSTS]
         system.ports = [host.port for host in hosts]
-        system.pids = [host.proc.pid for host in hosts] + [s.proc.pid for s in system.servers[HOSTS:]]
-        system.nats_pids = [s.proc.pid for s in system.servers[HOSTS:]]
+        system.nats_pids = [server.proc.pid for server in nats]
+        system.pids = [host.proc.pid for host in hosts] + system.nats_pids
         wait_for("every chatd host connected and seeing the others", lambda: cluster_ready(configs),
                  every=0.5)
         line_crosses(system.ports[0], system.ports[-1])
