@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in benches/ from importing compare.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (the build, the Server process wrapper, chatload's scenarios)
 
