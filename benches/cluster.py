@@ -351,7 +351,7 @@ def report_table(results, scenarios, args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--scenarios", default="S2,S1")
     ap.add_argument("--duration", type=int, default=10)
