@@ -423,7 +423,7 @@ fn read_web(index: usize, web: &Web, seen: &mut Vec<(usize, Seen)>) -> bool {
                 let line = text.as_str();
                 seen.push((
                     index,
-                    if line.contains(['\r', '\n']) {
+                    if line.as_bytes().contains(&b'\n') || line.as_bytes().contains(&b'\r') {
                         Seen::Bad(line.to_string())
                     } else {
                         Seen::Line(line.to_string())
