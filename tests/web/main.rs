@@ -4,9 +4,10 @@
 //! hundreds of web sessions handed to the next worker generation on reload without a
 //! disconnect or a lost, repeated or reordered line.
 //!
-//! The WebSocket client is spoken by hand over std sockets (`tests/common/web.rs`); TLS comes
-//! from the TLS bridge the TLS tests use (Python `ssl`); the reload load reuses the reload
-//! tests' fleet and control helpers.
+//! The WebSocket clients are tungstenite's over std sockets (`tests/common/web.rs`), with
+//! frames written by hand only where no library would send them; TLS comes from the TLS bridge
+//! the TLS tests use (Python `ssl`); the reload load reuses the reload tests' fleet (whose web
+//! clients are tungstenite's too, read from poll(2)) and control helpers.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
