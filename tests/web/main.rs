@@ -19,6 +19,8 @@ mod control;
 #[allow(dead_code)]
 #[path = "../reload/fleet.rs"]
 mod fleet;
+#[path = "../reload/settings.rs"]
+mod settings;
 
 mod browser;
 mod protocol;
@@ -27,23 +29,9 @@ mod session;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use common::{Server, ServerBuilder};
-
-/// How long a `chatd reload` / `chatd status` may take before the test gives up.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline for the room to settle after a reload (old workers gone, new ones listed).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A server for room tests: no history on join (a client's first line is its welcome), no rate
-/// limit (fast senders are not slowed down).
-fn room_server(workers: usize) -> ServerBuilder {
-    ServerBuilder::new()
-        .workers(workers)
-        .chat_key("history_on_join = 0")
-        .chat_key("rate_limit = { messages = 0 }")
-}
+use settings::{CONTROL_TIMEOUT, SETTLE_TIMEOUT, room_server};
 
 /// Starts `builder`'s server (one plain listen address) with a web listener too; with a
 /// certificate, the web listener speaks TLS (`web.tls = true`). The web address is
