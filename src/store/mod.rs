@@ -10,7 +10,9 @@
 //! Entries are few and fixed (systemd 252 stores descriptors at a cost quadratic in their
 //! number): what changes is the content of memory files, rewritten in place ([`snapshot`]).
 
+pub mod bag;
 pub mod snapshot;
+pub mod table;
 
 use log::debug;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};

@@ -1,11 +1,10 @@
 //! The supervisor's entries in systemd's file descriptor store (`crate::store`): the room —
-//! numbering, history, recent events, counters, bans — in a pair of memory files, rewritten
-//! when it changed, before the events that changed it go out to the workers (slow writes are
-//! spaced out, so they take at most a tenth of the supervisor's time), and read back by the supervisor systemd starts after a crash. The slots' listening
-//! sockets are stored too.
-//!
-//! Members are not restored: a member is a live session, and a session survives only in the
-//! worker that serves it.
+//! numbering, members, history, recent events, counters, bans — in a pair of memory files,
+//! rewritten whenever it changed, before the events that changed it go out to the workers, and
+//! read back by the supervisor systemd starts after a crash. So no worker is ever sent a room
+//! event the store does not have: a session resumed after a crash gets what it missed from
+//! there (`kept`). The slots' listening sockets are stored too. Members come back only with
+//! their sessions (`kept`).
 
 use super::Supervisor;
 use super::hub::Hub;
@@ -18,7 +17,6 @@ use socket2::Socket;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 /// The room's entries' name.
 const NAME: &str = "hub";
@@ -40,36 +38,31 @@ struct Record {
 
 /// `/history` lines kept in the store at most: the newest.
 const HISTORY: usize = 10_000;
-/// A write that takes longer than this (a long history) defers the next one.
-const SLOW: Duration = Duration::from_millis(20);
-/// Slow writes take at most 1/SHARE of the supervisor's time: after one that took `d`, the next
-/// waits `SHARE × d`.
-const SHARE: u32 = 10;
 
-/// The room as stored: where it is written, the sequence number written last and when the next
-/// write may be.
+/// The room as stored: where it is written and the sequence number written last.
 pub(super) struct StoredRoom {
     snapshot: Snapshot,
     seq: Option<u64>,
-    next: Instant,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
 /// the slots' listening sockets. An entry of another name is dropped from the store.
-pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>) {
+pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>, Vec<(String, OwnedFd)>) {
     let mut room = Vec::new();
     let mut listeners = Vec::new();
+    let mut kept = Vec::new();
     for (name, fd) in store::take_passed() {
         match name.as_str() {
             NAME => room.push(fd),
             LISTEN => listeners.push(Socket::from(fd)),
+            _ if super::kept::is_kept(&name) => kept.push((name, fd)),
             _ => {
                 warn!("fd store: dropping an unknown entry {name:?}");
                 store::remove(&name);
             }
         }
     }
-    (take_room(room), listeners)
+    (take_room(room), listeners, kept)
 }
 
 /// The stored listeners with the address each is bound to.
@@ -129,9 +122,8 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     }
     match serde_json::from_slice::<Record>(&bytes) {
         Ok(record) => {
-            let mut hub = record.hub;
+            let hub = record.hub;
             info!("the server restarted: the room goes on from event {}", hub.seq);
-            hub.members.clear();
             Some(hub)
         }
         Err(e) => {
@@ -141,9 +133,8 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     }
 }
 
-/// The record of `saved`, without members and with the newest events only.
+/// The record of `saved`, with the newest events only.
 fn encode(mut saved: SavedHub) -> Vec<u8> {
-    saved.members.clear();
     let skip = saved.events.len().saturating_sub(EVENTS);
     saved.events.drain(..skip);
     let skip = saved.history.len().saturating_sub(HISTORY);
@@ -180,23 +171,20 @@ impl StoredRoom {
             warn!("fd store: cannot store the room: {e}; a crash will lose it");
             return None;
         }
-        Some(StoredRoom { snapshot, seq: None, next: Instant::now() })
+        Some(StoredRoom { snapshot, seq: None })
     }
 
-    /// Writes the room down if it changed since the last write, unless the last write was slow
-    /// and recent: then the room in the store is behind the one the workers are told about by
-    /// at most ten times that write's duration, plus the wait for the event loop's next turn.
+    /// Writes the room down if it changed since the last write: before the events that
+    /// changed it go out, whatever the write costs (one write per turn of the event loop
+    /// however many events the turn numbered).
     pub(super) fn save(&mut self, hub: &Hub) {
-        let started = Instant::now();
-        if self.seq == Some(hub.seq()) || started < self.next {
+        if self.seq == Some(hub.seq()) {
             return;
         }
         match self.snapshot.write(&encode(hub.save())) {
             Ok(()) => self.seq = Some(hub.seq()),
             Err(e) => warn!("fd store: writing the room: {e}"),
         }
-        let took = started.elapsed();
-        self.next = if took > SLOW { started + took * SHARE } else { started };
     }
 
     /// The slots' listening sockets, replacing those stored before: a restart after a crash
@@ -229,15 +217,16 @@ mod tests {
     }
 
     #[test]
-    fn the_room_comes_back_without_its_members() {
+    fn the_room_comes_back_with_its_members() {
         let mut saved = Hub::new(&Config::default()).save();
         saved.seq = 42;
         saved.next_guest = 7;
         saved.history = vec!["12:00 <alice> hello".into()];
+        let saved_members = saved.members.len();
         let back = take_room(passed(&[&encode(saved)])).expect("a room");
         assert_eq!((back.seq, back.next_guest), (42, 7));
         assert_eq!(back.history, vec!["12:00 <alice> hello".to_string()]);
-        assert!(back.members.is_empty());
+        assert_eq!(back.members.len(), saved_members);
     }
 
     #[test]

@@ -21,12 +21,12 @@ const WORKERS: usize = 2;
 // ---------------------------------------------------------------------------------------------
 
 /// A port nobody listens on now (the sandbox shares the host's network).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The packaged config with `line` (which must be there exactly once) replaced.
-fn replace_line(text: &str, line: &str, with: &str) -> String {
+pub(crate) fn replace_line(text: &str, line: &str, with: &str) -> String {
     let n = text.lines().filter(|l| *l == line).count();
     assert_eq!(n, 1, "packaging/chatd.toml must contain the line {line:?} once");
     text.lines().map(|l| if l == line { with } else { l }).collect::<Vec<_>>().join("\n") + "\n"
@@ -34,7 +34,7 @@ fn replace_line(text: &str, line: &str, with: &str) -> String {
 
 /// Connects and reads the welcome and the history that follows (packaged config: up to 10
 /// room lines), so the next line read is live: a private message to ourselves marks the end.
-fn join(addr: SocketAddr, label: &str) -> (Client, String) {
+pub(crate) fn join(addr: SocketAddr, label: &str) -> (Client, String) {
     let mut c = Client::connect(addr, label);
     let (nick, _) = c.expect_welcome();
     c.send_line(&format!("/msg {nick} sync-{label}"));

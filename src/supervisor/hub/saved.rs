@@ -16,6 +16,11 @@ impl Hub {
         self.seq
     }
 
+    /// The worker serving `session`, if it is a member.
+    pub fn member_worker(&self, session: crate::bus::SessionId) -> Option<WorkerId> {
+        self.members.get(&session).map(|m| m.worker)
+    }
+
     pub fn save(&self) -> SavedHub {
         let mut members: Vec<SavedMember> = self
             .members

@@ -192,6 +192,8 @@ impl Supervisor {
             stats,
             operators: Operators::starting_at(state.next_inspect),
             stored: super::super::stored::StoredRoom::open(),
+            kept: super::super::kept::KeptFiles::new(),
+            restoring: None,
             config,
             config_path: state.config_path,
             config_text: state.config_text,

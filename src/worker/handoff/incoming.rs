@@ -187,6 +187,7 @@ impl Worker {
             }
         };
         self.sessions.insert(session, key);
+        self.keep(key, state.last_seq);
         let adopt = RoomRequest::Adopt { session, last_seq: state.last_seq };
         self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);
