@@ -79,6 +79,13 @@ impl Crowd {
         Chatter { stop, threads }
     }
 
+    /// Waits until the chatter is in full swing: client 0 read the tenth line of client 0.
+    fn chatting(&mut self) {
+        let c = &mut self.clients[0];
+        c.read_until(LINE_TIMEOUT, |l| parse_chat(l).is_some_and(|p| p.text == "t0-10"))
+            .unwrap_or_else(|e| panic!("the chatter did not start: {e}"));
+    }
+
     /// Kills the main PID with SIGKILL; every client then reads the notice (and whatever came
     /// before it). Returns the new main PID.
     fn crash(&mut self, sb: &Sandbox) -> u64 {
@@ -103,6 +110,19 @@ impl Crowd {
         sb.wait_prop("ActiveState", "active");
         let new: u64 = sb.prop("MainPID").parse().unwrap();
         assert_ne!(new, old, "the service was not restarted");
+        // The new supervisor says when the last session was adopted, and how many of them
+        // were written to after their last record (a crash between a write and its record
+        // update: at most the one being written in each worker, never as a rule).
+        let n = self.clients.len();
+        let resumed = format!("resumed {n} of {n} sessions kept through the crash in ");
+        let journal = wait_until(LINE_TIMEOUT, "the resumed log line", || {
+            let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+            (journal.matches(&resumed).count() == self.crashes).then_some(journal)
+        });
+        let line = journal.lines().rev().find(|l| l.contains(&resumed)).unwrap_or_default();
+        note(&format!("the new supervisor: {line}"));
+        let drifted = journal.matches("bytes written after its last record").count();
+        assert!(drifted <= 4 * self.crashes, "{drifted} sessions ran ahead of their records");
         new
     }
 
@@ -209,6 +229,7 @@ fn survive_a_crash(test: &str, clients: usize, workers: usize) {
     let addr = start_service(&sb, scratch.path(), workers);
     let mut crowd = Crowd::join(addr, clients);
     let chatter = crowd.chatter(10, Duration::from_millis(50));
+    crowd.chatting();
     crowd.crash(&sb);
     chatter.stop();
     crowd.check_who();
@@ -233,6 +254,7 @@ fn sessions_survive_two_crashes_in_a_row() {
     let addr = start_service(&sb, scratch.path(), 2);
     let mut crowd = Crowd::join(addr, 40);
     let chatter = crowd.chatter(5, Duration::from_millis(50));
+    crowd.chatting();
     crowd.crash(&sb);
     crowd.crash(&sb);
     chatter.stop();
@@ -250,6 +272,7 @@ fn sessions_survive_a_crash_in_the_middle_of_a_reload() {
     let addr = start_service(&sb, scratch.path(), 2);
     let mut crowd = Crowd::join(addr, 200);
     let chatter = crowd.chatter(5, Duration::from_millis(50));
+    crowd.chatting();
     // The reload runs in the sandbox while the supervisor is killed: the crash lands while
     // sessions are on their way to the new workers, with two generations' bags stored.
     let reload = {
