@@ -142,6 +142,17 @@ impl Worker {
         kept.table.set_position(tracked.slot, position);
     }
 
+    /// Records the unfinished input line and the rate limiter's tokens after a read: what
+    /// was read is no longer in the socket.
+    pub(super) fn track_input(kept: &mut Option<Kept>, client: &mut Client) {
+        let (Some(kept), Some(tracked)) = (kept.as_mut(), client.tracked.as_ref()) else {
+            return;
+        };
+        kept.table.set_input(tracked.slot, client.decoder.partial());
+        let tokens = client.bucket.as_mut().map(|b| b.tokens(std::time::Instant::now()));
+        kept.table.set_tokens(tracked.slot, tokens);
+    }
+
     /// A kept session ends here: its record is freed and its socket shut down, since the bag
     /// still holds it open.
     pub(super) fn unkeep(&mut self, client: &mut Client) {

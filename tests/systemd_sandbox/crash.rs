@@ -86,6 +86,15 @@ impl Crowd {
             .unwrap_or_else(|e| panic!("the chatter did not start: {e}"));
     }
 
+    /// Client `i` reads two more lines of the chatter.
+    fn chatting_on(&mut self, i: usize) {
+        for _ in 0..2 {
+            let c = &mut self.clients[i];
+            c.read_until(LINE_TIMEOUT, |l| parse_chat(l).is_some())
+                .unwrap_or_else(|e| panic!("{}: the chatter stopped: {e}", c.label()));
+        }
+    }
+
     /// Kills the main PID with SIGKILL; every client then reads the notice (and whatever came
     /// before it). Returns the new main PID.
     fn crash(&mut self, sb: &Sandbox) -> u64 {
@@ -230,10 +239,21 @@ fn survive_a_crash(test: &str, clients: usize, workers: usize) {
     let mut crowd = Crowd::join(addr, clients);
     let chatter = crowd.chatter(10, Duration::from_millis(50));
     crowd.chatting();
+    // Half a line typed before the crash, the rest after: one line, whole. (The last client
+    // does not chat; the lines its worker sends meanwhile show it read on.)
+    let last = clients - 1;
+    crowd.clients[last].send_raw(b"typed across ").unwrap();
+    crowd.chatting_on(last);
     crowd.crash(&sb);
+    crowd.clients[last].send_raw(b"the crash\r\n").unwrap();
     chatter.stop();
     crowd.check_who();
     crowd.check_transcripts("after the crash");
+    let whole = format!("<{}> typed across the crash", crowd.nicks[last]);
+    for c in &crowd.clients {
+        let got = c.transcript().iter().filter(|l| l.ends_with(&whole)).count();
+        assert_eq!(got, 1, "{}: {whole:?} in {:?}", c.label(), c.transcript());
+    }
     crowd.stop(&sb);
 }
 
