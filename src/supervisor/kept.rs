@@ -167,7 +167,7 @@ pub(super) fn collect(
             continue;
         }
         found.insert(session);
-        let state = resume_state(&entry, &socket, room);
+        let state = resume_state(&entry, table::socket_written(socket.as_fd()), room);
         pending.insert(state.session);
         let slot = pending.len() % by_slot.len();
         by_slot[slot].push((state, socket));
@@ -187,9 +187,8 @@ pub(super) fn collect(
 }
 
 /// The state a session is resumed with: its position checked against the socket's own count
-/// of what was written, the rest of a room line written in part, and the notice.
-fn resume_state(entry: &Entry, socket: &OwnedFd, room: &SavedHub) -> SessionState {
-    let written = table::socket_written(socket.as_fd());
+/// of what was written (`written`), the rest of a room line written in part, and the notice.
+fn resume_state(entry: &Entry, written: u64, room: &SavedHub) -> SessionState {
     let mut position = entry.position;
     let line = |seq: u64| {
         room.events.iter().find(|e| e.seq == seq).map(|e| format!("{}\r\n", e.line).into_bytes())
@@ -319,5 +318,72 @@ impl Supervisor {
         for name in &restoring.stale {
             store::remove(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::table::Position;
+    use crate::supervisor::hub::Hub;
+    use crate::supervisor::upgrade::state::SavedEvent;
+
+    /// A room whose events 1..=3 are `line N`, event 2 skipping session 9.
+    fn room() -> SavedHub {
+        let mut room = Hub::new(&Config::default()).save();
+        room.events = (1..=3)
+            .map(|seq| SavedEvent {
+                seq,
+                age_ms: 0,
+                skip: (seq == 2).then_some(SessionId(9)),
+                line: format!("line {seq}"),
+            })
+            .collect();
+        room
+    }
+
+    fn entry(written: u64, last_full: u64, tail: Tail) -> Entry {
+        let position = Position { written, last_full, tail };
+        Entry { session: 7, inode: 1, position, tokens: Some(1.5), input: b"hal".to_vec() }
+    }
+
+    fn notice(prefix: &str) -> Vec<u8> {
+        format!("{prefix}{NOTICE}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_session_at_a_line_end_goes_on_after_its_last_whole_line() {
+        let state = resume_state(&entry(100, 2, Tail::Clean), 100, &room());
+        assert_eq!((state.last_seq, state.mid_line), (2, false));
+        assert_eq!(state.output, notice(""));
+        assert_eq!((state.input.partial.as_slice(), state.tokens), (&b"hal"[..], Some(1.5)));
+    }
+
+    #[test]
+    fn a_room_line_written_in_part_gets_its_rest_before_the_notice() {
+        let state = resume_state(&entry(100, 2, Tail::Room { seq: 3, len: 4 }), 100, &room());
+        assert_eq!((state.last_seq, state.mid_line), (3, true));
+        assert_eq!(state.output, notice(" 3\r\n"));
+    }
+
+    #[test]
+    fn a_private_line_written_in_part_is_ended_before_the_notice() {
+        let state = resume_state(&entry(100, 1, Tail::Other), 100, &room());
+        assert_eq!(state.last_seq, 1);
+        assert_eq!(state.output, notice("\r\n"));
+    }
+
+    #[test]
+    fn bytes_written_after_the_record_are_taken_as_the_next_room_lines() {
+        // "line 2\r\n" is 8 bytes, then 3 of "line 3\r\n".
+        let state = resume_state(&entry(100, 1, Tail::Clean), 111, &room());
+        assert_eq!(state.last_seq, 3);
+        assert_eq!(state.output, notice("e 3\r\n"));
+        // Session 9 never had event 2: the bytes are event 3's.
+        let mut skipped = entry(100, 1, Tail::Clean);
+        skipped.session = 9;
+        let state = resume_state(&skipped, 108, &room());
+        assert_eq!((state.last_seq, state.mid_line), (3, false));
     }
 }
