@@ -136,10 +136,16 @@ pub(super) fn collect(
     let stale: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
     let mut sockets: HashMap<u64, OwnedFd> = HashMap::new();
     let mut records: HashMap<u64, Entry> = HashMap::new();
+    let mut twice = 0;
     for (name, fd) in &entries {
         if name.starts_with("bag-") {
             for socket in bag::empty(fd) {
-                sockets.entry(bag::inode(socket.as_fd())).or_insert(socket);
+                match sockets.entry(bag::inode(socket.as_fd())) {
+                    std::collections::hash_map::Entry::Occupied(_) => twice += 1,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(socket);
+                    }
+                }
             }
         } else {
             for entry in table::read(fd) {
@@ -178,8 +184,10 @@ pub(super) fn collect(
         m.worker = UNADOPTED.0;
     }
     info!(
-        "the server restarted: {} sessions kept, {} members without a kept socket leave",
+        "the server restarted: {} sessions kept ({} stored entries, {twice} sockets found in two \
+         bags), {} members without a kept socket leave",
         found.len(),
+        stale.len(),
         before - found.len()
     );
     let total = pending.len();

@@ -230,3 +230,29 @@ impl Tracked {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_position_follows_room_lines_through_partial_writes() {
+        let room: VecDeque<RoomMark> = [
+            RoomMark { start: 0, end: 10, seq: 5 },
+            RoomMark { start: 10, end: 20, seq: 6 },
+            RoomMark { start: 20, end: 30, seq: 7 },
+        ]
+        .into();
+        let mut t = Tracked { slot: 0, written: 100, last_full: 4, marks: VecDeque::new() };
+        // Three bytes of its own (a private line) first, then the room from line 6 on.
+        t.follow(103, 10, &room);
+        let p = t.advance(2, true);
+        assert_eq!((p.written, p.last_full, p.tail), (102, 4, Tail::Other));
+        let p = t.advance(6, true);
+        assert_eq!((p.last_full, p.tail), (4, Tail::Room { seq: 6, len: 5 }));
+        let p = t.advance(5, false);
+        assert_eq!((p.written, p.last_full, p.tail), (113, 6, Tail::Clean));
+        let p = t.advance(10, false);
+        assert_eq!((p.last_full, p.tail, t.marks.len()), (7, Tail::Clean, 0));
+    }
+}

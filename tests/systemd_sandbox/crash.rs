@@ -128,8 +128,10 @@ impl Crowd {
             let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
             (journal.matches(&resumed).count() == self.crashes).then_some(journal)
         });
-        let line = journal.lines().rev().find(|l| l.contains(&resumed)).unwrap_or_default();
-        note(&format!("the new supervisor: {line}"));
+        for what in [" sessions kept (", &resumed] {
+            let line = journal.lines().rev().find(|l| l.contains(what)).unwrap_or_default();
+            note(&format!("the new supervisor: {line}"));
+        }
         let drifted = journal.matches("bytes written after its last record").count();
         assert!(drifted <= 4 * self.crashes, "{drifted} sessions ran ahead of their records");
         new
