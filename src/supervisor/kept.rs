@@ -149,9 +149,10 @@ pub(super) fn collect(
             }
         } else {
             for entry in table::read(fd) {
-                let newer = records
-                    .get(&entry.session)
-                    .is_none_or(|e| entry.position.written > e.position.written);
+                // The record that got further; of two that got as far (a session moved by a
+                // reload, not written to since), the one that knows what it had whole.
+                let key = |e: &Entry| (e.position.written, std::cmp::Reverse(e.position.last_full));
+                let newer = records.get(&entry.session).is_none_or(|e| key(&entry) > key(e));
                 if newer {
                     records.insert(entry.session, entry);
                 }

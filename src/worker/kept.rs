@@ -45,6 +45,9 @@ pub(super) struct Tracked {
     pub last_full: u64,
     /// Room lines queued for it, not yet written whole.
     pub marks: VecDeque<Mark>,
+    /// Where the lines of a replay queued so far lie in its stream; their numbers are known
+    /// once the replay is complete ([`Tracked::replayed_up_to`]).
+    pub replayed: Vec<(u64, u64)>,
 }
 
 impl Tracked {
@@ -124,8 +127,13 @@ impl Worker {
         let position = Position { written, last_full, tail: Tail::Clean };
         kept.table.open(slot, session.0, crate::store::bag::inode(fd), position);
         kept.used += 1;
-        client.tracked =
-            Some(Box::new(Tracked { slot, written, last_full, marks: VecDeque::new() }));
+        client.tracked = Some(Box::new(Tracked {
+            slot,
+            written,
+            last_full,
+            marks: VecDeque::new(),
+            replayed: Vec::new(),
+        }));
         let full = kept.bag.messages >= BAG_MESSAGES;
         if full || kept.bag.put(&[fd]).is_err() {
             self.repack();
@@ -219,7 +227,28 @@ pub(super) struct RoomMark {
     pub seq: u64,
 }
 
+/// Queues a line of a replay (the room lines a moved session missed) for `client`.
+pub(super) fn queue_replayed(client: &mut Client, line: &str) {
+    let start = client.backlog() as u64;
+    client.queue_line(line);
+    if let Some(tracked) = client.tracked.as_mut() {
+        let start = tracked.written + start;
+        tracked.replayed.push((start, start + line.len() as u64 + 2));
+    }
+}
+
 impl Tracked {
+    /// The replay is complete and ends with room event `last`: its lines are the events up to
+    /// there, numbered back from it. (Events the session does not get — its own lines when
+    /// `echo` is off — would make the earlier ones seem newer than they are.)
+    pub fn replayed_up_to(&mut self, last: u64) {
+        let count = self.replayed.len() as u64;
+        for (i, (start, end)) in std::mem::take(&mut self.replayed).into_iter().enumerate() {
+            let seq = (last + 1 + i as u64).saturating_sub(count);
+            self.marks.push_back(Mark { start, end, seq });
+        }
+    }
+
     /// The room lines of the shared buffer from `from` on come next in this client's stream,
     /// starting at stream position `at`.
     pub fn follow(&mut self, at: u64, from: usize, room: &VecDeque<RoomMark>) {
@@ -243,7 +272,13 @@ mod tests {
             RoomMark { start: 20, end: 30, seq: 7 },
         ]
         .into();
-        let mut t = Tracked { slot: 0, written: 100, last_full: 4, marks: VecDeque::new() };
+        let mut t = Tracked {
+            slot: 0,
+            written: 100,
+            last_full: 4,
+            marks: VecDeque::new(),
+            replayed: Vec::new(),
+        };
         // Three bytes of its own (a private line) first, then the room from line 6 on.
         t.follow(103, 10, &room);
         let p = t.advance(2, true);
@@ -254,5 +289,12 @@ mod tests {
         assert_eq!((p.written, p.last_full, p.tail), (113, 6, Tail::Clean));
         let p = t.advance(10, false);
         assert_eq!((p.last_full, p.tail, t.marks.len()), (7, Tail::Clean, 0));
+        // A replay of events 8 and 9, known as such once it is complete.
+        t.replayed = vec![(123, 130), (130, 140)];
+        let p = t.advance(7, false);
+        assert_eq!(p.last_full, 7);
+        t.replayed_up_to(9);
+        let p = t.advance(4, true);
+        assert_eq!((p.last_full, p.tail), (8, Tail::Room { seq: 9, len: 4 }));
     }
 }
