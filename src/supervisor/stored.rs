@@ -26,7 +26,7 @@ const LISTEN: &str = "listen";
 const FORMAT: &str = "chatd-hub-state";
 /// 1: the first layout.
 const VERSION: u32 = 1;
-/// Recent events kept for replay (the hub keeps more; a restart replays nothing yet).
+/// Recent events kept for replay to the sessions resumed after a crash (the hub keeps more).
 const EVENTS: usize = 1024;
 
 #[derive(Serialize, Deserialize)]

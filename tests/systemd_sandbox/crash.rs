@@ -207,9 +207,9 @@ impl Crowd {
         note(&format!("{} clients read the same {lines} chat lines", self.clients.len()));
     }
 
-    /// `systemctl stop`: every client is told and its connection ends.
-    fn stop(mut self, sb: &Sandbox) {
-        sb.ok(&["systemctl", "stop", "chatd"]);
+    /// `systemctl stop` (or `restart`): every client is told and its connection ends.
+    fn stop(mut self, sb: &Sandbox, verb: &str) {
+        sb.ok(&["systemctl", verb, "chatd"]);
         for c in &mut self.clients {
             c.read_until(LINE_TIMEOUT, |l| l == "* server shutting down")
                 .unwrap_or_else(|e| panic!("{}: no shutdown notice: {e}", c.label()));
@@ -256,7 +256,7 @@ fn survive_a_crash(test: &str, clients: usize, workers: usize) {
         let got = c.transcript().iter().filter(|l| l.ends_with(&whole)).count();
         assert_eq!(got, 1, "{}: {whole:?} in {:?}", c.label(), c.transcript());
     }
-    crowd.stop(&sb);
+    crowd.stop(&sb, "stop");
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn sessions_survive_two_crashes_in_a_row() {
     chatter.stop();
     crowd.check_who();
     crowd.check_transcripts("after two crashes");
-    crowd.stop(&sb);
+    crowd.stop(&sb, "stop");
 }
 
 #[test]
@@ -291,8 +291,8 @@ fn sessions_survive_a_crash_in_the_middle_of_a_reload() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let addr = start_service(&sb, scratch.path(), 2);
-    let mut crowd = Crowd::join(addr, 200);
+    let server = start_service(&sb, scratch.path(), 2);
+    let mut crowd = Crowd::join(server, 200);
     let chatter = crowd.chatter(5, Duration::from_millis(50));
     crowd.chatting();
     // The reload runs in the sandbox while the supervisor is killed: the crash lands while
@@ -317,5 +317,9 @@ fn sessions_survive_a_crash_in_the_middle_of_a_reload() {
     chatter.stop();
     crowd.check_who();
     crowd.check_transcripts("after a crash during a reload");
-    crowd.stop(&sb);
+    crowd.stop(&sb, "restart");
+    // A restart asked for starts with an empty room: nobody was kept.
+    let mut c = Client::connect(server, "after restart");
+    let (_, online) = c.expect_welcome();
+    assert_eq!(online, 1, "sessions came back after `systemctl restart`");
 }
