@@ -125,6 +125,12 @@ pub struct Hub {
     /// The room lines `/history` shows (`chat.history_events`), oldest first; the workers keep
     /// the same list, and a new worker is given this one.
     history: VecDeque<Rc<str>>,
+    /// Lines ever added to `history`, so the store can tell which are new (`saved.rs`).
+    history_pushed: u64,
+    /// Bans from the command line added or lifted, for the same reason.
+    bans_edits: u64,
+    /// Joins, leaves and nick changes, for the same reason.
+    presence_edits: u64,
     /// What happened to the room, for the metrics.
     counters: RoomCounters,
     /// Who may not join (`operators`).
@@ -147,6 +153,9 @@ impl Hub {
             per_ip: HashMap::new(),
             events: VecDeque::new(),
             history: VecDeque::new(),
+            history_pushed: 0,
+            bans_edits: 0,
+            presence_edits: 0,
             clock: Clock::default(),
             counters: RoomCounters::default(),
             bans: Bans::configured_with(&config.moderation.banned),
@@ -470,6 +479,12 @@ impl Hub {
     ) {
         self.seq += 1;
         self.counters.line(&event);
+        if matches!(
+            event,
+            RoomEvent::Join { .. } | RoomEvent::Leave { .. } | RoomEvent::Nick { .. }
+        ) {
+            self.presence_edits += 1;
+        }
         let keep = match self.settings.history_events {
             HistoryEvents::Chat => event.is_talk(),
             HistoryEvents::All => true,
@@ -478,6 +493,7 @@ impl Hub {
         let line: Rc<str> = line.into();
         if keep && self.settings.history > 0 {
             self.history.push_back(line.clone());
+            self.history_pushed += 1;
             self.trim_history();
         }
         let at = Instant::now();
@@ -564,4 +580,4 @@ mod cluster;
 mod operators;
 mod saved;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
