@@ -240,7 +240,7 @@ fn variant_count_counts_every_variant() {
 
 #[test]
 fn handoff_records_keep_their_bytes() {
-    assert_eq!(handoff::VERSION, 7, "the version changed: update the golden bytes below");
+    assert_eq!(handoff::VERSION, 6, "the version changed: update the golden bytes below");
     let mut g = Golden::default();
     let state = |transport| SessionState {
         session: SessionId(1),
@@ -258,18 +258,16 @@ fn handoff_records_keep_their_bytes() {
         leaving: false,
         eof: false,
         transport,
-        written_whole: Some(4),
-        marks: vec![(5, 6, 7)],
     };
     g.frame(
         &Transfer::Session(state(None)),
-        "040001020001720101700001ff016f010201000000000000f83f03000000010401050607",
+        "040001020001720101700001ff016f010201000000000000f83f03000000",
     );
     let tls = TransportState::Tls { session: tls_state(&tls_hex()), unsent: b"u".to_vec() };
     let expected = "040001020001720101700001ff016f010201000000000000f83f03000001";
     g.frame(
         &Transfer::Session(state(Some(Box::new(tls)))),
-        &format!("{expected}00{}0175010401050607", tls_hex()),
+        &format!("{expected}00{}0175", tls_hex()),
     );
     let tls = TransportState::Tls { session: tls_state(&tls_hex()), unsent: Vec::new() };
     g.part(tls, &format!("00{}00", tls_hex()));

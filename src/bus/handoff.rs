@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of [`Transfer`] and [`SessionState`], and of how they travel; bump it when either
 /// changes.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 6;
 
 /// The first [`VERSION`] whose old workers take several channels with `HandOff` and deal their
 /// sessions out over them evenly; an older one is given a single channel.
@@ -50,12 +50,6 @@ pub struct SessionState {
     pub eof: bool,
     /// The state of its transport's layers; `None` for lines straight over TCP.
     pub transport: Option<Box<TransportState>>,
-    /// Kept through a crash of the supervisor: the last room event the socket was written
-    /// whole (`last_seq` counts what was queued, not what was written).
-    pub written_whole: Option<u64>,
-    /// The room lines in `output`: where each ends in it, its whole length (a line already
-    /// written in part began before `output` does) and its event number.
-    pub marks: Vec<(u64, u64, u64)>,
 }
 
 /// A layered transport as data (the transport contract in docs/tls.md).

@@ -232,15 +232,10 @@ fn resume_state(entry: &Entry, written: u64, room: &SavedHub) -> SessionState {
             extra = 0;
         }
     }
-    let mut marks = Vec::new();
     let (last_seq, mut output, mid_line) = match position.tail {
         Tail::Clean => (position.last_full, Vec::new(), false),
         Tail::Room { seq, len } => match line(seq) {
-            Some(bytes) => {
-                let rest = bytes[(len as usize).min(bytes.len())..].to_vec();
-                marks.push((rest.len() as u64, bytes.len() as u64, seq));
-                (seq, rest, true)
-            }
+            Some(bytes) => (seq, bytes[(len as usize).min(bytes.len())..].to_vec(), true),
             None => (seq, b"\r\n".to_vec(), true),
         },
         Tail::Other => (position.last_full, b"\r\n".to_vec(), true),
@@ -263,8 +258,6 @@ fn resume_state(entry: &Entry, written: u64, room: &SavedHub) -> SessionState {
         leaving: false,
         eof: false,
         transport: None,
-        written_whole: Some(position.last_full),
-        marks,
     }
 }
 

@@ -249,21 +249,6 @@ impl Tracked {
         }
     }
 
-    /// The room lines of its unsent output, for a successor: where each ends in the output,
-    /// its length and its number.
-    pub fn carried(&self) -> Vec<(u64, u64, u64)> {
-        self.marks.iter().map(|m| (m.end - self.written, m.end - m.start, m.seq)).collect()
-    }
-
-    /// The room lines of the output carried over from a predecessor (see [`Tracked::carried`]),
-    /// all of it still to be written.
-    pub fn carry(&mut self, marks: &[(u64, u64, u64)]) {
-        for &(end, len, seq) in marks {
-            let end = self.written + end;
-            self.marks.push_back(Mark { start: end.saturating_sub(len), end, seq });
-        }
-    }
-
     /// The room lines of the shared buffer from `from` on come next in this client's stream,
     /// starting at stream position `at`.
     pub fn follow(&mut self, at: u64, from: usize, room: &VecDeque<RoomMark>) {

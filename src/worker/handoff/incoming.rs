@@ -188,10 +188,7 @@ impl Worker {
             }
         };
         self.sessions.insert(session, key);
-        self.keep(key, state.written_whole.unwrap_or(state.last_seq));
-        if let Some(tracked) = self.clients.get_mut(key).and_then(|c| c.tracked.as_mut()) {
-            tracked.carry(&state.marks);
-        }
+        self.keep(key, state.last_seq);
         let adopt = RoomRequest::Adopt { session, last_seq: state.last_seq };
         self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);

@@ -167,10 +167,6 @@ impl Worker {
                 }
             };
         let (output, mid_line) = client.take_output();
-        let (written_whole, marks) = match client.tracked.as_ref() {
-            Some(t) => (Some(t.last_full), t.carried()),
-            None => (None, Vec::new()),
-        };
         // All but the last piece of the output go ahead of the session; the new worker puts
         // them back together before it adopts the session.
         let pieces = output.len().saturating_sub(1) / OUTPUT_PIECE;
@@ -186,8 +182,6 @@ impl Worker {
             leaving: client.phase == Phase::Leaving,
             eof: client.eof,
             transport,
-            written_whole,
-            marks,
         };
         let fd = OwnedFd::from(client.stream);
         self.handoff.moved.insert(session, channel);
