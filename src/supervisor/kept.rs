@@ -123,8 +123,9 @@ pub(super) struct Restoring {
     _files: Vec<OwnedFd>,
 }
 
-/// Pairs the stored tables' records with the stored bags' sockets and keeps in `room` only the
-/// members found; what each socket still needs is worked out against `room`'s recent events.
+/// Pairs the stored tables' records with the stored bags' sockets, and marks `room`'s members
+/// as waiting for a worker; what each socket still needs is worked out against `room`'s recent
+/// events.
 pub(super) fn collect(
     entries: Vec<(String, OwnedFd)>,
     room: Option<&mut SavedHub>,
@@ -179,8 +180,9 @@ pub(super) fn collect(
         let slot = pending.len() % by_slot.len();
         by_slot[slot].push((state, socket));
     }
+    // Members without a socket stay until the others are back, then leave as lost like any
+    // session not adopted (`check_restored`).
     let before = room.members.len();
-    room.members.retain(|m| found.contains(&m.session.0));
     for m in &mut room.members {
         m.worker = UNADOPTED.0;
     }
