@@ -64,7 +64,7 @@ fn is_root() -> bool {
 }
 
 /// `$CHATD_SYSTEMD_SANDBOX`, else the repository's `tests/tools/systemd-sandbox`.
-pub(crate) fn sandbox_tool() -> PathBuf {
+fn sandbox_tool() -> PathBuf {
     std::env::var_os("CHATD_SYSTEMD_SANDBOX")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("tests/tools/systemd-sandbox"))
