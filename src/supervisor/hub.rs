@@ -55,6 +55,9 @@ pub trait Outbox {
 /// than [`REPLAY_EVENTS`] of them.
 const REPLAY_EVENTS: usize = 65_536;
 const REPLAY_AGE: Duration = Duration::from_secs(10);
+/// Presence changes remembered for the store (`saved.rs`), which writes down only the members
+/// that changed; one further behind writes the whole room.
+const PRESENCE_LOG: usize = 4096;
 
 /// A numbered room event as kept for history and replay.
 struct Event {
@@ -129,8 +132,10 @@ pub struct Hub {
     history_pushed: u64,
     /// Bans from the command line added or lifted, for the same reason.
     bans_edits: u64,
-    /// Joins, leaves and nick changes, for the same reason.
+    /// Joins, leaves and nick changes, for the same reason ...
     presence_edits: u64,
+    /// ... and the sessions of the last [`PRESENCE_LOG`] of them, oldest first.
+    presence_log: VecDeque<SessionId>,
     /// What happened to the room, for the metrics.
     counters: RoomCounters,
     /// Who may not join (`operators`).
@@ -156,6 +161,7 @@ impl Hub {
             history_pushed: 0,
             bans_edits: 0,
             presence_edits: 0,
+            presence_log: VecDeque::new(),
             clock: Clock::default(),
             counters: RoomCounters::default(),
             bans: Bans::configured_with(&config.moderation.banned),
@@ -479,11 +485,15 @@ impl Hub {
     ) {
         self.seq += 1;
         self.counters.line(&event);
-        if matches!(
-            event,
-            RoomEvent::Join { .. } | RoomEvent::Leave { .. } | RoomEvent::Nick { .. }
-        ) {
+        if let RoomEvent::Join { session, .. }
+        | RoomEvent::Leave { session }
+        | RoomEvent::Nick { session, .. } = &event
+        {
             self.presence_edits += 1;
+            self.presence_log.push_back(*session);
+            if self.presence_log.len() > PRESENCE_LOG {
+                self.presence_log.pop_front();
+            }
         }
         let keep = match self.settings.history_events {
             HistoryEvents::Chat => event.is_talk(),

@@ -3,23 +3,26 @@
 //! and a journal of what changed since, written when it changed, before the events that
 //! changed it go out to the workers, and read back by the supervisor systemd starts after a
 //! crash. A turn of the event loop appends what it changed; the whole room is written again
-//! only when the journal has grown past [`JOURNAL_MAX`] or bans changed, so keeping the store
+//! only when the journal has grown past [`JOURNAL_MAX`], bans changed or a burst of joins and
+//! leaves outran the hub's memory of them, so keeping the store
 //! current costs in proportion to the traffic, not to the history. The slots' listening
 //! sockets are stored too.
 //!
 //! No worker is ever sent a room event the store does not have, so a session resumed after a
 //! crash gets what it missed from there (`kept`). The members are in every snapshot, and a
-//! change of presence (a join, a leave, a nick) makes the next write a snapshot; they come back
-//! only with their sessions (`kept`).
+//! journal entry carries those whose presence changed (a join, a leave, a nick) since the last
+//! write; they come back only with their sessions (`kept`).
 
 use super::Supervisor;
 use super::hub::Hub;
-use super::upgrade::state::{Header, SavedHub};
+use super::upgrade::state::{Header, SavedHub, SavedMember};
+use crate::bus::message::SessionId;
 use crate::listener;
 use crate::store::{self, journal::Journal, snapshot::Snapshot};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -40,6 +43,14 @@ struct Record {
     #[serde(flatten)]
     header: Header,
     hub: SavedHub,
+}
+
+/// A journal entry: what a turn changed (`hub.members`: the members that joined or changed
+/// their nick), and the sessions that left.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    hub: SavedHub,
+    gone: Vec<SessionId>,
 }
 
 /// `/history` lines kept in the store at most: the newest.
@@ -137,11 +148,13 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     match serde_json::from_slice::<Record>(&bytes) {
         Ok(record) => {
             let mut hub = record.hub;
+            let mut members: BTreeMap<SessionId, SavedMember> =
+                hub.members.drain(..).map(|m| (m.session, m)).collect();
             let mut applied = 0;
             if let Some((follows, entries)) = store::journal::read(&files) {
                 for entry in entries.iter().filter(|_| follows == version) {
-                    match postcard::from_bytes::<SavedHub>(entry) {
-                        Ok(delta) => apply(&mut hub, delta),
+                    match postcard::from_bytes::<Entry>(entry) {
+                        Ok(entry) => apply(&mut hub, &mut members, entry),
                         Err(e) => {
                             warn!("fd store: unreadable journal entry {applied}: {e}");
                             break;
@@ -150,6 +163,7 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
                     applied += 1;
                 }
             }
+            hub.members = members.into_values().collect();
             info!(
                 "the server restarted: the room goes on from event {} ({applied} journal entries)",
                 hub.seq
@@ -163,8 +177,13 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     }
 }
 
-/// A journal entry applied to the room it follows.
-fn apply(hub: &mut SavedHub, delta: SavedHub) {
+/// A journal entry applied to the room it follows (whose members are in `members`).
+fn apply(hub: &mut SavedHub, members: &mut BTreeMap<SessionId, SavedMember>, entry: Entry) {
+    let Entry { hub: delta, gone } = entry;
+    for session in gone {
+        members.remove(&session);
+    }
+    members.extend(delta.members.into_iter().map(|m| (m.session, m)));
     hub.seq = delta.seq;
     hub.next_session = delta.next_session;
     hub.next_guest = delta.next_guest;
@@ -221,15 +240,19 @@ impl StoredRoom {
     }
 
     /// Writes down what changed in the room since the last write: a journal entry, or the whole
-    /// room when there is no snapshot yet, the journal is long or bans changed.
+    /// room when there is no snapshot yet, the journal is long, bans changed or more members
+    /// came and went than the hub remembers.
     pub(super) fn save(&mut self, hub: &Hub) {
-        let same = self.bans == hub.bans_edits() && self.presence == hub.presence_edits();
-        if self.seq == Some(hub.seq()) && same {
+        let bans = self.bans == hub.bans_edits();
+        if self.seq == Some(hub.seq()) && bans && self.presence == hub.presence_edits() {
             return;
         }
-        let written = match self.seq {
-            Some(seq) if same && self.journal.bytes() < JOURNAL_MAX => {
-                postcard::to_stdvec(&hub.save_since(seq, self.pushed))
+        let changed = hub.presence_since(self.presence);
+        let written = match (self.seq, changed) {
+            (Some(seq), Some((here, gone))) if bans && self.journal.bytes() < JOURNAL_MAX => {
+                let mut delta = hub.save_since(seq, self.pushed);
+                delta.members = here;
+                postcard::to_stdvec(&Entry { hub: delta, gone })
                     .map_err(io::Error::other)
                     .and_then(|entry| self.journal.append(&entry))
             }
@@ -273,6 +296,7 @@ mod tests {
     use super::super::hub::tests::{Recorder, admit, hub};
     use super::*;
     use crate::bus::RoomRequest;
+    use crate::bus::message::LeaveReason;
     use crate::bus::message::SessionId;
     use crate::config::Config;
     use crate::supervisor::WorkerId;
@@ -371,6 +395,35 @@ mod tests {
             snapshot.write(p).unwrap();
         }
         snapshot.files().iter().map(|f| f.try_clone().unwrap().into()).collect()
+    }
+
+    #[test]
+    fn joins_leaves_and_nicks_go_into_the_journal_not_into_snapshots() {
+        let mut hub = hub(|_| {});
+        let mut room = room();
+        room.save(&hub);
+        let mut sessions = Vec::new();
+        for port in 0..300 {
+            sessions.push(admit(&mut hub, WorkerId(port % 2), 1000 + port as u16).0);
+            room.save(&hub);
+        }
+        let req = RoomRequest::Nick { session: sessions[200], nick: "alice".into() };
+        hub.handle(WorkerId(1), req, &mut Recorder::default());
+        room.save(&hub);
+        for session in &sessions[..100] {
+            let req = RoomRequest::Leave { session: *session, reason: LeaveReason::Closed };
+            hub.handle(WorkerId(0), req, &mut Recorder::default());
+            room.save(&hub);
+        }
+        assert_eq!(room.snapshot.version(), 1, "presence changes were written as snapshots");
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.members.len(), 200);
+        let mut now = hub.save().members;
+        now.iter_mut().for_each(|m| m.age_ms = 0);
+        let mut restored = back.members;
+        restored.iter_mut().for_each(|m| m.age_ms = 0);
+        assert_eq!(format!("{restored:?}"), format!("{now:?}"));
+        assert!(restored.iter().any(|m| m.nick == "alice"));
     }
 
     #[test]
