@@ -45,6 +45,54 @@ pub struct Host {
     pub last_time_ms: i64,
     /// Clients it said it serves in its last beat.
     pub clients: u32,
+    order: Order,
+}
+
+/// Where a host's events stand in its own numbering.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Order {
+    /// The lowest number applied, and the next one expected: `None` before its first event.
+    /// A room that read a trimmed stream meets a generation in the middle, so the first number
+    /// seen starts it, whatever it is.
+    first: Option<u64>,
+    next: Option<u64>,
+    /// Events that came before an earlier one of the host: number → (seq, time, event).
+    waiting: BTreeMap<u64, (u64, i64, Event)>,
+}
+
+/// What to do with a host's event numbered `n`.
+enum Place {
+    Now,
+    /// After an earlier one, not stored yet.
+    Wait,
+    /// Applied already (a retry stored again after JetStream's duplicate window).
+    Done,
+}
+
+impl Order {
+    fn place(&mut self, n: u64) -> Place {
+        let (Some(first), Some(next)) = (self.first, self.next) else {
+            if n > 0 {
+                (self.first, self.next) = (Some(n), Some(n + 1));
+            }
+            return Place::Now;
+        };
+        if n == 0 {
+            Place::Now
+        } else if n == next {
+            self.next = Some(n + 1);
+            Place::Now
+        } else if n > next {
+            Place::Wait
+        } else if n < first {
+            // Before the first one applied: an event of the generation's start stored late.
+            // Its place has passed; applied here rather than lost.
+            self.first = Some(n);
+            Place::Now
+        } else {
+            Place::Done
+        }
+    }
 }
 
 /// What applying one event did to the room, for the hub to show.
@@ -124,14 +172,17 @@ impl Room {
     }
 
     /// Applies the event at stream sequence `seq`. Sequences at or before the last one applied
-    /// are ignored, so a redelivery changes nothing.
+    /// are ignored, so a redelivery changes nothing. A host's events are applied in the order it
+    /// numbered them ([`Envelope::n`]): one that comes before an earlier one of the same host
+    /// (a retry stored after the next event, across a stream leader change) waits for it, and
+    /// both are applied at the earlier one's place.
     pub fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope) -> Vec<Applied> {
         if seq <= self.last_seq {
             return Vec::new();
         }
         self.last_seq = seq;
         self.last_time_ms = self.last_time_ms.max(time_ms);
-        let Envelope { node, generation, event } = envelope;
+        let Envelope { node, generation, n, event } = envelope;
         if self.retired.contains(&(node.clone(), generation)) {
             return Vec::new();
         }
@@ -146,12 +197,33 @@ impl Room {
                 self.hosts.insert(node.clone(), Host::new(generation));
             }
         }
-        if let Some(host) = self.hosts.get_mut(&node) {
-            host.last_seq = seq;
-            host.last_time_ms = host.last_time_ms.max(time_ms);
+        let mut applied: Vec<Applied> =
+            changes.into_iter().map(|change| Applied { seq, time_ms, change }).collect();
+        let Some(host) = self.hosts.get_mut(&node) else { return applied };
+        host.last_seq = seq;
+        host.last_time_ms = host.last_time_ms.max(time_ms);
+        let mut ready = match host.order.place(n) {
+            Place::Now => vec![(seq, time_ms, event)],
+            Place::Wait => {
+                host.order.waiting.insert(n, (seq, time_ms, event));
+                return applied;
+            }
+            Place::Done => return applied,
+        };
+        // What waited for this one, in the host's order.
+        while let Some(next) = host.order.next.and_then(|next| host.order.waiting.remove(&next)) {
+            host.order.next = host.order.next.map(|next| next + 1);
+            ready.push(next);
         }
-        self.event(seq, node, event, &mut changes);
-        changes.into_iter().map(|change| Applied { seq, time_ms, change }).collect()
+        for (seq, time_ms, event) in ready {
+            if self.retired.contains(&(node.clone(), generation)) {
+                break;
+            }
+            let mut changes = Vec::new();
+            self.event(seq, node.clone(), event, &mut changes);
+            applied.extend(changes.into_iter().map(|change| Applied { seq, time_ms, change }));
+        }
+        applied
     }
 
     fn event(&mut self, seq: u64, node: String, event: Event, changes: &mut Vec<Change>) {
@@ -361,7 +433,7 @@ impl Room {
 
 impl Host {
     fn new(generation: u64) -> Host {
-        Host { generation, last_seq: 0, last_time_ms: 0, clients: 0 }
+        Host { generation, last_seq: 0, last_time_ms: 0, clients: 0, order: Order::default() }
     }
 }
 

@@ -1,16 +1,19 @@
 use super::*;
 use proptest::prelude::*;
 
-/// Builds a stream: events numbered from 1, a second apart.
+/// Builds a stream: events numbered from 1, a second apart, each host's numbered as it would.
 #[derive(Default)]
 struct Stream {
     events: Vec<(u64, i64, Envelope)>,
+    numbered: std::collections::HashMap<(String, u64), u64>,
 }
 
 impl Stream {
     fn push(&mut self, node: &str, generation: u64, event: Event) -> u64 {
         let seq = self.events.len() as u64 + 1;
-        let envelope = Envelope { node: node.into(), generation, event };
+        let n = self.numbered.entry((node.into(), generation)).or_default();
+        *n += 1;
+        let envelope = Envelope { node: node.into(), generation, n: *n, event };
         self.events.push((seq, seq as i64 * 1000, envelope));
         seq
     }
@@ -21,6 +24,14 @@ impl Stream {
         if let Some(last) = self.events.last_mut() {
             last.1 = time_ms;
         }
+        seq
+    }
+
+    /// Pushes an event numbered `n` by its host, as a retry stored late is.
+    fn push_numbered(&mut self, node: &str, generation: u64, n: u64, event: Event) -> u64 {
+        let seq = self.events.len() as u64 + 1;
+        let envelope = Envelope { node: node.into(), generation, n, event };
+        self.events.push((seq, seq as i64 * 1000, envelope));
         seq
     }
 
@@ -249,6 +260,68 @@ fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     );
     // For the host that saw everything the rosters were no change.
     assert_eq!(full_applied.len(), 4);
+}
+
+#[test]
+fn a_retry_stored_after_the_next_event_is_applied_before_it() {
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let mut s = Stream::default();
+    s.push_numbered("a", 1, 1, join(1));
+    s.push("b", 2, join(1));
+    // a's "one" (2) was lost with a dying stream leader while "two" (3) reached the new one;
+    // the retry of "one" is stored after it, and after a line of b.
+    let two = s.push_numbered("a", 1, 3, say("two"));
+    s.push("b", 2, Event::Say { session: SessionId(1), text: "b's".into() });
+    let one = s.push_numbered("a", 1, 2, say("one"));
+    s.push_numbered("a", 1, 4, say("three"));
+    // Stored once more past JetStream's duplicate window: already applied.
+    s.push_numbered("a", 1, 2, say("one"));
+    let mut room = Room::new();
+    let applied = s.apply(&mut room);
+    let said: Vec<(u64, String)> =
+        applied.iter().map(|a| (a.seq, describe(&a.change))).skip(2).collect();
+    assert_eq!(
+        said,
+        [
+            (4, "<guest-2> b's".to_owned()),
+            (one, "<guest-1> one".to_owned()),
+            (two, "<guest-1> two".to_owned()),
+            (6, "<guest-1> three".to_owned()),
+        ]
+    );
+    // Another host applying the same stream agrees.
+    let mut other = Room::new();
+    assert_eq!(s.apply(&mut other), applied);
+}
+
+#[test]
+fn a_host_met_in_the_middle_of_its_generation_starts_there() {
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let mut s = Stream::default();
+    // A trimmed stream: a's first events are gone; its roster brings the member.
+    s.push_numbered("a", 1, 40, Event::Roster { members: Vec::new(), next_guest: 1 });
+    s.push_numbered("a", 1, 41, join(1));
+    s.push_numbered("a", 1, 42, say("hi"));
+    // An event of the generation's start stored very late is applied where it is, not lost.
+    s.push_numbered("a", 1, 3, say("late"));
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(said, ["joined guest-1", "<guest-1> hi", "<guest-1> late"]);
+}
+
+#[test]
+fn events_waiting_for_an_earlier_one_end_with_their_generation() {
+    let mut s = Stream::default();
+    s.push_numbered("a", 1, 1, join(1));
+    // a's 2 never came: a restarted. Its 3 is dropped with its generation.
+    s.push_numbered("a", 1, 3, Event::Say { session: SessionId(1), text: "lost".into() });
+    s.push("a", 2, join(1));
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(
+        said,
+        ["joined guest-1", "left guest-1 (connection lost)", "host a gone", "joined guest-2"]
+    );
 }
 
 fn describe(change: &Change) -> String {
