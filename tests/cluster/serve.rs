@@ -6,7 +6,7 @@ use crate::common::{Client, Server, ServerBuilder, output_text, parse_chat, pars
 use std::time::{Duration, Instant};
 
 /// Long enough for a first join, which waits for the stream to be created.
-const WAIT: Duration = Duration::from_secs(40);
+pub(crate) const WAIT: Duration = Duration::from_secs(40);
 
 /// The config of host `i`: its own node name, the NATS node `i` only.
 fn host_config(nats: &NatsCluster, i: usize) -> ServerBuilder {
@@ -23,7 +23,7 @@ fn start_hosts(nats: &NatsCluster) -> Vec<Server> {
 }
 
 /// Connects to `server` and waits for the welcome (the join goes through the stream).
-fn join(server: &Server, label: &str) -> (Client, String) {
+pub(crate) fn join(server: &Server, label: &str) -> (Client, String) {
     let mut client = server.connect(label);
     let line = client.read_line(WAIT).expect("welcome");
     let (nick, _) = parse_welcome(&line).unwrap_or_else(|| panic!("not a welcome: {line:?}"));
@@ -31,7 +31,7 @@ fn join(server: &Server, label: &str) -> (Client, String) {
 }
 
 /// Reads until a line containing `text`; returns it.
-fn until(client: &mut Client, text: &str) -> String {
+pub(crate) fn until(client: &mut Client, text: &str) -> String {
     client
         .read_until(WAIT, |l| l.contains(text))
         .unwrap_or_else(|e| panic!("{}: no line with {text:?}: {e}", client.label()))
