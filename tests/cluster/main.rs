@@ -13,6 +13,7 @@ mod common;
 mod bridge;
 mod door;
 mod failover;
+mod partition;
 mod serve;
 
 use std::sync::Arc;
