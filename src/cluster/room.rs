@@ -132,6 +132,12 @@ pub enum Change {
     Notice {
         text: String,
     },
+    /// A member this room lacked, learnt from its host's roster: in the room for a while
+    /// already (no join to show).
+    Learnt {
+        id: MemberId,
+        member: Member,
+    },
     /// A generation of a host is over: declared gone, restarted, or stopped (`clean`). Its
     /// remaining members left (`connection lost`) just before this.
     HostGone {
@@ -268,7 +274,9 @@ impl Room {
             }
             Event::Nick { session, nick } => self.rename(node, session, nick, changes),
             Event::Notice { text } => changes.push(Change::Notice { text }),
-            Event::Roster { members, next_guest } => self.roster(&node, members, next_guest),
+            Event::Roster { members, next_guest } => {
+                self.roster(&node, members, next_guest, changes)
+            }
         }
     }
 
@@ -295,7 +303,13 @@ impl Room {
     /// joins). Whatever it already knows stays as it is, so hosts that saw every join are not
     /// changed. A listed nick someone else holds here is not taken over: that member keeps a
     /// guest nick.
-    fn roster(&mut self, node: &str, members: Vec<RosterEntry>, next_guest: u64) {
+    fn roster(
+        &mut self,
+        node: &str,
+        members: Vec<RosterEntry>,
+        next_guest: u64,
+        changes: &mut Vec<Change>,
+    ) {
         self.next_guest = self.next_guest.max(next_guest);
         for entry in members {
             let id = MemberId(entry.id);
@@ -308,6 +322,7 @@ impl Room {
             let nick = if free { entry.nick } else { self.guest_nick() };
             let member =
                 Member { node: node.to_owned(), session: entry.session, nick, addr: entry.addr };
+            changes.push(Change::Learnt { id, member: member.clone() });
             self.insert(id, member);
         }
     }

@@ -219,3 +219,44 @@ fn a_reload_in_cluster_mode_keeps_the_sessions() {
     b.send_line("and you");
     until(&mut a, "and you");
 }
+
+#[test]
+fn a_host_that_read_a_trimmed_stream_lists_the_members_it_learnt_from_a_roster() {
+    let nats = NatsCluster::start(3);
+    // The stream exists already, keeping 10 events: hosts use it as it is.
+    let (_poll, waker) = crate::waker();
+    let settings = chatd::cluster::bridge::Settings {
+        urls: nats.urls(),
+        room: "main".into(),
+        node: "setup".into(),
+        replicas: 3,
+        max_messages: 10,
+    };
+    let setup = chatd::cluster::bridge::Bridge::start(settings, 1, waker).expect("bridge");
+    let readable = Some(chatd::cluster::bridge::Report::Stream(true));
+    while setup.next_report(WAIT) != readable {}
+    drop(setup);
+    let first = host_config(&nats, 0).start();
+    let (mut a, _) = join(&first, "a");
+    a.send_line("/nick alice");
+    until(&mut a, "is now known as alice");
+    // Enough lines that alice's join and rename are no longer in the stream.
+    for n in 0..12 {
+        a.send_line(&format!("filler {n}"));
+        until(&mut a, &format!("filler {n}"));
+    }
+    let late = host_config(&nats, 1).start();
+    // Host 0 publishes its roster when host 1 appears; host 1's room learns alice from it.
+    // (A join on host 1 before that would be numbered without alice's guest number.)
+    crate::common::wait_until(WAIT, "host 1 to learn alice", || {
+        let out = late.run(&["status", "--json"], Duration::from_secs(10));
+        output_text(&out).contains("\"online\":1").then_some(())
+    });
+    let (mut b, b_nick) = join(&late, "b");
+    until(&mut a, &format!("{b_nick} joined"));
+    b.send_line("/who");
+    let who = until(&mut b, "online:");
+    assert!(who.contains("alice") && who.contains(&b_nick), "{who}");
+    b.send_line("/msg alice hi");
+    until(&mut a, &format!("[pm from {b_nick}] hi"));
+}

@@ -249,9 +249,11 @@ fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     let full_applied = s.apply(&mut full);
     // c only has the stream from its own first event on.
     let mut late = Room::new();
+    let mut learnt = Vec::new();
     for (seq, t, e) in s.events.iter().filter(|(seq, ..)| *seq >= cut) {
-        late.apply(*seq, *t, e.clone());
+        learnt.extend(late.apply(*seq, *t, e.clone()).iter().map(|a| describe(&a.change)));
     }
+    assert_eq!(learnt, ["learnt alice", "learnt guest-2", "joined guest-3"]);
     assert_eq!(nicks(&late), nicks(&full));
     assert_eq!(nicks(&late)[2], ("c".into(), "guest-3".into()));
     assert_eq!(
@@ -333,6 +335,7 @@ fn describe(change: &Change) -> String {
         Change::Renamed { member, old, .. } => format!("{old} is now {}", member.nick),
         Change::NickRefused { nick, .. } => format!("refused {nick}"),
         Change::Notice { text } => format!("notice {text}"),
+        Change::Learnt { member, .. } => format!("learnt {}", member.nick),
         Change::HostGone { node, .. } => format!("host {node} gone"),
     }
 }
