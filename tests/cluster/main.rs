@@ -15,6 +15,7 @@ mod door;
 mod failover;
 mod partition;
 mod serve;
+mod startup;
 
 use std::sync::Arc;
 
