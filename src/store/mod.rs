@@ -8,8 +8,10 @@
 //! systemd every call here is a no-op.
 //!
 //! Entries are few and fixed (systemd 252 stores descriptors at a cost quadratic in their
-//! number): what changes is the content of memory files, rewritten in place ([`snapshot`]).
+//! number): what changes is the content of memory files, rewritten in place ([`snapshot`]) or
+//! appended to ([`journal`]).
 
+pub mod journal;
 pub mod snapshot;
 
 use log::debug;

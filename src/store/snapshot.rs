@@ -15,7 +15,7 @@ const MAGIC: &[u8; 8] = b"chatdsn1";
 const HEADER: usize = 32;
 
 /// FNV-1a, 64 bits: detects a torn write, nothing more is asked of it.
-fn checksum(bytes: &[u8]) -> u64 {
+pub(super) fn checksum(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
@@ -36,6 +36,11 @@ impl Snapshot {
             Ok(File::from(fd))
         };
         Ok(Snapshot { files: [open("a")?, open("b")?], counter: 0 })
+    }
+
+    /// The version written last (0 before the first write).
+    pub fn version(&self) -> u64 {
+        self.counter
     }
 
     /// The two files, to be stored.
@@ -60,8 +65,8 @@ impl Snapshot {
     }
 }
 
-/// The newest intact payload among `files`, if any.
-pub fn read_newest(files: &[OwnedFd]) -> Option<Vec<u8>> {
+/// The newest intact payload among `files`, if any, with its version.
+pub fn read_newest(files: &[OwnedFd]) -> Option<(u64, Vec<u8>)> {
     let mut best: Option<(u64, Vec<u8>)> = None;
     for fd in files {
         let Ok(fd) = fd.try_clone() else { continue };
@@ -70,7 +75,7 @@ pub fn read_newest(files: &[OwnedFd]) -> Option<Vec<u8>> {
             best = Some((counter, payload));
         }
     }
-    best.map(|(_, payload)| payload)
+    best
 }
 
 fn read_one(file: File) -> Option<(u64, Vec<u8>)> {
@@ -105,9 +110,9 @@ mod tests {
         assert_eq!(read_newest(&fds(&s)), None);
         s.write(b"one").unwrap();
         s.write(b"two, longer").unwrap();
-        assert_eq!(read_newest(&fds(&s)).as_deref(), Some(&b"two, longer"[..]));
+        assert_eq!(read_newest(&fds(&s)), Some((2, b"two, longer".to_vec())));
         s.write(b"three").unwrap();
-        assert_eq!(read_newest(&fds(&s)).as_deref(), Some(&b"three"[..]));
+        assert_eq!(read_newest(&fds(&s)), Some((3, b"three".to_vec())));
     }
 
     #[test]
@@ -117,6 +122,6 @@ mod tests {
         s.write(b"two").unwrap();
         // A crash while writing "three" over "one": the payload changed, the header did not.
         s.files[1].write_all_at(b"thr", HEADER as u64).unwrap();
-        assert_eq!(read_newest(&fds(&s)).as_deref(), Some(&b"two"[..]));
+        assert_eq!(read_newest(&fds(&s)), Some((2, b"two".to_vec())));
     }
 }

@@ -125,6 +125,10 @@ pub struct Hub {
     /// The room lines `/history` shows (`chat.history_events`), oldest first; the workers keep
     /// the same list, and a new worker is given this one.
     history: VecDeque<Rc<str>>,
+    /// Lines ever added to `history`, so the store can tell which are new (`saved.rs`).
+    history_pushed: u64,
+    /// Bans from the command line added or lifted, for the same reason.
+    bans_edits: u64,
     /// What happened to the room, for the metrics.
     counters: RoomCounters,
     /// Who may not join (`operators`).
@@ -147,6 +151,8 @@ impl Hub {
             per_ip: HashMap::new(),
             events: VecDeque::new(),
             history: VecDeque::new(),
+            history_pushed: 0,
+            bans_edits: 0,
             clock: Clock::default(),
             counters: RoomCounters::default(),
             bans: Bans::configured_with(&config.moderation.banned),
@@ -486,6 +492,7 @@ impl Hub {
         let line: Rc<str> = line.into();
         if keep && self.settings.history > 0 {
             self.history.push_back(line.clone());
+            self.history_pushed += 1;
             self.trim_history();
         }
         let at = Instant::now();
@@ -572,4 +579,4 @@ mod cluster;
 mod operators;
 mod saved;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -1,7 +1,10 @@
 //! The supervisor's entries in systemd's file descriptor store (`crate::store`): the room —
-//! numbering, history, recent events, counters, bans — in a pair of memory files, rewritten
-//! when it changed, before the events that changed it go out to the workers (slow writes are
-//! spaced out, so they take at most a tenth of the supervisor's time), and read back by the supervisor systemd starts after a crash. The slots' listening
+//! numbering, history, recent events, counters, bans — in a pair of memory files (a snapshot)
+//! and a journal of what changed since, written when it changed, before the events that
+//! changed it go out to the workers, and read back by the supervisor systemd starts after a
+//! crash. A turn of the event loop appends what it changed; the whole room is written again
+//! only when the journal has grown past [`JOURNAL_MAX`] or bans changed, so keeping the store
+//! current costs in proportion to the traffic, not to the history. The slots' listening
 //! sockets are stored too.
 //!
 //! Members are not restored: a member is a live session, and a session survives only in the
@@ -11,14 +14,13 @@ use super::Supervisor;
 use super::hub::Hub;
 use super::upgrade::state::{Header, SavedHub};
 use crate::listener;
-use crate::store::{self, snapshot::Snapshot};
+use crate::store::{self, journal::Journal, snapshot::Snapshot};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 /// The room's entries' name.
 const NAME: &str = "hub";
@@ -40,18 +42,18 @@ struct Record {
 
 /// `/history` lines kept in the store at most: the newest.
 const HISTORY: usize = 10_000;
-/// A write that takes longer than this (a long history) defers the next one.
-const SLOW: Duration = Duration::from_millis(20);
-/// Slow writes take at most 1/SHARE of the supervisor's time: after one that took `d`, the next
-/// waits `SHARE × d`.
-const SHARE: u32 = 10;
+/// Journal bytes after which the next write is a whole snapshot again.
+const JOURNAL_MAX: u64 = 1 << 20;
 
-/// The room as stored: where it is written, the sequence number written last and when the next
-/// write may be.
+/// The room as stored: where it is written, and what of the hub was written last (its sequence
+/// number, history lines and ban edits), to tell what is new.
 pub(super) struct StoredRoom {
     snapshot: Snapshot,
+    journal: Journal,
+    /// `None`: no snapshot yet, or a write failed; the next write is a snapshot.
     seq: Option<u64>,
-    next: Instant,
+    pushed: u64,
+    bans: u64,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
@@ -118,7 +120,7 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     if files.is_empty() {
         return None;
     }
-    let Some(bytes) = store::snapshot::read_newest(&files) else {
+    let Some((version, bytes)) = store::snapshot::read_newest(&files) else {
         warn!("fd store: no intact room state; the room starts empty");
         return None;
     };
@@ -130,8 +132,24 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     match serde_json::from_slice::<Record>(&bytes) {
         Ok(record) => {
             let mut hub = record.hub;
-            info!("the server restarted: the room goes on from event {}", hub.seq);
             hub.members.clear();
+            let mut applied = 0;
+            if let Some((follows, entries)) = store::journal::read(&files) {
+                for entry in entries.iter().filter(|_| follows == version) {
+                    match postcard::from_bytes::<SavedHub>(entry) {
+                        Ok(delta) => apply(&mut hub, delta),
+                        Err(e) => {
+                            warn!("fd store: unreadable journal entry {applied}: {e}");
+                            break;
+                        }
+                    }
+                    applied += 1;
+                }
+            }
+            info!(
+                "the server restarted: the room goes on from event {} ({applied} journal entries)",
+                hub.seq
+            );
             Some(hub)
         }
         Err(e) => {
@@ -141,13 +159,21 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     }
 }
 
-/// The record of `saved`, without members and with the newest events only.
-fn encode(mut saved: SavedHub) -> Vec<u8> {
-    saved.members.clear();
-    let skip = saved.events.len().saturating_sub(EVENTS);
-    saved.events.drain(..skip);
-    let skip = saved.history.len().saturating_sub(HISTORY);
-    saved.history.drain(..skip);
+/// A journal entry applied to the room it follows.
+fn apply(hub: &mut SavedHub, delta: SavedHub) {
+    hub.seq = delta.seq;
+    hub.next_session = delta.next_session;
+    hub.next_guest = delta.next_guest;
+    hub.counters = delta.counters;
+    hub.bans_changed = delta.bans_changed;
+    hub.events.extend(delta.events);
+    hub.events.drain(..hub.events.len().saturating_sub(EVENTS));
+    hub.history.extend(delta.history);
+    hub.history.drain(..hub.history.len().saturating_sub(HISTORY));
+}
+
+/// The snapshot record of `saved`.
+fn encode(saved: SavedHub) -> Vec<u8> {
     let record = Record {
         header: Header {
             format: FORMAT.to_string(),
@@ -175,28 +201,49 @@ impl StoredRoom {
                 return None;
             }
         };
+        let journal = match Journal::create(NAME) {
+            Ok(journal) => journal,
+            Err(e) => {
+                warn!("fd store: cannot create the room's journal: {e}");
+                return None;
+            }
+        };
         let [a, b] = snapshot.files();
-        if let Err(e) = store::store(NAME, &[a.as_fd(), b.as_fd()]) {
+        if let Err(e) = store::store(NAME, &[a.as_fd(), b.as_fd(), journal.file().as_fd()]) {
             warn!("fd store: cannot store the room: {e}; a crash will lose it");
             return None;
         }
-        Some(StoredRoom { snapshot, seq: None, next: Instant::now() })
+        Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0 })
     }
 
-    /// Writes the room down if it changed since the last write, unless the last write was slow
-    /// and recent: then the room in the store is behind the one the workers are told about by
-    /// at most ten times that write's duration, plus the wait for the event loop's next turn.
+    /// Writes down what changed in the room since the last write: a journal entry, or the whole
+    /// room when there is no snapshot yet, the journal is long or bans changed.
     pub(super) fn save(&mut self, hub: &Hub) {
-        let started = Instant::now();
-        if self.seq == Some(hub.seq()) || started < self.next {
+        if self.seq == Some(hub.seq()) && self.bans == hub.bans_edits() {
             return;
         }
-        match self.snapshot.write(&encode(hub.save())) {
-            Ok(()) => self.seq = Some(hub.seq()),
-            Err(e) => warn!("fd store: writing the room: {e}"),
+        let written = match self.seq {
+            Some(seq) if self.bans == hub.bans_edits() && self.journal.bytes() < JOURNAL_MAX => {
+                postcard::to_stdvec(&hub.save_since(seq, self.pushed))
+                    .map_err(io::Error::other)
+                    .and_then(|entry| self.journal.append(&entry))
+            }
+            _ => self
+                .snapshot
+                .write(&encode(hub.save_recent(EVENTS, HISTORY)))
+                .and_then(|()| self.journal.restart(self.snapshot.version())),
+        };
+        match written {
+            Ok(()) => {
+                self.seq = Some(hub.seq());
+                self.pushed = hub.history_pushed();
+                self.bans = hub.bans_edits();
+            }
+            Err(e) => {
+                warn!("fd store: writing the room: {e}");
+                self.seq = None;
+            }
         }
-        let took = started.elapsed();
-        self.next = if took > SLOW { started + took * SHARE } else { started };
     }
 
     /// The slots' listening sockets, replacing those stored before: a restart after a crash
@@ -217,8 +264,100 @@ impl StoredRoom {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hub::tests::{Recorder, admit, hub};
     use super::*;
+    use crate::bus::RoomRequest;
+    use crate::bus::message::SessionId;
     use crate::config::Config;
+    use crate::supervisor::WorkerId;
+
+    /// A room written as under systemd, without systemd.
+    fn room() -> StoredRoom {
+        let snapshot = Snapshot::create("test").unwrap();
+        let journal = Journal::create("test").unwrap();
+        StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0 }
+    }
+
+    fn stored(room: &StoredRoom) -> Vec<OwnedFd> {
+        let [a, b] = room.snapshot.files();
+        [a, b, room.journal.file()].iter().map(|f| f.try_clone().unwrap().into()).collect()
+    }
+
+    fn say(hub: &mut Hub, session: SessionId, text: &str) {
+        let req = RoomRequest::Say { session, text: text.into() };
+        hub.handle(WorkerId(0), req, &mut Recorder::default());
+    }
+
+    #[test]
+    fn turns_append_what_they_changed_and_a_restart_reads_snapshot_and_journal() {
+        let mut hub = hub(|_| {});
+        let mut room = room();
+        let (alice, _) = admit(&mut hub, WorkerId(0), 1000);
+        room.save(&hub);
+        for text in ["one", "two", "three"] {
+            say(&mut hub, alice, text);
+            room.save(&hub);
+        }
+        room.save(&hub);
+        assert_eq!(room.snapshot.version(), 1, "one snapshot, then only journal entries");
+        assert!(room.journal.bytes() > 0);
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.seq, hub.seq());
+        assert_eq!(back.history, hub.save().history);
+        assert_eq!(back.events.len(), 4);
+        assert_eq!(back.events.last().map(|e| e.seq), Some(hub.seq()));
+        assert_eq!(back.next_guest, 2);
+    }
+
+    #[test]
+    fn a_long_journal_or_a_ban_writes_the_whole_room_again() {
+        let mut hub = hub(|_| {});
+        let mut room = room();
+        let (alice, _) = admit(&mut hub, WorkerId(0), 1000);
+        room.save(&hub);
+        let long = "x".repeat(400);
+        while room.snapshot.version() == 1 {
+            say(&mut hub, alice, &long);
+            room.save(&hub);
+        }
+        assert!(room.journal.bytes() < 4096, "the journal starts over after a snapshot");
+        let target = crate::moderation::Target::parse("192.0.2.0/24").expect("target");
+        hub.ban(
+            crate::moderation::Ban { target, until: None, reason: None },
+            &mut Recorder::default(),
+        );
+        room.save(&hub);
+        assert_eq!(room.snapshot.version(), 3, "a ban alone is written");
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.bans.len(), 1);
+        assert_eq!(back.history, hub.save().history);
+    }
+
+    #[test]
+    fn a_journal_that_follows_an_older_snapshot_is_not_applied() {
+        let mut hub = hub(|_| {});
+        let mut room = room();
+        let (alice, _) = admit(&mut hub, WorkerId(0), 1000);
+        room.save(&hub);
+        say(&mut hub, alice, "in the journal");
+        room.save(&hub);
+        // A crash after the next snapshot was written and before its journal started over.
+        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY))).unwrap();
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.history, vec![hub.save().history[0].clone()], "applied twice");
+        // And a snapshot torn by the crash: the older one and its journal.
+        let mut room = self::room();
+        room.save(&hub);
+        say(&mut hub, alice, "after");
+        room.save(&hub);
+        // A crash in the middle of writing the next snapshot, over the other file.
+        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY))).unwrap();
+        let [torn, _] = room.snapshot.files();
+        std::os::unix::fs::FileExt::write_all_at(torn, b"torn", 40).unwrap();
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.seq, hub.seq());
+        assert_eq!(back.history.len(), 2);
+    }
 
     fn passed(payloads: &[&[u8]]) -> Vec<OwnedFd> {
         let mut snapshot = Snapshot::create("test").unwrap();

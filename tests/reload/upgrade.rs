@@ -118,31 +118,81 @@ fn exe_inode(pid: i32) -> u64 {
 /// The release string of the second build.
 const OTHER_VERSION: &str = "0.1.0-upgrade-test";
 
-/// This crate built once more (debug) with `CHATD_BUILD_VERSION` set, into a target directory
-/// of its own under `CARGO_TARGET_TMPDIR`: built once per run of this test binary and shared by
-/// its tests, and incremental across runs.
+/// This crate built once more (debug) with `CHATD_BUILD_VERSION` set, built once per run of
+/// this test binary and shared by its tests.
 fn other_release() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("other-release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--offline", "--bin", "chatd", "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .env("CHATD_BUILD_VERSION", OTHER_VERSION)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "building the other release failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let exe = target.join("debug").join("chatd");
-        assert_eq!(release_of(&exe), OTHER_VERSION);
-        exe
+        let manifest = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        build(manifest, OTHER_VERSION, "chatd-other")
     })
+}
+
+/// The commit of the previous release, whose supervisor must hand over to this one. Move it on
+/// when a release ships; its `Cargo.lock` must need no crate this one does not (the build is
+/// `--offline`).
+const PREVIOUS_RELEASE: &str = "01b734e21e1efb7864533bf24052a7561516af16";
+const PREVIOUS_VERSION: &str = "0.1.0-previous-release";
+
+/// [`PREVIOUS_RELEASE`]'s sources (`git archive` of this repository) built with
+/// `CHATD_BUILD_VERSION` set to [`PREVIOUS_VERSION`].
+fn previous_release() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let src = tmp.join(format!("previous-release-{}", &PREVIOUS_RELEASE[..12]));
+        if !src.join("Cargo.toml").exists() {
+            let tar = tmp.join("previous-release.tar");
+            let out = Command::new("git")
+                .args(["-C", env!("CARGO_MANIFEST_DIR"), "archive", "--format=tar", "-o"])
+                .arg(&tar)
+                .arg(PREVIOUS_RELEASE)
+                .output()
+                .expect("run git archive");
+            assert!(
+                out.status.success(),
+                "git archive {PREVIOUS_RELEASE} (the previous release; a shallow clone lacks it): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Unpacked beside, then renamed: an interrupted run leaves no half tree behind.
+            let partial = tmp.join("previous-release.partial");
+            let _ = fs::remove_dir_all(&partial);
+            fs::create_dir_all(&partial).unwrap();
+            let status = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&partial).status();
+            assert!(status.expect("run tar").success(), "unpacking the previous release");
+            fs::rename(&partial, &src).expect("move the previous release's sources in place");
+            let _ = fs::remove_file(&tar);
+        }
+        build(&src.join("Cargo.toml"), PREVIOUS_VERSION, "chatd-previous")
+    })
+}
+
+/// Builds the crate at `manifest` (debug) with `CHATD_BUILD_VERSION` = `version` into a target
+/// directory under `CARGO_TARGET_TMPDIR` (incremental across runs), and copies the binary out
+/// as `name`. One build at a time: the releases share that directory, hence its dependencies,
+/// and each must copy its binary before another links over it.
+fn build(manifest: &Path, version: &str, name: &str) -> PathBuf {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("other-release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--offline", "--bin", "chatd", "--manifest-path"])
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CHATD_BUILD_VERSION", version)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "building {version} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = target.join(name);
+    fs::copy(target.join("debug").join("chatd"), &exe).expect("copy the built binary");
+    assert_eq!(release_of(&exe), version);
+    exe
 }
 
 /// What `EXE --version` says, without the leading `chatd `.
@@ -238,11 +288,19 @@ fn expect_running(control: &Path, sup: i32, workers: &[i32], ino: u64, version: 
 /// A server started from `DIR/bin/chatd`, a copy of the harness's binary, serving `/metrics`
 /// too.
 fn own_server(workers: usize) -> (tempfile::TempDir, PathBuf, PathBuf, OwnServer) {
+    own_server_from(&fs::read(CHATD).unwrap(), workers)
+}
+
+/// [`own_server`] from a copy of `binary`.
+fn own_server_from(
+    binary: &[u8],
+    workers: usize,
+) -> (tempfile::TempDir, PathBuf, PathBuf, OwnServer) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
     let exe = bin.join("chatd");
-    install(&exe, &fs::read(CHATD).unwrap());
+    install(&exe, binary);
     let control = dir.path().join("control.sock");
     let config = dir.path().join("chatd.toml");
     let builder = room_server(workers).raw("[metrics]\nlisten = \"127.0.0.1:0\"");
@@ -428,4 +486,34 @@ fn expect_old(sup: i32, workers: &[i32], ino: u64) {
     for &pid in workers {
         assert_eq!(exe_inode(pid), ino, "worker {pid} left its binary");
     }
+}
+
+/// The previous release's supervisor upgrades to this one in place: this release reads the
+/// state an older one wrote (docs/architecture.md, "The state"), adopts its slots, workers and
+/// room, and rolls the workers; its clients stay, with their nicks, in one room.
+#[test]
+fn the_previous_release_upgrades_to_this_one() {
+    let (_dir, exe, control, server) = own_server_from(&fs::read(previous_release()).unwrap(), 2);
+    let sup = server.pid();
+    let st = wait_settled(&control, sup, 2, 1, &[]);
+    assert_eq!(status_json(&control)["version"], PREVIOUS_VERSION);
+    let mut room = Room::default();
+    for _ in 0..6 {
+        room.join_at(server.addr, "c");
+    }
+    let old_nick = std::mem::replace(&mut room.nicks[1], "keeper".to_string());
+    room.clients[1].send_line("/nick keeper");
+    for c in &mut room.clients {
+        c.expect_line(&format!("* {old_nick} is now known as keeper"));
+    }
+    room.chat(0, "said under the previous release");
+
+    let ino = install(&exe, &fs::read(CHATD).unwrap());
+    expect_reload_ok(&reload_at(&control), 2, 2);
+    let after = wait_settled(&control, sup, 2, 2, &st.pids());
+    expect_running(&control, sup, &after.pids(), ino, &release_of(Path::new(CHATD)));
+    room.quiet_check(5, "said under this release");
+    room.clients[1].send_line("/nick keeper");
+    room.clients[1].expect_line("* you are already keeper");
+    assert_eq!(status_json(&control)["clients"], 6);
 }

@@ -52,11 +52,13 @@ impl Hub {
     pub fn ban(&mut self, ban: Ban, out: &mut impl Outbox) -> Vec<String> {
         let (target, reason) = (ban.target, ban.reason.clone());
         self.bans.add(ban);
+        self.bans_edits += 1;
         self.kick_matching(|ip| target.contains(ip), &reason, out)
     }
 
     /// `chatd unban`: false when there was no such ban from the command line.
     pub fn unban(&mut self, target: &Target) -> bool {
+        self.bans_edits += 1;
         self.bans.remove(target)
     }
 

@@ -10,6 +10,10 @@ use crate::supervisor::upgrade::state::{
 use std::collections::HashMap;
 use std::rc::Rc;
 
+fn saved_event(e: &Event) -> SavedEvent {
+    SavedEvent { seq: e.seq, age_ms: age_ms(e.at), skip: e.skip, line: e.line.to_string() }
+}
+
 impl Hub {
     /// The number of the last room event: the hub's state changed when it moved.
     pub fn seq(&self) -> u64 {
@@ -17,7 +21,8 @@ impl Hub {
     }
 
     pub fn save(&self) -> SavedHub {
-        let mut members: Vec<SavedMember> = self
+        let mut saved = self.save_recent(usize::MAX, usize::MAX);
+        saved.members = self
             .members
             .iter()
             .map(|(session, m)| SavedMember {
@@ -29,36 +34,64 @@ impl Hub {
                 age_ms: age_ms(m.since),
             })
             .collect();
-        members.sort_unstable_by_key(|m| m.session);
+        saved.members.sort_unstable_by_key(|m| m.session);
+        saved
+    }
+
+    /// The room without its members, with only the newest `events` of the replay ring and the
+    /// newest `history` lines: what systemd's store keeps (`supervisor/stored.rs`).
+    pub fn save_recent(&self, events: usize, history: usize) -> SavedHub {
+        let mut saved = self.save_since(0, 0);
+        let skip = self.events.len().saturating_sub(events);
+        saved.events = self.events.iter().skip(skip).map(saved_event).collect();
+        let skip = self.history.len().saturating_sub(history);
+        saved.history = self.history.iter().skip(skip).map(|l| l.to_string()).collect();
+        saved.bans = self
+            .bans
+            .commanded()
+            .iter()
+            .map(|b| SavedBan {
+                target: b.target,
+                left_ms: b.until.map(left_ms),
+                reason: b.reason.clone(),
+            })
+            .collect();
+        saved
+    }
+
+    /// What changed since event `seq`, when [`Self::history_pushed`] was `pushed`: numbering,
+    /// counters, the events after `seq` and the history lines added since; no members, no
+    /// bans. Costs what changed, not what the room holds.
+    pub fn save_since(&self, seq: u64, pushed: u64) -> SavedHub {
+        let newer = self.events.iter().rev().take_while(|e| e.seq > seq).count();
+        let added =
+            usize::try_from(self.history_pushed.saturating_sub(pushed)).unwrap_or(usize::MAX);
         SavedHub {
             seq: self.seq,
             next_session: self.next_session.0,
             next_guest: self.next_guest,
-            members,
-            events: self
-                .events
+            members: Vec::new(),
+            events: self.events.iter().skip(self.events.len() - newer).map(saved_event).collect(),
+            history: self
+                .history
                 .iter()
-                .map(|e| SavedEvent {
-                    seq: e.seq,
-                    age_ms: age_ms(e.at),
-                    skip: e.skip,
-                    line: e.line.to_string(),
-                })
+                .skip(self.history.len().saturating_sub(added))
+                .map(|l| l.to_string())
                 .collect(),
-            history: self.history.iter().map(|l| l.to_string()).collect(),
             counters: self.counters,
-            bans: self
-                .bans
-                .commanded()
-                .iter()
-                .map(|b| SavedBan {
-                    target: b.target,
-                    left_ms: b.until.map(left_ms),
-                    reason: b.reason.clone(),
-                })
-                .collect(),
+            bans: Vec::new(),
             bans_changed: self.bans_changed,
         }
+    }
+
+    /// Lines ever added to the history.
+    pub fn history_pushed(&self) -> u64 {
+        self.history_pushed
+    }
+
+    /// Times a ban from the command line was added or lifted.
+    pub fn bans_edits(&self) -> u64 {
+        self.bans_edits
     }
 
     /// The hub `saved` describes, with `config`'s settings; nicks and the per-address counts

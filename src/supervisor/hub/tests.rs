@@ -11,8 +11,8 @@ const W2: WorkerId = WorkerId(2);
 const W3: WorkerId = WorkerId(3);
 
 #[derive(Default)]
-pub(super) struct Recorder {
-    pub(super) sent: Vec<(Option<WorkerId>, RoomUpdate)>,
+pub(in crate::supervisor) struct Recorder {
+    pub(in crate::supervisor) sent: Vec<(Option<WorkerId>, RoomUpdate)>,
 }
 
 impl Outbox for Recorder {
@@ -24,13 +24,17 @@ impl Outbox for Recorder {
     }
 }
 
-pub(super) fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
+pub(in crate::supervisor) fn hub(edit: impl FnOnce(&mut Config)) -> Hub {
     let mut config = Config::default();
     edit(&mut config);
     Hub::new(&config)
 }
 
-pub(super) fn admit(hub: &mut Hub, worker: WorkerId, port: u16) -> (SessionId, Recorder) {
+pub(in crate::supervisor) fn admit(
+    hub: &mut Hub,
+    worker: WorkerId,
+    port: u16,
+) -> (SessionId, Recorder) {
     let mut out = Recorder::default();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     hub.handle(worker, RoomRequest::Join { conn: ConnId(u64::from(port)), addr }, &mut out);
