@@ -201,8 +201,7 @@ impl Hub {
     /// of the supervisor's loop (the bridge's waker ends its wait) and so on every tick.
     pub fn poll_cluster(&mut self, out: &mut impl Outbox) {
         let Some(mode) = self.cluster.as_mut() else { return };
-        let outputs = mode.door.poll(Instant::now());
-        for output in outputs {
+        for output in mode.door.poll(Instant::now()) {
             match output {
                 Output::Applied(applied) => self.apply(applied, out),
                 Output::Outage(step) => self.outage(step, out),
