@@ -221,8 +221,9 @@ impl Cluster {
         }
         out.extend(changes.into_iter().map(Output::Applied));
         if new_host && self.room.online_on(&self.node) > 0 {
-            let roster = self.room.roster_of(&self.node);
-            self.publish(roster);
+            for roster in self.room.rosters_of(&self.node) {
+                self.publish(roster);
+            }
         }
     }
 

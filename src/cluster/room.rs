@@ -21,6 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Members in one roster event: at most 65 bytes each encoded (a 32-byte nick, an IPv6 address,
+/// ids of 10 bytes), about 270 KB a part, far below NATS' 1 MB `max_payload`.
+pub const ROSTER_CHUNK: usize = 4096;
+
 /// A member of the room, the same number on every host: the stream sequence of its join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemberId(pub u64);
@@ -391,9 +395,12 @@ impl Room {
             .collect()
     }
 
-    /// `node`'s members as a roster event (see [`Event::Roster`]).
-    pub fn roster_of(&self, node: &str) -> Event {
-        let members = self
+    /// `node`'s members as roster events (see [`Event::Roster`]), [`ROSTER_CHUNK`] members at
+    /// most in each: a host of 100,000 clients would otherwise publish one message of several
+    /// MB, past NATS' `max_payload` (1 MB by default), which the server refuses every time it is
+    /// retried, holding up everything the host publishes after it. Each part is applied alone.
+    pub fn rosters_of(&self, node: &str) -> Vec<Event> {
+        let members: Vec<RosterEntry> = self
             .members
             .iter()
             .filter(|(_, m)| m.node == node)
@@ -404,7 +411,10 @@ impl Room {
                 addr: m.addr,
             })
             .collect();
-        Event::Roster { members, next_guest: self.next_guest }
+        members
+            .chunks(ROSTER_CHUNK)
+            .map(|part| Event::Roster { members: part.to_vec(), next_guest: self.next_guest })
+            .collect()
     }
 
     pub fn members(&self) -> impl Iterator<Item = (MemberId, &Member)> {

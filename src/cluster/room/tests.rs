@@ -242,8 +242,11 @@ fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     s.apply(&mut full);
     // A host c starts; a and b publish their rosters as they see it.
     let cut = s.push("c", 3, Event::Beat { clients: 0 });
-    s.push("a", 1, full.roster_of("a"));
-    s.push("b", 2, full.roster_of("b"));
+    for host in ["a", "b"] {
+        for roster in full.rosters_of(host) {
+            s.push(host, if host == "a" { 1 } else { 2 }, roster);
+        }
+    }
     s.push("c", 3, join(1));
     let mut full = Room::new();
     let full_applied = s.apply(&mut full);
@@ -324,6 +327,47 @@ fn events_waiting_for_an_earlier_one_end_with_their_generation() {
         said,
         ["joined guest-1", "left guest-1 (connection lost)", "host a gone", "joined guest-2"]
     );
+}
+
+#[test]
+fn a_large_roster_comes_in_parts_each_far_below_the_nats_payload_limit() {
+    let mut s = Stream::default();
+    // 10,000 members of 65 bytes in a roster: 650 KB in one message.
+    let members = 10_000;
+    for session in 0..members as u64 {
+        s.push(
+            "a",
+            1,
+            Event::Join {
+                session: SessionId(u64::MAX - session),
+                addr: "[2001:db8::1]:65535".parse().unwrap(),
+            },
+        );
+        let nick = format!("{:x<32}", format!("n{session}"));
+        s.push("a", 1, Event::Nick { session: SessionId(u64::MAX - session), nick });
+    }
+    let mut full = Room::new();
+    s.apply(&mut full);
+    let rosters = full.rosters_of("a");
+    assert!(rosters.len() > 1, "in parts");
+    for roster in &rosters {
+        let envelope = Envelope {
+            node: "a".repeat(64),
+            generation: u64::MAX,
+            n: u64::MAX,
+            event: roster.clone(),
+        };
+        let size = crate::cluster::events::encode(&envelope).len();
+        assert!(size < 512 * 1024, "{size} bytes");
+    }
+    // A room that missed every join learns every member from the parts.
+    let mut late = Room::new();
+    let mut seq = 1_000_000;
+    for roster in rosters {
+        seq += 1;
+        late.apply(seq, 0, Envelope { node: "a".into(), generation: 1, n: seq, event: roster });
+    }
+    assert_eq!(nicks(&late), nicks(&full));
 }
 
 fn describe(change: &Change) -> String {
