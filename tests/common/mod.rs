@@ -29,8 +29,9 @@
 //!   connections so the line helpers drive TLS clients.
 //! * A TLS terminator (`tls_relay.rs`): [`TlsRelay`], `socat` accepting TLS in front of a
 //!   plain server, and [`Certificates`], a [`Pki`] with one server certificate.
-//! * WebSocket (`web.rs`): [`WsClient`], a line client over tungstenite's WebSocket client, and
-//!   the hand-written frames and [`Deframer`] for malformed frames and the reload fleet.
+//! * WebSocket (`web.rs`): [`ws_connect`], tungstenite's client handshake with deadlines;
+//!   [`WsClient`], a line client over the socket it returns; [`ws_frame`], hand-written frames
+//!   for the malformed ones no library sends.
 //! * [`wait_until`] (here): the one way to wait for a condition — poll with a deadline. Tests
 //!   never `sleep` to synchronise; every wait ends on a readiness signal or fails loudly.
 

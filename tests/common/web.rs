@@ -1,30 +1,39 @@
-//! WebSocket clients for the web tests. [`WsClient`] is tungstenite's client over a std
-//! `TcpStream`, its text messages turned into lines so the tests read web clients like any
-//! others. The hand-written pieces ([`ws_upgrade`], [`ws_frame`], [`Deframer`]) remain for
-//! frames no library sends and for the reload fleet, which reads many sockets from poll(2).
+//! WebSocket clients for the web tests, spoken by tungstenite: [`ws_connect`] upgrades a
+//! connection (the reload fleet drives the sockets it returns from poll(2)), and [`WsClient`]
+//! turns one's text messages into lines so the tests read web clients like any others.
+//! [`ws_frame`] writes by hand only the frames no library sends.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
-use tungstenite::protocol::WebSocket;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::{WebSocket, WebSocketConfig};
 
 use super::{CONNECT_TIMEOUT, LINE_TIMEOUT};
 
-/// Sends the upgrade request for `/ws` and reads the answer within [`LINE_TIMEOUT`]; returns
-/// what followed the answer (the first frames).
-pub fn ws_upgrade(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
-    let request = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                   Sec-WebSocket-Version: 13\r\n\r\n";
-    stream.write_all(request.as_bytes()).map_err(|e| format!("send the upgrade: {e}"))?;
-    let head = read_head(stream)?;
-    let (answer, rest) = head;
-    if !answer.starts_with("HTTP/1.1 101 ") {
-        return Err(format!("not upgraded: {answer:?}"));
+/// Connects to `addr` (a web listener, or a TLS bridge to one) and upgrades with tungstenite's
+/// client, with deadlines on connect and on the answer. The socket keeps in its read buffer
+/// whatever arrived with the answer (the first frames), so nothing sent right after the 101 is
+/// lost; it stays blocking, with [`LINE_TIMEOUT`] as its read timeout.
+pub fn ws_connect(
+    addr: SocketAddr,
+    config: WebSocketConfig,
+) -> Result<WebSocket<TcpStream>, String> {
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    stream.set_read_timeout(Some(LINE_TIMEOUT)).map_err(|e| format!("read timeout: {e}"))?;
+    let url = format!("ws://{addr}/ws");
+    match tungstenite::client::client_with_config(url.as_str(), stream, Some(config)) {
+        Ok((socket, _)) => Ok(socket),
+        // A blocking stream only stops a handshake when its read timeout expires.
+        Err(HandshakeError::Interrupted(_)) => {
+            Err(format!("WebSocket handshake with {url}: no answer within {LINE_TIMEOUT:?}"))
+        }
+        Err(HandshakeError::Failure(e)) => Err(format!("WebSocket handshake with {url}: {e}")),
     }
-    Ok(rest)
 }
 
 /// Reads an HTTP answer's head; returns it and the bytes after it.
@@ -77,12 +86,6 @@ pub fn ws_text(line: &str) -> Vec<u8> {
     ws_frame(1, line.as_bytes())
 }
 
-/// Server frames in, lines out: each text frame becomes its payload and CRLF.
-#[derive(Default)]
-pub struct Deframer {
-    raw: Vec<u8>,
-}
-
 /// What the server sent besides text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -90,47 +93,6 @@ pub enum Control {
     Close(u16),
     /// A frame a server must not send, or any other opcode: described.
     Odd(String),
-}
-
-impl Deframer {
-    /// Takes bytes read; appends the text frames' lines to `lines` and returns the other
-    /// frames seen.
-    pub fn push(&mut self, bytes: &[u8], lines: &mut Vec<u8>) -> Vec<Control> {
-        self.raw.extend_from_slice(bytes);
-        let mut seen = Vec::new();
-        let mut at = 0;
-        while let Some(&[b0, b1]) = self.raw.get(at..at + 2) {
-            let (header, len) = match b1 & 0x7f {
-                126 => match self.raw.get(at + 2..at + 4) {
-                    Some(x) => (4, u16::from_be_bytes([x[0], x[1]]) as usize),
-                    None => break,
-                },
-                127 => match self.raw.get(at + 2..at + 10) {
-                    Some(x) => (10, u64::from_be_bytes(x.try_into().unwrap()) as usize),
-                    None => break,
-                },
-                n => (2, n as usize),
-            };
-            let Some(payload) = self.raw.get(at + header..at + header + len) else { break };
-            if b1 & 0x80 != 0 || b0 & 0x70 != 0 || b0 & 0x80 == 0 {
-                seen.push(Control::Odd(format!("a frame with header {b0:#x} {b1:#x}")));
-            }
-            match b0 & 0x0f {
-                1 => {
-                    lines.extend_from_slice(payload);
-                    lines.extend_from_slice(b"\r\n");
-                }
-                8 => {
-                    let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                    seen.push(Control::Close(code));
-                }
-                op => seen.push(Control::Odd(format!("opcode {op}"))),
-            }
-            at += header + len;
-        }
-        self.raw.drain(..at);
-        seen
-    }
 }
 
 /// A WebSocket line client (tungstenite's) with deadlines on every read, like `Client`.
@@ -145,14 +107,8 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `addr` (a web listener, or a TLS bridge to one) and upgrades.
     pub fn connect(addr: SocketAddr, label: &str) -> WsClient {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{label}: connect to {addr}: {e}"));
-        stream.set_nodelay(true).expect("nodelay");
-        stream.set_read_timeout(Some(LINE_TIMEOUT)).expect("read timeout");
-        let url = format!("ws://{addr}/ws");
-        let (socket, response) = tungstenite::client::client(url.as_str(), stream)
-            .unwrap_or_else(|e| panic!("{label}: WebSocket handshake with {url}: {e}"));
-        assert_eq!(response.status().as_u16(), 101, "{label}: not upgraded");
+        let socket =
+            ws_connect(addr, WebSocketConfig::default()).unwrap_or_else(|e| panic!("{label}: {e}"));
         WsClient { socket, lines: Vec::new(), controls: Vec::new(), label: label.to_string() }
     }
 

@@ -1,15 +1,19 @@
 //! Load for the reload tests: a [`Fleet`] of a thousand or more clients (line clients, or
-//! WebSocket clients whose frames it turns into lines), read by a few poll(2) threads that classify every line as it arrives ([`Tally`]) instead of keeping it, so a
+//! WebSocket clients spoken by tungstenite, one line per text message), read by a few poll(2)
+//! threads that classify every line as it arrives ([`Tally`]) instead of keeping it, so a
 //! 2-core machine can follow them all; [`connect_welcomed`] for loops that keep connecting
 //! while reloads run; [`StopOnDrop`] to end such background loops even when a test panics.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+use tungstenite::protocol::{WebSocket, WebSocketConfig};
 
 use crate::common::*;
 
@@ -111,18 +115,34 @@ impl Tally {
 /// `i % READERS`, so a reader never contends with the other readers, only with the main thread.
 type Shard = Arc<Mutex<Vec<Tally>>>;
 
-/// A client for a reader: its index, socket, bytes not yet split into lines, and for a
-/// WebSocket client the frames not yet whole.
-type Conn = (usize, TcpStream, Vec<u8>, Option<Deframer>);
+/// A WebSocket client: tungstenite's socket, non-blocking, shared by its reader thread (which
+/// reads it when poll says so) and whoever sends through [`Fleet::send`]. The lock is held for
+/// one read or one write, never while waiting.
+type Web = Arc<Mutex<WebSocket<TcpStream>>>;
+
+/// A client as its reader reads it.
+enum Source {
+    /// A line client's socket and the bytes not yet split into lines.
+    Line(TcpStream, Vec<u8>),
+    Web(Web),
+}
+
+/// A client for a reader: its index, the descriptor to poll, and how to read it.
+type Conn = (usize, RawFd, Source);
 
 type Inbox = Arc<Mutex<Vec<Conn>>>;
+
+/// A client as the fleet writes to it.
+enum Sink {
+    Line(TcpStream),
+    Web(Web, RawFd),
+}
 
 pub struct Fleet {
     shards: Vec<Shard>,
     inboxes: Vec<Inbox>,
-    /// Write handles by client index, and whether it speaks WebSocket; its lock also
-    /// serialises `add`.
-    writers: Mutex<Vec<(TcpStream, bool)>>,
+    /// Write handles by client index; its lock also serialises adding clients.
+    writers: Mutex<Vec<Sink>>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -156,40 +176,54 @@ impl Fleet {
         nick: Option<String>,
         leftover: Vec<u8>,
     ) -> usize {
-        self.add_conn(stream, want_nick, nick, leftover, None)
-    }
-
-    /// Adds an upgraded WebSocket client; `leftover` is what was read past the upgrade answer
-    /// (its first frames). Returns its index. (For the web tests, which share this file.)
-    #[allow(dead_code)]
-    pub fn add_web(&self, stream: TcpStream, want_nick: Option<String>, leftover: &[u8]) -> usize {
-        let mut deframer = Deframer::default();
-        let mut lines = Vec::new();
-        let odd = deframer.push(leftover, &mut lines);
-        assert!(odd.is_empty(), "frames other than text after the upgrade: {odd:?}");
-        self.add_conn(stream, want_nick, None, lines, Some(deframer))
-    }
-
-    fn add_conn(
-        &self,
-        stream: TcpStream,
-        want_nick: Option<String>,
-        nick: Option<String>,
-        leftover: Vec<u8>,
-        deframer: Option<Deframer>,
-    ) -> usize {
         // Reads only happen after poll says readable; the timeout is a safety net.
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
         stream.set_write_timeout(Some(LINE_TIMEOUT)).expect("write timeout");
+        let fd = stream.as_raw_fd();
         let writer = stream.try_clone().expect("clone");
+        self.add_client(Sink::Line(writer), (fd, Source::Line(stream, leftover)), want_nick, nick)
+    }
+
+    /// Connects a WebSocket client to `addr` (a web listener, or a TLS bridge to one) with
+    /// tungstenite's client and adds it; its welcome is still to come. Returns its index.
+    /// (For the web tests, which share this file.)
+    #[allow(dead_code)]
+    pub fn connect_web(
+        &self,
+        addr: SocketAddr,
+        want_nick: Option<String>,
+    ) -> Result<usize, String> {
+        // tungstenite zero-fills its whole read buffer on every read: 4 KiB (a few lines)
+        // rather than the default 128 KiB keeps a thousand clients cheap.
+        let socket = ws_connect(addr, WebSocketConfig::default().read_buffer_size(4096))?;
+        let fd = socket.get_ref().as_raw_fd();
+        // From here on reads and writes must not wait: one reader follows many sockets, and
+        // a send must not stall it by holding the lock.
+        socket.get_ref().set_nonblocking(true).map_err(|e| format!("non-blocking: {e}"))?;
+        let web: Web = Arc::new(Mutex::new(socket));
+        Ok(self.add_client(
+            Sink::Web(Arc::clone(&web), fd),
+            (fd, Source::Web(web)),
+            want_nick,
+            None,
+        ))
+    }
+
+    fn add_client(
+        &self,
+        sink: Sink,
+        (fd, source): (RawFd, Source),
+        want_nick: Option<String>,
+        nick: Option<String>,
+    ) -> usize {
         let mut writers = self.writers.lock().unwrap();
         let index = writers.len();
-        writers.push((writer, deframer.is_some()));
+        writers.push(sink);
         let mut shard = self.shards[index % READERS].lock().unwrap();
         assert_eq!(shard.len(), index / READERS);
         shard.push(Tally { want_nick, nick, ..Tally::default() });
         drop(shard);
-        self.inboxes[index % READERS].lock().unwrap().push((index, stream, leftover, deframer));
+        self.inboxes[index % READERS].lock().unwrap().push((index, fd, source));
         index
     }
 
@@ -208,15 +242,21 @@ impl Fleet {
         self.wait(timeout, "every client's own rename", |t| t.iter().all(|x| x.renamed));
     }
 
+    /// Sends `line`: a line (LF-terminated) or a WebSocket text message.
     pub fn send(&self, index: usize, line: &str) -> io::Result<()> {
-        let (w, web) = &self.writers.lock().unwrap()[index];
-        let mut w = w.try_clone()?;
-        if *web { w.write_all(&ws_text(line)) } else { w.write_all(format!("{line}\n").as_bytes()) }
+        let (web, fd) = match &self.writers.lock().unwrap()[index] {
+            Sink::Line(w) => return w.try_clone()?.write_all(format!("{line}\n").as_bytes()),
+            Sink::Web(web, fd) => (Arc::clone(web), *fd),
+        };
+        send_web(&web, fd, line)
     }
 
     /// A line client's socket, to write lines to directly.
     pub fn writer(&self, index: usize) -> TcpStream {
-        self.writers.lock().unwrap()[index].0.try_clone().expect("clone")
+        match &self.writers.lock().unwrap()[index] {
+            Sink::Line(w) => w.try_clone().expect("clone"),
+            Sink::Web(..) => panic!("client #{index} is a WebSocket client"),
+        }
     }
 
     /// Runs `f` on every client's tally, in index order (all shards locked meanwhile).
@@ -282,18 +322,20 @@ fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
     let mut seen: Vec<(usize, Seen)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut fresh = std::mem::take(&mut *inbox.lock().unwrap());
-        // Bytes read together with a welcome line (by the connect loop) come first.
-        for (index, _, buf, _) in &mut fresh {
-            split_lines(*index, buf, &mut seen);
-        }
+        // What came before the client was added comes first: bytes read together with a
+        // welcome line (by the connect loop), frames read together with the upgrade answer
+        // (held by tungstenite, so poll will not report them).
+        fresh.retain_mut(|(index, _, source)| match source {
+            Source::Line(_, buf) => {
+                split_lines(*index, buf, &mut seen);
+                true
+            }
+            Source::Web(web) => read_web(*index, web, &mut seen),
+        });
         conns.append(&mut fresh);
         let mut fds: Vec<libc::pollfd> = conns
             .iter()
-            .map(|(_, s, _, _)| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|&(_, fd, _)| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
@@ -303,40 +345,15 @@ fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
                 if fd.revents == 0 {
                     continue;
                 }
-                let (index, stream, buf, deframer) = &mut conns[k];
-                match stream.read(&mut chunk) {
-                    Ok(0) => {
-                        let how = if buf.is_empty() {
-                            "EOF".to_string()
-                        } else {
-                            format!("EOF after {:?}", String::from_utf8_lossy(buf))
-                        };
-                        seen.push((*index, Seen::Closed(how)));
-                        dead.push(k);
+                let (index, _, source) = &mut conns[k];
+                let open = match source {
+                    Source::Line(stream, buf) => {
+                        read_lines(*index, stream, buf, &mut chunk, &mut seen)
                     }
-                    Ok(n) => {
-                        let mut other = Vec::new();
-                        match deframer {
-                            Some(d) => other = d.push(&chunk[..n], buf),
-                            None => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        split_lines(*index, buf, &mut seen);
-                        if let Some(frame) = other.first() {
-                            seen.push((*index, Seen::Closed(format!("{frame:?}"))));
-                            dead.push(k);
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => {
-                        seen.push((*index, Seen::Closed(format!("error: {e}"))));
-                        dead.push(k);
-                    }
+                    Source::Web(web) => read_web(*index, web, &mut seen),
+                };
+                if !open {
+                    dead.push(k);
                 }
             }
         }
@@ -354,6 +371,102 @@ fn fleet_reader(shard: Shard, inbox: Inbox, stop: Arc<AtomicBool>) {
                 }
             }
         }
+    }
+}
+
+/// Reads what a line client's socket has (poll said it has something); false once it ended.
+fn read_lines(
+    index: usize,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    seen: &mut Vec<(usize, Seen)>,
+) -> bool {
+    match stream.read(chunk) {
+        Ok(0) => {
+            let how = if buf.is_empty() {
+                "EOF".to_string()
+            } else {
+                format!("EOF after {:?}", String::from_utf8_lossy(buf))
+            };
+            seen.push((index, Seen::Closed(how)));
+            false
+        }
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            split_lines(index, buf, seen);
+            true
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            true
+        }
+        Err(e) => {
+            seen.push((index, Seen::Closed(format!("error: {e}"))));
+            false
+        }
+    }
+}
+
+/// Reads a WebSocket client's messages until its socket has nothing more, so no whole message
+/// waits in tungstenite's buffer where poll cannot see it; false once it ended. A text message
+/// is a line; anything else (the server sends nothing else but its close) ends the client.
+fn read_web(index: usize, web: &Web, seen: &mut Vec<(usize, Seen)>) -> bool {
+    let mut socket = web.lock().unwrap();
+    loop {
+        let how = match socket.read() {
+            Ok(Message::Text(text)) => {
+                let line = text.as_str();
+                seen.push((
+                    index,
+                    if line.as_bytes().contains(&b'\n') || line.as_bytes().contains(&b'\r') {
+                        Seen::Bad(line.to_string())
+                    } else {
+                        Seen::Line(line.to_string())
+                    },
+                ));
+                continue;
+            }
+            Ok(Message::Close(Some(frame))) => {
+                format!("close frame {} {:?}", u16::from(frame.code), frame.reason.as_str())
+            }
+            Ok(other) => format!("{other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) =>
+            {
+                return true;
+            }
+            Err(e) => format!("error: {e}"),
+        };
+        seen.push((index, Seen::Closed(how)));
+        return false;
+    }
+}
+
+/// Sends a text message; if the socket cannot take it all now, tungstenite keeps the rest and
+/// it is flushed as the socket becomes writable, within [`LINE_TIMEOUT`].
+fn send_web(web: &Web, fd: RawFd, line: &str) -> io::Result<()> {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let mut sent = web.lock().unwrap().send(Message::text(line));
+    loop {
+        match sent {
+            Ok(()) => return Ok(()),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(io::Error::other(e)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "socket not writable"));
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+        sent = web.lock().unwrap().flush();
     }
 }
 

@@ -1,7 +1,6 @@
 //! End-to-end tests of the rolling reload (docs/control.md, "Reload"): sessions handed from one
 //! worker generation to the next without a disconnect or a lost, duplicated or reordered room line,
-//! under load; a broken config changing nothing; a changed worker count; an upgraded binary picked
-//! up from disk; the drain path when hand-off is off; SIGHUP; connection attempts while the worker
+//! under load; a broken config changing nothing; a changed worker count; the drain path when hand-off is off; SIGHUP; connection attempts while the worker
 //! count changes; reloads in a quiet room; a new worker crashing mid-hand-off.
 //!
 //! Everything runs against the real binary over loopback sockets, and every wait ends on a
@@ -15,8 +14,7 @@
 //! quiet room, when a new worker dies mid-hand-off), `big_backlogs.rs` (sessions carrying tens
 //! of MB of unsent output, handed over while heartbeats stay on time), `config.rs` (a broken
 //! config, hand-off switched off), `worker_count.rs` (fewer or more workers, connecting
-//! meanwhile), `upgrade.rs` (a new binary on disk: the supervisor re-executes itself; one that
-//! fails is not used), `open_files.rs` (a worker out of file descriptors) and `tls.rs` (TLS
+//! meanwhile), `open_files.rs` (a worker out of file descriptors) and `tls.rs` (TLS
 //! sessions moving with their sockets, certificate rotation).
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
@@ -32,23 +30,8 @@ mod config;
 mod handoff;
 mod open_files;
 mod tls;
-mod upgrade;
 mod worker_count;
 
-use std::time::Duration;
+mod settings;
 
-use common::ServerBuilder;
-
-/// How long a `chatd reload` / `chatd status` may take before the test gives up.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline for the room to settle after a reload (old workers gone, new ones listed).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A server for room tests: no history on join (a client's first line is its welcome), no rate
-/// limit (fast senders are not slowed down).
-fn room_server(workers: usize) -> ServerBuilder {
-    ServerBuilder::new()
-        .workers(workers)
-        .chat_key("history_on_join = 0")
-        .chat_key("rate_limit = { messages = 0 }")
-}
+use settings::{CONTROL_TIMEOUT, SETTLE_TIMEOUT, room_server};

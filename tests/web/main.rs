@@ -4,9 +4,10 @@
 //! hundreds of web sessions handed to the next worker generation on reload without a
 //! disconnect or a lost, repeated or reordered line.
 //!
-//! The WebSocket client is spoken by hand over std sockets (`tests/common/web.rs`); TLS comes
-//! from the TLS bridge the TLS tests use (Python `ssl`); the reload load reuses the reload
-//! tests' fleet and control helpers.
+//! The WebSocket clients are tungstenite's over std sockets (`tests/common/web.rs`), with
+//! frames written by hand only where no library would send them; TLS comes from the TLS bridge
+//! the TLS tests use (Python `ssl`); the reload load reuses the reload tests' fleet (whose web
+//! clients are tungstenite's too, read from poll(2)) and control helpers.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -18,6 +19,8 @@ mod control;
 #[allow(dead_code)]
 #[path = "../reload/fleet.rs"]
 mod fleet;
+#[path = "../reload/settings.rs"]
+mod settings;
 
 mod browser;
 mod protocol;
@@ -26,23 +29,9 @@ mod session;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use common::{Server, ServerBuilder};
-
-/// How long a `chatd reload` / `chatd status` may take before the test gives up.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline for the room to settle after a reload (old workers gone, new ones listed).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A server for room tests: no history on join (a client's first line is its welcome), no rate
-/// limit (fast senders are not slowed down).
-fn room_server(workers: usize) -> ServerBuilder {
-    ServerBuilder::new()
-        .workers(workers)
-        .chat_key("history_on_join = 0")
-        .chat_key("rate_limit = { messages = 0 }")
-}
+use settings::{CONTROL_TIMEOUT, SETTLE_TIMEOUT, room_server};
 
 /// Starts `builder`'s server (one plain listen address) with a web listener too; with a
 /// certificate, the web listener speaks TLS (`web.tls = true`). The web address is
