@@ -57,8 +57,10 @@ pub struct Cluster {
     bridge: Bridge,
     connected: bool,
     readable: bool,
-    /// Events handed to the bridge, for their message ids.
+    /// Events handed to the bridge.
     published: u64,
+    /// ... in this generation: their numbers (`Envelope::n`, and in their message ids).
+    numbered: u64,
     /// ... of which stored.
     stored: u64,
     beat_every: Duration,
@@ -100,6 +102,7 @@ impl Cluster {
             connected: false,
             readable: false,
             published: 0,
+            numbered: 0,
             stored: 0,
             beat_every: config.host_timeout / 5,
             host_timeout: config.host_timeout,
@@ -115,8 +118,10 @@ impl Cluster {
     /// [`Cluster::poll`] in its place in the stream.
     pub fn publish(&mut self, event: Event) {
         self.published += 1;
-        let id = format!("{}.{}.{}", self.node, self.generation, self.published);
-        let envelope = Envelope { node: self.node.clone(), generation: self.generation, event };
+        self.numbered += 1;
+        let (node, generation, n) = (self.node.clone(), self.generation, self.numbered);
+        let id = format!("{node}.{generation}.{n}");
+        let envelope = Envelope { node, generation, n, event };
         self.bridge.send(Command::Publish { id, payload: events::encode(&envelope) });
         self.last_sent = Some(Instant::now());
     }
@@ -136,10 +141,12 @@ impl Cluster {
             match report {
                 Report::Connected(up) => self.reachability(Some(up), None, now, &mut out),
                 Report::Stream(up) => self.reachability(None, Some(up), now, &mut out),
-                Report::Event { seq, time_ms, payload } => match events::decode(&payload) {
-                    Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
-                    Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
-                },
+                Report::Event { seq, time_ms, payload } => {
+                    match events::decode_envelope(&payload) {
+                        Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
+                        Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
+                    }
+                }
                 Report::Stored { .. } => self.stored += 1,
                 Report::Private(payload) => match events::decode(&payload) {
                     Ok(private) => out.push(Output::Private(private)),
@@ -203,6 +210,7 @@ impl Cluster {
                         "cluster: this host was declared gone; going on as a new generation"
                     );
                     self.generation = new_generation();
+                    self.numbered = 0;
                 }
             }
         }
@@ -213,8 +221,9 @@ impl Cluster {
         }
         out.extend(changes.into_iter().map(Output::Applied));
         if new_host && self.room.online_on(&self.node) > 0 {
-            let roster = self.room.roster_of(&self.node);
-            self.publish(roster);
+            for roster in self.room.rosters_of(&self.node) {
+                self.publish(roster);
+            }
         }
     }
 

@@ -182,18 +182,26 @@ impl Hub {
     /// Brings a worker that just said Hello up to date: the sequence number, then who is in the
     /// room and the history, in frames of bounded size. Room events sent after these are newer.
     pub fn sync(&self, worker: WorkerId, out: &mut impl Outbox) {
-        out.to_worker(worker, RoomUpdate::Sync { seq: self.seq });
+        for frame in self.sync_frames() {
+            out.to_worker(worker, frame);
+        }
+    }
+
+    /// The frames of [`Hub::sync`].
+    fn sync_frames(&self) -> Vec<RoomUpdate> {
+        let mut frames = vec![RoomUpdate::Sync { seq: self.seq }];
         let mut members: Vec<(SessionId, String)> =
             self.members.iter().map(|(s, m)| (*s, m.nick.to_string())).collect();
         members.sort_unstable_by_key(|(s, _)| *s);
         let history: Vec<String> = self.history.iter().map(|l| l.to_string()).collect();
         let member_runs = split_by_size(members, LINES_PER_FRAME_BYTES, |(_, n)| n.len() + 8);
         for members in member_runs.into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, RoomUpdate::Snapshot { members, history: Vec::new() });
+            frames.push(RoomUpdate::Snapshot { members, history: Vec::new() });
         }
         for history in split_lines(history).into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, RoomUpdate::Snapshot { members: Vec::new(), history });
+            frames.push(RoomUpdate::Snapshot { members: Vec::new(), history });
         }
+        frames
     }
 
     /// Everyone in the room.
