@@ -17,16 +17,17 @@
 use super::events::{Envelope, Event, RosterEntry};
 use crate::bus::message::{LeaveReason, SessionId};
 use crate::protocol::command::is_valid_nick;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A member of the room, the same number on every host: the stream sequence of its join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId(pub u64);
 
 /// Someone in the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The host serving it.
     pub node: String,
@@ -37,7 +38,7 @@ pub struct Member {
 }
 
 /// A host taking part in the room, as the stream shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub generation: u64,
     /// Stream sequence and time (ms since the Unix epoch) of its last event.
@@ -49,7 +50,7 @@ pub struct Host {
 }
 
 /// Where a host's events stand in its own numbering.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Order {
     /// The lowest number applied, and the next one expected: `None` before its first event.
     /// A room that read a trimmed stream meets a generation in the middle, so the first number
@@ -156,8 +157,9 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// The room's state; equal on two hosts that applied the same events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The room's state; equal on two hosts that applied the same events. Serializable: it
+/// crosses a re-execution of the supervisor (`Cluster::save`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Room {
     members: BTreeMap<MemberId, Member>,
     /// `(node, session)` → member.

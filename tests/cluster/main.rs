@@ -16,6 +16,7 @@ mod failover;
 mod partition;
 mod serve;
 mod startup;
+mod upgrade;
 
 use std::sync::Arc;
 

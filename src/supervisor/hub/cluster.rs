@@ -10,6 +10,8 @@
 //! the worker [`REMOTE`], which no worker has: lines for them go nowhere, except private
 //! messages, which go over core NATS to their host.
 
+mod saved;
+
 use super::{Hub, Member, Outbox, WorkerId, direct};
 use crate::bus::message::{ConnId, LeaveReason, RoomEvent, RoomRequest, RoomUpdate, SessionId};
 use crate::cluster::events::{Event, Private};

@@ -199,6 +199,7 @@ impl Supervisor {
         if let Some(listener) = metrics_listener {
             supervisor.adopt_metrics(listener)?;
         }
+        supervisor.resume_cluster(state.cluster)?;
         Ok((supervisor, reload))
     }
 }
