@@ -16,6 +16,7 @@
 
 use super::events::{Envelope, Event, RosterEntry};
 use crate::bus::message::{LeaveReason, SessionId};
+use crate::moderation::Target;
 use crate::protocol::command::is_valid_nick;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +133,21 @@ pub enum Change {
     },
     Notice {
         text: String,
+    },
+    /// An operator kicked the member `session` of host `node`; that host removes it.
+    Kick {
+        node: String,
+        session: SessionId,
+        reason: Option<String>,
+    },
+    /// An operator's ban, for every host's list; `until_ms` since the Unix epoch.
+    Ban {
+        target: Target,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    Unban {
+        target: Target,
     },
     /// A member this room lacked, learnt from its host's roster: in the room for a while
     /// already (no join to show).
@@ -279,6 +295,15 @@ impl Room {
             Event::Roster { members, next_guest } => {
                 self.roster(&node, members, next_guest, changes)
             }
+            Event::Kick { node, session, reason } => {
+                if self.find(&node, session).is_some() {
+                    changes.push(Change::Kick { node, session, reason });
+                }
+            }
+            Event::Ban { target, until_ms, reason } => {
+                changes.push(Change::Ban { target, until_ms, reason })
+            }
+            Event::Unban { target } => changes.push(Change::Unban { target }),
         }
     }
 

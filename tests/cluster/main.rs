@@ -13,6 +13,7 @@ mod common;
 mod bridge;
 mod door;
 mod failover;
+mod operators;
 mod partition;
 mod serve;
 mod startup;
