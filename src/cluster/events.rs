@@ -14,6 +14,7 @@
 //! `(node, session)` until the state machine numbers it (`room::MemberId`).
 
 use crate::bus::message::{LeaveReason, SessionId};
+use crate::moderation::Target;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -98,6 +99,24 @@ pub enum Event {
     Roster {
         members: Vec<RosterEntry>,
         next_guest: u64,
+    },
+    /// `chatd kick` on any host, for the member `session` of host `node`: that host removes it
+    /// (its `Leave` says `kicked`).
+    Kick {
+        node: String,
+        session: SessionId,
+        reason: Option<String>,
+    },
+    /// `chatd ban` on any host: every host keeps it and kicks its matching clients.
+    /// `until_ms`: when it ends, ms since the Unix epoch; `None`: until lifted.
+    Ban {
+        target: Target,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    /// `chatd unban` on any host.
+    Unban {
+        target: Target,
     },
 }
 

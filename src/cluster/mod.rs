@@ -35,6 +35,7 @@ use bridge::{Bridge, Command, Report};
 use events::{Envelope, Event, Private};
 use outage::{Outage, Step};
 use room::{Applied, Change, Room};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
@@ -46,6 +47,18 @@ pub enum Output {
     Applied(Applied),
     Outage(Step),
     Private(Private),
+}
+
+/// A [`Cluster`] across a re-execution of the supervisor: the host stays the same member of
+/// the room (its generation, the numbers of its events) and the room stays as applied.
+#[derive(Serialize, Deserialize)]
+pub struct SavedCluster {
+    generation: u64,
+    room: Room,
+    published: u64,
+    numbered: u64,
+    declared: Vec<((String, u64), u64)>,
+    hosts_seen: Vec<(String, u64)>,
 }
 
 /// This host's part in the cluster room.
@@ -85,6 +98,25 @@ impl Cluster {
         history: usize,
         waker: Arc<mio::Waker>,
     ) -> io::Result<Cluster> {
+        let saved = SavedCluster {
+            generation: new_generation(),
+            room: Room::new(),
+            published: 0,
+            numbered: 0,
+            declared: Vec::new(),
+            hosts_seen: Vec::new(),
+        };
+        Cluster::resume(config, history, waker, saved)
+    }
+
+    /// Goes on where [`Cluster::save`] left off in the image before an exec: same generation,
+    /// same room, reading the stream after the last event applied.
+    pub fn resume(
+        config: &config::Cluster,
+        history: usize,
+        waker: Arc<mio::Waker>,
+        saved: SavedCluster,
+    ) -> io::Result<Cluster> {
         let settings = bridge::Settings {
             urls: config.nats.clone(),
             room: config.room.clone(),
@@ -93,24 +125,39 @@ impl Cluster {
             max_messages: bridge::max_messages(history),
         };
         let now = Instant::now();
+        let from_seq = saved.room.last_seq() + 1;
         Ok(Cluster {
             node: config.node.clone(),
-            generation: new_generation(),
-            room: Room::new(),
+            generation: saved.generation,
+            room: saved.room,
             outage: Outage::new(config.outage_notice, config.outage_timeout, now),
-            bridge: Bridge::start(settings, 1, waker)?,
+            bridge: Bridge::start(settings, from_seq, waker)?,
             connected: false,
             readable: false,
-            published: 0,
-            numbered: 0,
-            stored: 0,
+            published: saved.published,
+            numbered: saved.numbered,
+            stored: saved.published,
             beat_every: config.host_timeout / 5,
             host_timeout: config.host_timeout,
             last_sent: None,
-            declared: BTreeMap::new(),
-            hosts_seen: BTreeSet::new(),
+            declared: saved.declared.into_iter().collect(),
+            hosts_seen: saved.hosts_seen.into_iter().collect(),
             reachable_since: None,
         })
+    }
+
+    /// What a re-executed supervisor needs to go on as the same host. Complete only once every
+    /// event handed to the bridge is stored ([`Cluster::held`] is 0): the new image's bridge
+    /// starts empty.
+    pub fn save(&self) -> SavedCluster {
+        SavedCluster {
+            generation: self.generation,
+            room: self.room.clone(),
+            published: self.published,
+            numbered: self.numbered,
+            declared: self.declared.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            hosts_seen: self.hosts_seen.iter().cloned().collect(),
+        }
     }
 
     /// Sends an event of this host into the stream. It is held, in order, while the room is

@@ -16,7 +16,9 @@
 
 use super::events::{Envelope, Event, RosterEntry};
 use crate::bus::message::{LeaveReason, SessionId};
+use crate::moderation::Target;
 use crate::protocol::command::is_valid_nick;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,11 +28,11 @@ use std::time::Duration;
 pub const ROSTER_CHUNK: usize = 4096;
 
 /// A member of the room, the same number on every host: the stream sequence of its join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId(pub u64);
 
 /// Someone in the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The host serving it.
     pub node: String,
@@ -41,7 +43,7 @@ pub struct Member {
 }
 
 /// A host taking part in the room, as the stream shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub generation: u64,
     /// Stream sequence and time (ms since the Unix epoch) of its last event.
@@ -53,7 +55,7 @@ pub struct Host {
 }
 
 /// Where a host's events stand in its own numbering.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Order {
     /// The lowest number applied, and the next one expected: `None` before its first event.
     /// A room that read a trimmed stream meets a generation in the middle, so the first number
@@ -136,6 +138,21 @@ pub enum Change {
     Notice {
         text: String,
     },
+    /// An operator kicked the member `session` of host `node`; that host removes it.
+    Kick {
+        node: String,
+        session: SessionId,
+        reason: Option<String>,
+    },
+    /// An operator's ban, for every host's list; `until_ms` since the Unix epoch.
+    Ban {
+        target: Target,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    Unban {
+        target: Target,
+    },
     /// A member this room lacked, learnt from its host's roster: in the room for a while
     /// already (no join to show).
     Learnt {
@@ -160,8 +177,9 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// The room's state; equal on two hosts that applied the same events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The room's state; equal on two hosts that applied the same events. Serializable: it
+/// crosses a re-execution of the supervisor (`Cluster::save`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Room {
     members: BTreeMap<MemberId, Member>,
     /// `(node, session)` → member.
@@ -281,6 +299,15 @@ impl Room {
             Event::Roster { members, next_guest } => {
                 self.roster(&node, members, next_guest, changes)
             }
+            Event::Kick { node, session, reason } => {
+                if self.find(&node, session).is_some() {
+                    changes.push(Change::Kick { node, session, reason });
+                }
+            }
+            Event::Ban { target, until_ms, reason } => {
+                changes.push(Change::Ban { target, until_ms, reason })
+            }
+            Event::Unban { target } => changes.push(Change::Unban { target }),
         }
     }
 

@@ -56,8 +56,8 @@ struct WorkerFiles {
 
 impl KeptFiles {
     /// `None` outside systemd: nothing is kept.
-    pub(super) fn new() -> Option<KeptFiles> {
-        if !store::available() {
+    pub(super) fn new(cluster: bool) -> Option<KeptFiles> {
+        if !store::available() || cluster {
             return None;
         }
         let nanos = std::time::SystemTime::now()
@@ -163,6 +163,9 @@ pub(super) fn collect(
     let files = entries.into_iter().map(|(_, fd)| fd).collect();
     let Some(room) = room else {
         warn!("kept sessions without a room state: they end");
+        for name in &stale {
+            store::remove(name);
+        }
         return None;
     };
     let mut by_slot: Vec<Vec<(SessionState, OwnedFd)>> =

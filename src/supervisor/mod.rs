@@ -173,6 +173,11 @@ impl Supervisor {
         .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
+        // In cluster mode the stream keeps the room, and a host restarted after a crash joins it
+        // as a new member: a predecessor's room is not used (docs/cluster.md).
+        if config.cluster.enabled {
+            room = None;
+        }
         let (slots, listen) = bind_slots(&config, stored_listeners)?;
         let restoring = kept::collect(kept_entries, room.as_mut(), slots.len());
         let hub = match room {
@@ -207,8 +212,8 @@ impl Supervisor {
             last_reload: None,
             stats: stats::Stats::default(),
             operators: operators::Operators::default(),
-            stored: stored::StoredRoom::open(),
-            kept: kept::KeptFiles::new(),
+            stored: stored::StoredRoom::open(config.cluster.enabled),
+            kept: kept::KeptFiles::new(config.cluster.enabled),
             restoring,
             config,
             config_path: config_path.to_path_buf(),

@@ -211,12 +211,16 @@ fn encode(saved: SavedHub) -> Vec<u8> {
 
 impl StoredRoom {
     /// New memory files in the store, replacing whatever was stored under the same name.
-    /// `None` outside systemd, or if the store refuses them.
-    pub(super) fn open() -> Option<StoredRoom> {
+    /// `None` outside systemd, in cluster mode (the stream keeps the room: docs/cluster.md),
+    /// or if the store refuses them.
+    pub(super) fn open(cluster: bool) -> Option<StoredRoom> {
         if !store::available() {
             return None;
         }
         store::remove(NAME);
+        if cluster {
+            return None;
+        }
         let snapshot = match Snapshot::create(NAME) {
             Ok(snapshot) => snapshot,
             Err(e) => {

@@ -13,9 +13,11 @@ mod common;
 mod bridge;
 mod door;
 mod failover;
+mod operators;
 mod partition;
 mod serve;
 mod startup;
+mod upgrade;
 
 use std::sync::Arc;
 

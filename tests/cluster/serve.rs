@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 pub(crate) const WAIT: Duration = Duration::from_secs(40);
 
 /// The config of host `i`: its own node name, the NATS node `i` only.
-fn host_config(nats: &NatsCluster, i: usize) -> ServerBuilder {
+pub(crate) fn host_config(nats: &NatsCluster, i: usize) -> ServerBuilder {
     let cluster = format!(
         "[cluster]\nenabled = true\nnats = [{:?}]\nroom = \"main\"\nnode = \"h{i}\"\n\
          host_timeout = \"3s\"\noutage_notice = \"1s\"\noutage_timeout = \"60s\"",

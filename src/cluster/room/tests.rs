@@ -381,7 +381,24 @@ fn describe(change: &Change) -> String {
         Change::Notice { text } => format!("notice {text}"),
         Change::Learnt { member, .. } => format!("learnt {}", member.nick),
         Change::HostGone { node, .. } => format!("host {node} gone"),
+        Change::Kick { node, session, .. } => format!("kick {node} {}", session.0),
+        Change::Ban { target, .. } => format!("ban {target}"),
+        Change::Unban { target } => format!("unban {target}"),
     }
+}
+
+#[test]
+fn a_kick_names_a_member_the_room_knows_and_bans_pass_through() {
+    let mut s = Stream::default();
+    s.push("a", 1, join(1));
+    s.push("b", 1, Event::Kick { node: "a".into(), session: SessionId(1), reason: None });
+    s.push("b", 1, Event::Kick { node: "a".into(), session: SessionId(9), reason: None });
+    let target = crate::moderation::Target::parse("192.0.2.0/24").expect("target");
+    s.push("b", 1, Event::Ban { target, until_ms: None, reason: None });
+    s.push("a", 1, Event::Unban { target });
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(said, ["joined guest-1", "kick a 1", "ban 192.0.2.0/24", "unban 192.0.2.0/24"]);
 }
 
 /// One step of a random stream.

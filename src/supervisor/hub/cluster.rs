@@ -10,6 +10,9 @@
 //! the worker [`REMOTE`], which no worker has: lines for them go nowhere, except private
 //! messages, which go over core NATS to their host.
 
+mod operators;
+mod saved;
+
 use super::{Hub, Member, Outbox, WorkerId, direct};
 use crate::bus::message::{ConnId, LeaveReason, RoomEvent, RoomRequest, RoomUpdate, SessionId};
 use crate::cluster::events::{Event, Private};
@@ -317,6 +320,11 @@ impl Hub {
             Change::Notice { text } => {
                 self.publish(None, format!("* notice: {text}"), RoomEvent::Notice, out)
             }
+            Change::Kick { node, session, reason } => self.apply_kick(&node, session, reason, out),
+            Change::Ban { target, until_ms, reason } => {
+                self.apply_ban(target, until_ms, reason, out)
+            }
+            Change::Unban { target } => self.apply_unban(&target),
             Change::Learnt { id, member } => {
                 // Never one of this host's: those joined through it.
                 let session = remote_session(id);

@@ -136,7 +136,11 @@ impl Hub {
         let mut per_ip = HashMap::new();
         for m in saved.members {
             hub.nicks.insert(m.nick.to_ascii_lowercase(), m.session);
-            *per_ip.entry(m.ip).or_insert(0) += 1;
+            // `max_clients_per_ip` counts this host's clients (in cluster mode the list holds
+            // other hosts' members too).
+            if WorkerId(m.worker) != super::cluster::REMOTE {
+                *per_ip.entry(m.ip).or_insert(0) += 1;
+            }
             let member = Member {
                 nick: m.nick.into_boxed_str(),
                 ip: m.ip,
