@@ -145,7 +145,7 @@ def pause_once(sb, port, n, sources):
         st[0].close()
     return {"sessions": n, "first": first, "last": last, "after": after, "closed": closed,
             "new_pid": new_pid != main_pid,
-            "adopted": [l for l in journal.splitlines() if "adopt" in l][-1:]}
+            "adopted": [l for l in journal.splitlines() if "kept through the crash" in l][-1:]}
 
 
 def run_pause(args, chatd):

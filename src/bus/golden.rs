@@ -13,8 +13,8 @@
 use super::frame::{VERSION, encode};
 use super::handoff::{self, SessionState, Transfer, TransportState};
 use super::message::{
-    ConnId, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId, SessionLoad, ToHub,
-    ToWorker, WorkerCounters, WorkerOrder, WorkerReport,
+    ConnId, KeptFile, LeaveReason, Query, RoomEvent, RoomRequest, RoomUpdate, SessionId,
+    SessionLoad, ToHub, ToWorker, WorkerCounters, WorkerOrder, WorkerReport,
 };
 use crate::listener::Kind;
 use crate::protocol::decoder::{Decoded, PendingInput};
@@ -136,6 +136,10 @@ fn bus_messages_keep_their_bytes() {
     let load = SessionLoad { session: S, idle_ms: 2, queued: 3, transport: Kind::Tls };
     let sessions = WorkerReport::Sessions { id: 1, sessions: vec![load], last: true };
     g.hub_frame(ToHub::Control(sessions), "04000401010502030101");
+    // Added without a version bump: only a supervisor that passes `--keep-sessions` (which
+    // reads it) ever gets it, so no older peer does.
+    g.hub_frame(ToHub::Control(WorkerReport::Kept { file: KeptFile::Table }), "04000500");
+    g.hub_frame(ToHub::Control(WorkerReport::Kept { file: KeptFile::Bag }), "04000501");
 
     let addr = "127.0.0.1:9".parse().expect("address");
     g.hub_frame(ToHub::Room(RoomRequest::Join { conn: ConnId(4), addr }), "04010004007f00000109");

@@ -155,6 +155,19 @@ pub enum WorkerReport {
     /// Answer to [`WorkerOrder::Inspect`]: the worker's sessions, in frames of bounded size;
     /// `last` on the final one.
     Sessions { id: u64, sessions: Vec<SessionLoad>, last: bool },
+    /// Under systemd: a file that keeps this worker's sessions through a crash of the
+    /// supervisor, attached, for the supervisor to store (`crate::store`). A new bag replaces
+    /// the worker's previous one.
+    Kept { file: KeptFile },
+}
+
+/// What a [`WorkerReport::Kept`] carries.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptFile {
+    /// The session table (`crate::store::table`).
+    Table,
+    /// A bag of the sessions' sockets (`crate::store::bag`).
+    Bag,
 }
 
 /// What only the worker serving a session knows about it, for `chatd who`.

@@ -181,6 +181,10 @@ async fn run(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
+        // JetStream API requests (stream and consumer creation) wait this long, not the
+        // context's timeout: async-nats' default of 10 s made a lost stream leader a pause of
+        // 10 to 20 s for the readers whose consumer it held.
+        .request_timeout(Some(ACK_TIMEOUT))
         .reconnect_delay_callback(|attempts| backoff(u32::try_from(attempts).unwrap_or(u32::MAX)))
         .event_callback(move |event| {
             let events = events.clone();

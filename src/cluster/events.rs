@@ -14,12 +14,15 @@
 //! `(node, session)` until the state machine numbers it (`room::MemberId`).
 
 use crate::bus::message::{LeaveReason, SessionId};
+use crate::moderation::Target;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 
-/// The version byte in front of every encoded event and private message.
-pub const VERSION: u8 = 1;
+/// The version byte in front of every encoded event and private message. Version 1 envelopes
+/// had no [`Envelope::n`]; [`decode_envelope`] still reads them, so a stream written by an older
+/// release keeps its history.
+pub const VERSION: u8 = 2;
 
 /// One event in the stream: who published it and what it says.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -29,7 +32,20 @@ pub struct Envelope {
     /// The publishing host's generation: a new one each time chatd starts on it, so events of a
     /// host declared gone can be told from those of its next life.
     pub generation: u64,
+    /// The event's number among those of this host's generation, from 1 (the counter of its
+    /// `Nats-Msg-Id`): the room applies a host's events in this order even when a retry was
+    /// stored after a later event (docs/cluster.md, "Order of one host's events"). 0: not
+    /// numbered (version 1), applied where it is stored.
+    pub n: u64,
     pub event: Event,
+}
+
+/// An envelope as version 1 wrote it.
+#[derive(Deserialize)]
+struct EnvelopeV1 {
+    node: String,
+    generation: u64,
+    event: Event,
 }
 
 /// What happened. New kinds go at the end (postcard numbers them by position).
@@ -83,6 +99,24 @@ pub enum Event {
     Roster {
         members: Vec<RosterEntry>,
         next_guest: u64,
+    },
+    /// `chatd kick` on any host, for the member `session` of host `node`: that host removes it
+    /// (its `Leave` says `kicked`).
+    Kick {
+        node: String,
+        session: SessionId,
+        reason: Option<String>,
+    },
+    /// `chatd ban` on any host: every host keeps it and kicks its matching clients.
+    /// `until_ms`: when it ends, ms since the Unix epoch; `None`: until lifted.
+    Ban {
+        target: Target,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    /// `chatd unban` on any host.
+    Unban {
+        target: Target,
     },
 }
 
@@ -154,12 +188,25 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError>
     }
 }
 
+/// An event from the stream, of this version or of version 1.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    match bytes.split_first() {
+        Some((1, rest)) => {
+            let mut current = vec![VERSION];
+            current.extend_from_slice(rest);
+            let EnvelopeV1 { node, generation, event } = decode(&current)?;
+            Ok(Envelope { node, generation, n: 0, event })
+        }
+        _ => decode(bytes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn envelope(event: Event) -> Envelope {
-        Envelope { node: "web1".into(), generation: 7, event }
+        Envelope { node: "web1".into(), generation: 7, n: 3, event }
     }
 
     #[test]
@@ -198,8 +245,21 @@ mod tests {
     fn compact() {
         let say = envelope(Event::Say { session: SessionId(1234), text: "hello there".into() });
         let bytes = encode(&say);
-        // version, node (1 + 4), generation, variant, session (varint), text (1 + 11).
-        assert_eq!(bytes.len(), 1 + 5 + 1 + 1 + 2 + 12);
+        // version, node (1 + 4), generation, n, variant, session (varint), text (1 + 11).
+        assert_eq!(bytes.len(), 1 + 5 + 1 + 1 + 1 + 2 + 12);
+    }
+
+    #[test]
+    fn version_1_envelopes_are_read_unnumbered() {
+        let v1 = (String::from("web1"), 7u64, Event::HostDown);
+        let mut bytes = vec![1];
+        bytes.extend(postcard::to_allocvec(&v1).unwrap());
+        let expected =
+            Envelope { node: "web1".into(), generation: 7, n: 0, event: Event::HostDown };
+        assert_eq!(decode_envelope(&bytes), Ok(expected.clone()));
+        let mut expected = expected;
+        expected.n = 4;
+        assert_eq!(decode_envelope(&encode(&expected)), Ok(expected));
     }
 
     #[test]

@@ -35,6 +35,7 @@ use bridge::{Bridge, Command, Report};
 use events::{Envelope, Event, Private};
 use outage::{Outage, Step};
 use room::{Applied, Change, Room};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
@@ -48,6 +49,18 @@ pub enum Output {
     Private(Private),
 }
 
+/// A [`Cluster`] across a re-execution of the supervisor: the host stays the same member of
+/// the room (its generation, the numbers of its events) and the room stays as applied.
+#[derive(Serialize, Deserialize)]
+pub struct SavedCluster {
+    generation: u64,
+    room: Room,
+    published: u64,
+    numbered: u64,
+    declared: Vec<((String, u64), u64)>,
+    hosts_seen: Vec<(String, u64)>,
+}
+
 /// This host's part in the cluster room.
 pub struct Cluster {
     node: String,
@@ -57,8 +70,10 @@ pub struct Cluster {
     bridge: Bridge,
     connected: bool,
     readable: bool,
-    /// Events handed to the bridge, for their message ids.
+    /// Events handed to the bridge.
     published: u64,
+    /// ... in this generation: their numbers (`Envelope::n`, and in their message ids).
+    numbered: u64,
     /// ... of which stored.
     stored: u64,
     beat_every: Duration,
@@ -83,6 +98,25 @@ impl Cluster {
         history: usize,
         waker: Arc<mio::Waker>,
     ) -> io::Result<Cluster> {
+        let saved = SavedCluster {
+            generation: new_generation(),
+            room: Room::new(),
+            published: 0,
+            numbered: 0,
+            declared: Vec::new(),
+            hosts_seen: Vec::new(),
+        };
+        Cluster::resume(config, history, waker, saved)
+    }
+
+    /// Goes on where [`Cluster::save`] left off in the image before an exec: same generation,
+    /// same room, reading the stream after the last event applied.
+    pub fn resume(
+        config: &config::Cluster,
+        history: usize,
+        waker: Arc<mio::Waker>,
+        saved: SavedCluster,
+    ) -> io::Result<Cluster> {
         let settings = bridge::Settings {
             urls: config.nats.clone(),
             room: config.room.clone(),
@@ -91,23 +125,39 @@ impl Cluster {
             max_messages: bridge::max_messages(history),
         };
         let now = Instant::now();
+        let from_seq = saved.room.last_seq() + 1;
         Ok(Cluster {
             node: config.node.clone(),
-            generation: new_generation(),
-            room: Room::new(),
+            generation: saved.generation,
+            room: saved.room,
             outage: Outage::new(config.outage_notice, config.outage_timeout, now),
-            bridge: Bridge::start(settings, 1, waker)?,
+            bridge: Bridge::start(settings, from_seq, waker)?,
             connected: false,
             readable: false,
-            published: 0,
-            stored: 0,
+            published: saved.published,
+            numbered: saved.numbered,
+            stored: saved.published,
             beat_every: config.host_timeout / 5,
             host_timeout: config.host_timeout,
             last_sent: None,
-            declared: BTreeMap::new(),
-            hosts_seen: BTreeSet::new(),
+            declared: saved.declared.into_iter().collect(),
+            hosts_seen: saved.hosts_seen.into_iter().collect(),
             reachable_since: None,
         })
+    }
+
+    /// What a re-executed supervisor needs to go on as the same host. Complete only once every
+    /// event handed to the bridge is stored ([`Cluster::held`] is 0): the new image's bridge
+    /// starts empty.
+    pub fn save(&self) -> SavedCluster {
+        SavedCluster {
+            generation: self.generation,
+            room: self.room.clone(),
+            published: self.published,
+            numbered: self.numbered,
+            declared: self.declared.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            hosts_seen: self.hosts_seen.iter().cloned().collect(),
+        }
     }
 
     /// Sends an event of this host into the stream. It is held, in order, while the room is
@@ -115,8 +165,10 @@ impl Cluster {
     /// [`Cluster::poll`] in its place in the stream.
     pub fn publish(&mut self, event: Event) {
         self.published += 1;
-        let id = format!("{}.{}.{}", self.node, self.generation, self.published);
-        let envelope = Envelope { node: self.node.clone(), generation: self.generation, event };
+        self.numbered += 1;
+        let (node, generation, n) = (self.node.clone(), self.generation, self.numbered);
+        let id = format!("{node}.{generation}.{n}");
+        let envelope = Envelope { node, generation, n, event };
         self.bridge.send(Command::Publish { id, payload: events::encode(&envelope) });
         self.last_sent = Some(Instant::now());
     }
@@ -136,10 +188,12 @@ impl Cluster {
             match report {
                 Report::Connected(up) => self.reachability(Some(up), None, now, &mut out),
                 Report::Stream(up) => self.reachability(None, Some(up), now, &mut out),
-                Report::Event { seq, time_ms, payload } => match events::decode(&payload) {
-                    Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
-                    Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
-                },
+                Report::Event { seq, time_ms, payload } => {
+                    match events::decode_envelope(&payload) {
+                        Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
+                        Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
+                    }
+                }
                 Report::Stored { .. } => self.stored += 1,
                 Report::Private(payload) => match events::decode(&payload) {
                     Ok(private) => out.push(Output::Private(private)),
@@ -203,6 +257,7 @@ impl Cluster {
                         "cluster: this host was declared gone; going on as a new generation"
                     );
                     self.generation = new_generation();
+                    self.numbered = 0;
                 }
             }
         }
@@ -213,8 +268,9 @@ impl Cluster {
         }
         out.extend(changes.into_iter().map(Output::Applied));
         if new_host && self.room.online_on(&self.node) > 0 {
-            let roster = self.room.roster_of(&self.node);
-            self.publish(roster);
+            for roster in self.room.rosters_of(&self.node) {
+                self.publish(roster);
+            }
         }
     }
 

@@ -16,17 +16,23 @@
 
 use super::events::{Envelope, Event, RosterEntry};
 use crate::bus::message::{LeaveReason, SessionId};
+use crate::moderation::Target;
 use crate::protocol::command::is_valid_nick;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Members in one roster event: at most 65 bytes each encoded (a 32-byte nick, an IPv6 address,
+/// ids of 10 bytes), about 270 KB a part, far below NATS' 1 MB `max_payload`.
+pub const ROSTER_CHUNK: usize = 4096;
+
 /// A member of the room, the same number on every host: the stream sequence of its join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId(pub u64);
 
 /// Someone in the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The host serving it.
     pub node: String,
@@ -37,7 +43,7 @@ pub struct Member {
 }
 
 /// A host taking part in the room, as the stream shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub generation: u64,
     /// Stream sequence and time (ms since the Unix epoch) of its last event.
@@ -45,6 +51,54 @@ pub struct Host {
     pub last_time_ms: i64,
     /// Clients it said it serves in its last beat.
     pub clients: u32,
+    order: Order,
+}
+
+/// Where a host's events stand in its own numbering.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Order {
+    /// The lowest number applied, and the next one expected: `None` before its first event.
+    /// A room that read a trimmed stream meets a generation in the middle, so the first number
+    /// seen starts it, whatever it is.
+    first: Option<u64>,
+    next: Option<u64>,
+    /// Events that came before an earlier one of the host: number → (seq, time, event).
+    waiting: BTreeMap<u64, (u64, i64, Event)>,
+}
+
+/// What to do with a host's event numbered `n`.
+enum Place {
+    Now,
+    /// After an earlier one, not stored yet.
+    Wait,
+    /// Applied already (a retry stored again after JetStream's duplicate window).
+    Done,
+}
+
+impl Order {
+    fn place(&mut self, n: u64) -> Place {
+        let (Some(first), Some(next)) = (self.first, self.next) else {
+            if n > 0 {
+                (self.first, self.next) = (Some(n), Some(n + 1));
+            }
+            return Place::Now;
+        };
+        if n == 0 {
+            Place::Now
+        } else if n == next {
+            self.next = Some(n + 1);
+            Place::Now
+        } else if n > next {
+            Place::Wait
+        } else if n < first {
+            // Before the first one applied: an event of the generation's start stored late.
+            // Its place has passed; applied here rather than lost.
+            self.first = Some(n);
+            Place::Now
+        } else {
+            Place::Done
+        }
+    }
 }
 
 /// What applying one event did to the room, for the hub to show.
@@ -84,6 +138,27 @@ pub enum Change {
     Notice {
         text: String,
     },
+    /// An operator kicked the member `session` of host `node`; that host removes it.
+    Kick {
+        node: String,
+        session: SessionId,
+        reason: Option<String>,
+    },
+    /// An operator's ban, for every host's list; `until_ms` since the Unix epoch.
+    Ban {
+        target: Target,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    Unban {
+        target: Target,
+    },
+    /// A member this room lacked, learnt from its host's roster: in the room for a while
+    /// already (no join to show).
+    Learnt {
+        id: MemberId,
+        member: Member,
+    },
     /// A generation of a host is over: declared gone, restarted, or stopped (`clean`). Its
     /// remaining members left (`connection lost`) just before this.
     HostGone {
@@ -102,8 +177,9 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// The room's state; equal on two hosts that applied the same events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The room's state; equal on two hosts that applied the same events. Serializable: it
+/// crosses a re-execution of the supervisor (`Cluster::save`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Room {
     members: BTreeMap<MemberId, Member>,
     /// `(node, session)` → member.
@@ -124,14 +200,17 @@ impl Room {
     }
 
     /// Applies the event at stream sequence `seq`. Sequences at or before the last one applied
-    /// are ignored, so a redelivery changes nothing.
+    /// are ignored, so a redelivery changes nothing. A host's events are applied in the order it
+    /// numbered them ([`Envelope::n`]): one that comes before an earlier one of the same host
+    /// (a retry stored after the next event, across a stream leader change) waits for it, and
+    /// both are applied at the earlier one's place.
     pub fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope) -> Vec<Applied> {
         if seq <= self.last_seq {
             return Vec::new();
         }
         self.last_seq = seq;
         self.last_time_ms = self.last_time_ms.max(time_ms);
-        let Envelope { node, generation, event } = envelope;
+        let Envelope { node, generation, n, event } = envelope;
         if self.retired.contains(&(node.clone(), generation)) {
             return Vec::new();
         }
@@ -146,12 +225,33 @@ impl Room {
                 self.hosts.insert(node.clone(), Host::new(generation));
             }
         }
-        if let Some(host) = self.hosts.get_mut(&node) {
-            host.last_seq = seq;
-            host.last_time_ms = host.last_time_ms.max(time_ms);
+        let mut applied: Vec<Applied> =
+            changes.into_iter().map(|change| Applied { seq, time_ms, change }).collect();
+        let Some(host) = self.hosts.get_mut(&node) else { return applied };
+        host.last_seq = seq;
+        host.last_time_ms = host.last_time_ms.max(time_ms);
+        let mut ready = match host.order.place(n) {
+            Place::Now => vec![(seq, time_ms, event)],
+            Place::Wait => {
+                host.order.waiting.insert(n, (seq, time_ms, event));
+                return applied;
+            }
+            Place::Done => return applied,
+        };
+        // What waited for this one, in the host's order.
+        while let Some(next) = host.order.next.and_then(|next| host.order.waiting.remove(&next)) {
+            host.order.next = host.order.next.map(|next| next + 1);
+            ready.push(next);
         }
-        self.event(seq, node, event, &mut changes);
-        changes.into_iter().map(|change| Applied { seq, time_ms, change }).collect()
+        for (seq, time_ms, event) in ready {
+            if self.retired.contains(&(node.clone(), generation)) {
+                break;
+            }
+            let mut changes = Vec::new();
+            self.event(seq, node.clone(), event, &mut changes);
+            applied.extend(changes.into_iter().map(|change| Applied { seq, time_ms, change }));
+        }
+        applied
     }
 
     fn event(&mut self, seq: u64, node: String, event: Event, changes: &mut Vec<Change>) {
@@ -196,7 +296,18 @@ impl Room {
             }
             Event::Nick { session, nick } => self.rename(node, session, nick, changes),
             Event::Notice { text } => changes.push(Change::Notice { text }),
-            Event::Roster { members, next_guest } => self.roster(&node, members, next_guest),
+            Event::Roster { members, next_guest } => {
+                self.roster(&node, members, next_guest, changes)
+            }
+            Event::Kick { node, session, reason } => {
+                if self.find(&node, session).is_some() {
+                    changes.push(Change::Kick { node, session, reason });
+                }
+            }
+            Event::Ban { target, until_ms, reason } => {
+                changes.push(Change::Ban { target, until_ms, reason })
+            }
+            Event::Unban { target } => changes.push(Change::Unban { target }),
         }
     }
 
@@ -223,7 +334,13 @@ impl Room {
     /// joins). Whatever it already knows stays as it is, so hosts that saw every join are not
     /// changed. A listed nick someone else holds here is not taken over: that member keeps a
     /// guest nick.
-    fn roster(&mut self, node: &str, members: Vec<RosterEntry>, next_guest: u64) {
+    fn roster(
+        &mut self,
+        node: &str,
+        members: Vec<RosterEntry>,
+        next_guest: u64,
+        changes: &mut Vec<Change>,
+    ) {
         self.next_guest = self.next_guest.max(next_guest);
         for entry in members {
             let id = MemberId(entry.id);
@@ -236,6 +353,7 @@ impl Room {
             let nick = if free { entry.nick } else { self.guest_nick() };
             let member =
                 Member { node: node.to_owned(), session: entry.session, nick, addr: entry.addr };
+            changes.push(Change::Learnt { id, member: member.clone() });
             self.insert(id, member);
         }
     }
@@ -304,9 +422,12 @@ impl Room {
             .collect()
     }
 
-    /// `node`'s members as a roster event (see [`Event::Roster`]).
-    pub fn roster_of(&self, node: &str) -> Event {
-        let members = self
+    /// `node`'s members as roster events (see [`Event::Roster`]), [`ROSTER_CHUNK`] members at
+    /// most in each: a host of 100,000 clients would otherwise publish one message of several
+    /// MB, past NATS' `max_payload` (1 MB by default), which the server refuses every time it is
+    /// retried, holding up everything the host publishes after it. Each part is applied alone.
+    pub fn rosters_of(&self, node: &str) -> Vec<Event> {
+        let members: Vec<RosterEntry> = self
             .members
             .iter()
             .filter(|(_, m)| m.node == node)
@@ -317,7 +438,10 @@ impl Room {
                 addr: m.addr,
             })
             .collect();
-        Event::Roster { members, next_guest: self.next_guest }
+        members
+            .chunks(ROSTER_CHUNK)
+            .map(|part| Event::Roster { members: part.to_vec(), next_guest: self.next_guest })
+            .collect()
     }
 
     pub fn members(&self) -> impl Iterator<Item = (MemberId, &Member)> {
@@ -361,7 +485,7 @@ impl Room {
 
 impl Host {
     fn new(generation: u64) -> Host {
-        Host { generation, last_seq: 0, last_time_ms: 0, clients: 0 }
+        Host { generation, last_seq: 0, last_time_ms: 0, clients: 0, order: Order::default() }
     }
 }
 

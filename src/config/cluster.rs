@@ -55,7 +55,14 @@ const MAX_REPLICAS: usize = 5;
 /// be a steady load on the stream and a short stall would count as a lost host.
 const MIN_HOST_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(super) fn read_cluster(root: &Section<'_>) -> Result<Cluster> {
+/// The longest chat line in cluster mode: every line travels as one NATS message, and NATS
+/// refuses messages past its `max_payload` (1 MB by default) at every retry, which would hold
+/// up everything the host publishes after it. Half of that leaves room for the event around
+/// the line and for a server configured lower.
+pub const MAX_CLUSTER_LINE_BYTES: usize = 512 * 1024;
+
+/// `[cluster]`; `max_line_bytes` is `chat.max_line_bytes`, bounded in cluster mode.
+pub(super) fn read_cluster(root: &Section<'_>, max_line_bytes: usize) -> Result<Cluster> {
     let s = root.table(
         "cluster",
         &[
@@ -82,6 +89,16 @@ pub(super) fn read_cluster(root: &Section<'_>) -> Result<Cluster> {
             s.span_of(&["node", "enabled"]),
             "the host name cannot serve as the node's name (it is not 1 to 64 letters, digits, \
              '_' or '-'): set node",
+        ));
+    }
+    if enabled && max_line_bytes > MAX_CLUSTER_LINE_BYTES {
+        return Err(s.invalid(
+            "enabled",
+            s.span_of(&["enabled"]),
+            format!(
+                "chat.max_line_bytes ({max_line_bytes}) is more than {MAX_CLUSTER_LINE_BYTES} \
+                 bytes, too long for a line to travel in one NATS message"
+            ),
         ));
     }
     let replicas = s.int("replicas", d.replicas, 1..=MAX_REPLICAS)?;
@@ -311,6 +328,13 @@ outage_timeout = "2m"
             "3:18",
             &["cluster.outage_timeout", "not longer than cluster.outage_notice (10.0s)"],
         );
+        assert_error(
+            "[chat]\nmax_line_bytes = 524289\n[cluster]\nenabled = true\nnode = \"h\"",
+            "4:11",
+            &["cluster.enabled", "chat.max_line_bytes (524289) is more than 524288 bytes"],
+        );
+        let long = parse("[chat]\nmax_line_bytes = 524289\nmax_backlog_bytes = 1048576");
+        assert_eq!(long.chat.max_line_bytes, 524_289, "alone it is fine");
         assert_error(
             "[cluster]\nenabled = true\nrooms = \"x\"",
             "3:1",

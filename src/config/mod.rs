@@ -291,16 +291,17 @@ fn read_config(doc: &toml::Spanned<DeTable<'_>>) -> Result<Config> {
     let metrics = read_metrics(&root, &server)?;
     let tls = tls::read_tls(&root, &server, &metrics)?;
     let web = web::read_web(&root, &server, &tls, &metrics)?;
+    let chat = read_chat(&root)?;
     Ok(Config {
         socket: read_socket(&root)?,
-        chat: read_chat(&root)?,
+        cluster: cluster::read_cluster(&root, chat.max_line_bytes)?,
+        chat,
         reload: read_reload(&root)?,
         tls,
         web,
         metrics,
         log: operators::read_log(&root)?,
         moderation: operators::read_moderation(&root)?,
-        cluster: cluster::read_cluster(&root)?,
         server,
     })
 }

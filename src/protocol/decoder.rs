@@ -174,6 +174,11 @@ impl LineDecoder {
         }
     }
 
+    /// The unfinished line so far.
+    pub fn partial(&self) -> &[u8] {
+        &self.partial
+    }
+
     /// What this decoder holds, as a record to restore it from in another process.
     pub fn export(&self) -> PendingInput {
         let telnet = match self.telnet {

@@ -11,8 +11,10 @@
 //! number): what changes is the content of memory files, rewritten in place ([`snapshot`]) or
 //! appended to ([`journal`]).
 
+pub mod bag;
 pub mod journal;
 pub mod snapshot;
+pub mod table;
 
 use log::debug;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};

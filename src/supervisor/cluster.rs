@@ -6,7 +6,10 @@ use super::Supervisor;
 use super::workers::Mailboxes;
 use crate::cluster::Cluster;
 use serde_json::json;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long an exec waits for this host's events to be stored.
+const CLUSTER_SETTLE: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// With `[cluster] enabled`, starts the door (at once, even while NATS is unreachable) and
@@ -28,19 +31,57 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Whether a reload may re-execute the supervisor from a changed binary. Not in cluster
-    /// mode: the room state and the host's generation are not carried across the exec yet,
-    /// so the reload goes on with this image (the new workers run the new binary) and the
-    /// supervisor's own upgrade waits for the next restart (docs/cluster.md).
+    /// Whether a reload may re-execute the supervisor from a changed binary. In cluster mode
+    /// only while the room is reachable: the new image must find every event of this host
+    /// stored. Otherwise the reload goes on with this image (the new workers run the new
+    /// binary) and the supervisor's own upgrade waits for the next reload.
     pub(super) fn may_reexec(&self) -> bool {
-        if self.hub.cluster().is_some() {
+        if self.hub.cluster().is_some_and(|door| !door.connected()) {
             log::warn!(
-                "cluster: the binary changed, but the supervisor does not re-execute in cluster \
-                 mode; restart chatd to upgrade it"
+                "cluster: the binary changed, but the room is unreachable; the supervisor \
+                 re-executes at a reload once it is back"
             );
             return false;
         }
         true
+    }
+
+    /// Before an exec in cluster mode: waits (at most [`CLUSTER_SETTLE`]) until every event
+    /// this host handed to the bridge is stored, applying what the stream brings meanwhile, so
+    /// the new image starts with nothing in flight.
+    pub(super) fn settle_cluster(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + CLUSTER_SETTLE;
+        loop {
+            self.poll_cluster();
+            self.flush_buses();
+            match self.hub.cluster() {
+                None => return Ok(()),
+                Some(door) if door.held() == 0 && door.connected() => return Ok(()),
+                Some(door) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "cluster: {} events of this host not yet stored in the stream",
+                        door.held()
+                    ));
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+
+    /// After an exec: cluster mode as the previous image left it, or started afresh when it
+    /// left none.
+    pub(super) fn resume_cluster(&mut self, saved: Option<Vec<u8>>) -> Result<(), String> {
+        let Some(bytes) = saved.filter(|_| self.config.cluster.enabled) else {
+            return self.start_cluster();
+        };
+        let cluster = &self.config.cluster;
+        self.hub.resume_cluster(cluster, self.config.chat.history, self.waker.clone(), &bytes)?;
+        log::info!(
+            "cluster: room {} as node {}, carried across the exec",
+            cluster.room,
+            cluster.node
+        );
+        Ok(())
     }
 
     /// Applies what the stream brought; every turn of the loop, so on every wake of the

@@ -55,6 +55,9 @@ pub trait Outbox {
 /// than [`REPLAY_EVENTS`] of them.
 const REPLAY_EVENTS: usize = 65_536;
 const REPLAY_AGE: Duration = Duration::from_secs(10);
+/// Presence changes remembered for the store (`saved.rs`), which writes down only the members
+/// that changed; one further behind writes the whole room.
+const PRESENCE_LOG: usize = 4096;
 
 /// A numbered room event as kept for history and replay.
 struct Event {
@@ -129,6 +132,10 @@ pub struct Hub {
     history_pushed: u64,
     /// Bans from the command line added or lifted, for the same reason.
     bans_edits: u64,
+    /// Joins, leaves and nick changes, for the same reason ...
+    presence_edits: u64,
+    /// ... and the sessions of the last [`PRESENCE_LOG`] of them, oldest first.
+    presence_log: VecDeque<SessionId>,
     /// What happened to the room, for the metrics.
     counters: RoomCounters,
     /// Who may not join (`operators`).
@@ -153,6 +160,8 @@ impl Hub {
             history: VecDeque::new(),
             history_pushed: 0,
             bans_edits: 0,
+            presence_edits: 0,
+            presence_log: VecDeque::new(),
             clock: Clock::default(),
             counters: RoomCounters::default(),
             bans: Bans::configured_with(&config.moderation.banned),
@@ -173,18 +182,26 @@ impl Hub {
     /// Brings a worker that just said Hello up to date: the sequence number, then who is in the
     /// room and the history, in frames of bounded size. Room events sent after these are newer.
     pub fn sync(&self, worker: WorkerId, out: &mut impl Outbox) {
-        out.to_worker(worker, RoomUpdate::Sync { seq: self.seq });
+        for frame in self.sync_frames() {
+            out.to_worker(worker, frame);
+        }
+    }
+
+    /// The frames of [`Hub::sync`].
+    fn sync_frames(&self) -> Vec<RoomUpdate> {
+        let mut frames = vec![RoomUpdate::Sync { seq: self.seq }];
         let mut members: Vec<(SessionId, String)> =
             self.members.iter().map(|(s, m)| (*s, m.nick.to_string())).collect();
         members.sort_unstable_by_key(|(s, _)| *s);
         let history: Vec<String> = self.history.iter().map(|l| l.to_string()).collect();
         let member_runs = split_by_size(members, LINES_PER_FRAME_BYTES, |(_, n)| n.len() + 8);
         for members in member_runs.into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, RoomUpdate::Snapshot { members, history: Vec::new() });
+            frames.push(RoomUpdate::Snapshot { members, history: Vec::new() });
         }
         for history in split_lines(history).into_iter().filter(|run| !run.is_empty()) {
-            out.to_worker(worker, RoomUpdate::Snapshot { members: Vec::new(), history });
+            frames.push(RoomUpdate::Snapshot { members: Vec::new(), history });
         }
+        frames
     }
 
     /// Everyone in the room.
@@ -476,6 +493,16 @@ impl Hub {
     ) {
         self.seq += 1;
         self.counters.line(&event);
+        if let RoomEvent::Join { session, .. }
+        | RoomEvent::Leave { session }
+        | RoomEvent::Nick { session, .. } = &event
+        {
+            self.presence_edits += 1;
+            self.presence_log.push_back(*session);
+            if self.presence_log.len() > PRESENCE_LOG {
+                self.presence_log.pop_front();
+            }
+        }
         let keep = match self.settings.history_events {
             HistoryEvents::Chat => event.is_talk(),
             HistoryEvents::All => true,

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod hub;
+mod kept;
 mod operators;
 mod reload;
 mod spawn;
@@ -132,6 +133,10 @@ pub struct Supervisor {
     stats: stats::Stats,
     /// The room as kept in systemd's descriptor store, to survive a crash (`stored`).
     stored: Option<stored::StoredRoom>,
+    /// The workers' kept sessions in systemd's descriptor store (`kept`).
+    kept: Option<kept::KeptFiles>,
+    /// Sessions a crashed predecessor kept, on their way to the workers (`kept`).
+    restoring: Option<kept::Restoring>,
     /// `chatd who` requests waiting for the workers.
     operators: operators::Operators,
 }
@@ -155,7 +160,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
-        let (room, stored_listeners) = stored::take_passed();
+        let (mut room, stored_listeners, kept_entries) = stored::take_passed();
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
@@ -168,7 +173,13 @@ impl Supervisor {
         .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
+        // In cluster mode the stream keeps the room, and a host restarted after a crash joins it
+        // as a new member: a predecessor's room is not used (docs/cluster.md).
+        if config.cluster.enabled {
+            room = None;
+        }
         let (slots, listen) = bind_slots(&config, stored_listeners)?;
+        let restoring = kept::collect(kept_entries, room.as_mut(), slots.len());
         let hub = match room {
             Some(saved) => Hub::restore(&config, saved),
             None => Hub::new(&config),
@@ -201,7 +212,9 @@ impl Supervisor {
             last_reload: None,
             stats: stats::Stats::default(),
             operators: operators::Operators::default(),
-            stored: stored::StoredRoom::open(),
+            stored: stored::StoredRoom::open(config.cluster.enabled),
+            kept: kept::KeptFiles::new(config.cluster.enabled),
+            restoring,
             config,
             config_path: config_path.to_path_buf(),
             config_text,
@@ -239,6 +252,7 @@ impl Supervisor {
             while let Ok(request) = self.control.try_recv() {
                 self.on_control(request);
             }
+            self.check_restored();
             self.tend_operators();
             self.poll_cluster();
             self.on_timers();
@@ -324,6 +338,9 @@ impl Supervisor {
         self.hub.stop_cluster();
         if let Some(stored) = self.stored.take() {
             stored.clear();
+        }
+        if let Some(kept) = self.kept.take() {
+            kept.clear();
         }
         self.run_state = RunState::Stopping { deadline: Instant::now() + STOP_GRACE };
         if let Some(reload) = self.reload.take() {

@@ -388,7 +388,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn send_fds(&mut self, id: WorkerId, order: WorkerOrder, fds: Vec<OwnedFd>) {
+    pub(super) fn send_fds(&mut self, id: WorkerId, order: WorkerOrder, fds: Vec<OwnedFd>) {
         if let Some(w) = self.workers.get_mut(&id) {
             w.conn.send_with_fds(&ToWorker::Control(order), fds);
         }

@@ -32,6 +32,7 @@ pub fn spawn_worker(
     listeners: &[Socket],
     kinds: &[Kind],
     setup: WorkerOrder,
+    keep_sessions: bool,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let bus_fd = theirs.as_raw_fd();
@@ -44,6 +45,9 @@ pub fn spawn_worker(
         .args(["--bus-fd", &bus_fd.to_string()]);
     for (&fd, &kind) in inherit.iter().zip(kinds) {
         command.args(["--listen-fd", &ListenFd { fd, kind }.to_string()]);
+    }
+    if keep_sessions {
+        command.arg("--keep-sessions");
     }
     inherit.push(bus_fd);
     // Only the supervisor talks to systemd (NotifyAccess=main); the workers must not try.

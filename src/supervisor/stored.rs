@@ -3,21 +3,26 @@
 //! and a journal of what changed since, written when it changed, before the events that
 //! changed it go out to the workers, and read back by the supervisor systemd starts after a
 //! crash. A turn of the event loop appends what it changed; the whole room is written again
-//! only when the journal has grown past [`JOURNAL_MAX`] or bans changed, so keeping the store
+//! only when the journal has grown past [`JOURNAL_MAX`], bans changed or a burst of joins and
+//! leaves outran the hub's memory of them, so keeping the store
 //! current costs in proportion to the traffic, not to the history. The slots' listening
 //! sockets are stored too.
 //!
-//! Members are not restored: a member is a live session, and a session survives only in the
-//! worker that serves it.
+//! No worker is ever sent a room event the store does not have, so a session resumed after a
+//! crash gets what it missed from there (`kept`). The members are in every snapshot, and a
+//! journal entry carries those whose presence changed (a join, a leave, a nick) since the last
+//! write; they come back only with their sessions (`kept`).
 
 use super::Supervisor;
 use super::hub::Hub;
-use super::upgrade::state::{Header, SavedHub};
+use super::upgrade::state::{Header, SavedHub, SavedMember};
+use crate::bus::message::SessionId;
 use crate::listener;
 use crate::store::{self, journal::Journal, snapshot::Snapshot};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -30,7 +35,7 @@ const LISTEN: &str = "listen";
 const FORMAT: &str = "chatd-hub-state";
 /// 1: the first layout.
 const VERSION: u32 = 1;
-/// Recent events kept for replay (the hub keeps more; a restart replays nothing yet).
+/// Recent events kept for replay to the sessions resumed after a crash (the hub keeps more).
 const EVENTS: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +43,14 @@ struct Record {
     #[serde(flatten)]
     header: Header,
     hub: SavedHub,
+}
+
+/// A journal entry: what a turn changed (`hub.members`: the members that joined or changed
+/// their nick), and the sessions that left.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    hub: SavedHub,
+    gone: Vec<SessionId>,
 }
 
 /// `/history` lines kept in the store at most: the newest.
@@ -54,24 +67,27 @@ pub(super) struct StoredRoom {
     seq: Option<u64>,
     pushed: u64,
     bans: u64,
+    presence: u64,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
 /// the slots' listening sockets. An entry of another name is dropped from the store.
-pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>) {
+pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>, Vec<(String, OwnedFd)>) {
     let mut room = Vec::new();
     let mut listeners = Vec::new();
+    let mut kept = Vec::new();
     for (name, fd) in store::take_passed() {
         match name.as_str() {
             NAME => room.push(fd),
             LISTEN => listeners.push(Socket::from(fd)),
+            _ if super::kept::is_kept(&name) => kept.push((name, fd)),
             _ => {
                 warn!("fd store: dropping an unknown entry {name:?}");
                 store::remove(&name);
             }
         }
     }
-    (take_room(room), listeners)
+    (take_room(room), listeners, kept)
 }
 
 /// The stored listeners with the address each is bound to.
@@ -132,12 +148,13 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     match serde_json::from_slice::<Record>(&bytes) {
         Ok(record) => {
             let mut hub = record.hub;
-            hub.members.clear();
+            let mut members: BTreeMap<SessionId, SavedMember> =
+                hub.members.drain(..).map(|m| (m.session, m)).collect();
             let mut applied = 0;
             if let Some((follows, entries)) = store::journal::read(&files) {
                 for entry in entries.iter().filter(|_| follows == version) {
-                    match postcard::from_bytes::<SavedHub>(entry) {
-                        Ok(delta) => apply(&mut hub, delta),
+                    match postcard::from_bytes::<Entry>(entry) {
+                        Ok(entry) => apply(&mut hub, &mut members, entry),
                         Err(e) => {
                             warn!("fd store: unreadable journal entry {applied}: {e}");
                             break;
@@ -146,6 +163,7 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
                     applied += 1;
                 }
             }
+            hub.members = members.into_values().collect();
             info!(
                 "the server restarted: the room goes on from event {} ({applied} journal entries)",
                 hub.seq
@@ -159,8 +177,13 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
     }
 }
 
-/// A journal entry applied to the room it follows.
-fn apply(hub: &mut SavedHub, delta: SavedHub) {
+/// A journal entry applied to the room it follows (whose members are in `members`).
+fn apply(hub: &mut SavedHub, members: &mut BTreeMap<SessionId, SavedMember>, entry: Entry) {
+    let Entry { hub: delta, gone } = entry;
+    for session in gone {
+        members.remove(&session);
+    }
+    members.extend(delta.members.into_iter().map(|m| (m.session, m)));
     hub.seq = delta.seq;
     hub.next_session = delta.next_session;
     hub.next_guest = delta.next_guest;
@@ -188,12 +211,16 @@ fn encode(saved: SavedHub) -> Vec<u8> {
 
 impl StoredRoom {
     /// New memory files in the store, replacing whatever was stored under the same name.
-    /// `None` outside systemd, or if the store refuses them.
-    pub(super) fn open() -> Option<StoredRoom> {
+    /// `None` outside systemd, in cluster mode (the stream keeps the room: docs/cluster.md),
+    /// or if the store refuses them.
+    pub(super) fn open(cluster: bool) -> Option<StoredRoom> {
         if !store::available() {
             return None;
         }
         store::remove(NAME);
+        if cluster {
+            return None;
+        }
         let snapshot = match Snapshot::create(NAME) {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -213,18 +240,23 @@ impl StoredRoom {
             warn!("fd store: cannot store the room: {e}; a crash will lose it");
             return None;
         }
-        Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0 })
+        Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0 })
     }
 
     /// Writes down what changed in the room since the last write: a journal entry, or the whole
-    /// room when there is no snapshot yet, the journal is long or bans changed.
+    /// room when there is no snapshot yet, the journal is long, bans changed or more members
+    /// came and went than the hub remembers.
     pub(super) fn save(&mut self, hub: &Hub) {
-        if self.seq == Some(hub.seq()) && self.bans == hub.bans_edits() {
+        let bans = self.bans == hub.bans_edits();
+        if self.seq == Some(hub.seq()) && bans && self.presence == hub.presence_edits() {
             return;
         }
-        let written = match self.seq {
-            Some(seq) if self.bans == hub.bans_edits() && self.journal.bytes() < JOURNAL_MAX => {
-                postcard::to_stdvec(&hub.save_since(seq, self.pushed))
+        let changed = hub.presence_since(self.presence);
+        let written = match (self.seq, changed) {
+            (Some(seq), Some((here, gone))) if bans && self.journal.bytes() < JOURNAL_MAX => {
+                let mut delta = hub.save_since(seq, self.pushed);
+                delta.members = here;
+                postcard::to_stdvec(&Entry { hub: delta, gone })
                     .map_err(io::Error::other)
                     .and_then(|entry| self.journal.append(&entry))
             }
@@ -238,6 +270,7 @@ impl StoredRoom {
                 self.seq = Some(hub.seq());
                 self.pushed = hub.history_pushed();
                 self.bans = hub.bans_edits();
+                self.presence = hub.presence_edits();
             }
             Err(e) => {
                 warn!("fd store: writing the room: {e}");
@@ -267,6 +300,7 @@ mod tests {
     use super::super::hub::tests::{Recorder, admit, hub};
     use super::*;
     use crate::bus::RoomRequest;
+    use crate::bus::message::LeaveReason;
     use crate::bus::message::SessionId;
     use crate::config::Config;
     use crate::supervisor::WorkerId;
@@ -275,7 +309,7 @@ mod tests {
     fn room() -> StoredRoom {
         let snapshot = Snapshot::create("test").unwrap();
         let journal = Journal::create("test").unwrap();
-        StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0 }
+        StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0 }
     }
 
     fn stored(room: &StoredRoom) -> Vec<OwnedFd> {
@@ -368,15 +402,45 @@ mod tests {
     }
 
     #[test]
-    fn the_room_comes_back_without_its_members() {
+    fn joins_leaves_and_nicks_go_into_the_journal_not_into_snapshots() {
+        let mut hub = hub(|_| {});
+        let mut room = room();
+        room.save(&hub);
+        let mut sessions = Vec::new();
+        for port in 0..300 {
+            sessions.push(admit(&mut hub, WorkerId(port % 2), 1000 + port as u16).0);
+            room.save(&hub);
+        }
+        let req = RoomRequest::Nick { session: sessions[200], nick: "alice".into() };
+        hub.handle(WorkerId(1), req, &mut Recorder::default());
+        room.save(&hub);
+        for session in &sessions[..100] {
+            let req = RoomRequest::Leave { session: *session, reason: LeaveReason::Closed };
+            hub.handle(WorkerId(0), req, &mut Recorder::default());
+            room.save(&hub);
+        }
+        assert_eq!(room.snapshot.version(), 1, "presence changes were written as snapshots");
+        let back = take_room(stored(&room)).expect("a room");
+        assert_eq!(back.members.len(), 200);
+        let mut now = hub.save().members;
+        now.iter_mut().for_each(|m| m.age_ms = 0);
+        let mut restored = back.members;
+        restored.iter_mut().for_each(|m| m.age_ms = 0);
+        assert_eq!(format!("{restored:?}"), format!("{now:?}"));
+        assert!(restored.iter().any(|m| m.nick == "alice"));
+    }
+
+    #[test]
+    fn the_room_comes_back_with_its_members() {
         let mut saved = Hub::new(&Config::default()).save();
         saved.seq = 42;
         saved.next_guest = 7;
         saved.history = vec!["12:00 <alice> hello".into()];
+        let members = saved.members.len();
         let back = take_room(passed(&[&encode(saved)])).expect("a room");
         assert_eq!((back.seq, back.next_guest), (42, 7));
         assert_eq!(back.history, vec!["12:00 <alice> hello".to_string()]);
-        assert!(back.members.is_empty());
+        assert_eq!(back.members.len(), members);
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Supervisor {
             &self.slots[slot].listeners,
             &self.listener_kinds(),
             setup,
+            self.kept.is_some(),
         )
         .map_err(|e| format!("cannot start worker for slot {slot}: {e}"))?;
         let id = self.next_worker;
@@ -237,7 +238,9 @@ impl Supervisor {
                 worker.handoff_version = handoff;
                 worker.version = version;
                 info!("slot {}: worker pid {pid} ready", worker.slot);
+                let slot = worker.slot;
                 self.hub.sync(id, &mut Mailboxes(&mut self.workers));
+                self.hand_restored(id, slot);
                 self.check_started();
                 self.update_status();
             }
@@ -259,6 +262,12 @@ impl Supervisor {
             }
             WorkerReport::Sessions { id: asked, sessions, last } => {
                 self.on_sessions(id, asked, sessions, last)
+            }
+            WorkerReport::Kept { file } => {
+                let fd = worker.conn.take_fd();
+                if let (Some(kept), Some(fd)) = (self.kept.as_mut(), fd) {
+                    kept.store(id, file, fd);
+                }
             }
         }
     }
@@ -302,6 +311,9 @@ impl Supervisor {
         for id in exited {
             self.drop_worker(id);
             let Some(worker) = self.workers.remove(&id) else { continue };
+            if let Some(kept) = self.kept.as_mut() {
+                kept.forget(id);
+            }
             self.stats.retire(&worker.counters);
             // Only a slot's current worker is replaced: an old generation's is done.
             let Some(slot) = self.slots.get_mut(worker.slot) else { continue };

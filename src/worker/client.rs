@@ -7,6 +7,7 @@
 
 use crate::bus::message::{ConnId, SessionId};
 use crate::protocol::decoder::LineDecoder;
+use crate::worker::kept::Tracked;
 use crate::worker::rate::TokenBucket;
 use crate::worker::transport::Transport;
 use mio::net::TcpStream;
@@ -68,6 +69,8 @@ pub struct Client {
     out_pos: usize,
     /// The last byte written to the socket was not the end of a line.
     mid_line: bool,
+    /// Kept through a crash of the supervisor: how far its output got (`kept`).
+    pub tracked: Option<Box<Tracked>>,
 }
 
 impl Client {
@@ -102,6 +105,7 @@ impl Client {
             out: Vec::new(),
             out_pos: 0,
             mid_line: false,
+            tracked: None,
         }
     }
 
@@ -125,6 +129,11 @@ impl Client {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// The last byte written was not the end of a line.
+    pub fn mid_line(&self) -> bool {
+        self.mid_line
+    }
+
     /// Bytes waiting to be written.
     pub fn backlog(&self) -> usize {
         self.out.len() - self.out_pos + self.transport.unsent()
@@ -142,6 +151,10 @@ impl Client {
         };
         self.out = rest[..keep].to_vec();
         self.out_pos = 0;
+        if let Some(tracked) = self.tracked.as_mut() {
+            let written = tracked.written;
+            tracked.marks.retain(|m| m.start < written);
+        }
         self.transport.discard_unsent();
     }
 

@@ -104,6 +104,7 @@ impl Worker {
             match client.read_input(&mut self.input.scratch) {
                 Ok(Input::Data(n)) => {
                     self.counters.bytes_received += n as u64;
+                    Worker::track_input(&mut self.kept, client);
                     // A layer's answer (a TLS KeyUpdate of our own) goes out with the next pass.
                     if client.transport.unsent() > 0 {
                         self.mark_dirty(key);

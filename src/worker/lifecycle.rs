@@ -143,6 +143,7 @@ impl Worker {
         self.end_opening(key);
         let mut client = self.clients.remove(key);
         let _ = self.poll.registry().deregister(&mut client.stream);
+        self.unkeep(&mut client);
         if let Some(session) = client.session {
             if self.sessions.get(&session) == Some(&key) {
                 self.sessions.remove(&session);

@@ -16,6 +16,7 @@ mod client;
 mod handoff;
 mod input;
 mod inspect;
+mod kept;
 mod lifecycle;
 mod output;
 pub mod rate;
@@ -100,6 +101,8 @@ pub struct Worker {
     /// What this worker counted, reported with every heartbeat: plain increments where things
     /// happen (a single-threaded process needs neither locks nor atomics).
     counters: WorkerCounters,
+    /// Under systemd: the table and bag that keep sessions through a crash (`kept`).
+    kept: Option<kept::Kept>,
 }
 
 /// Entry point of the hidden `chatd worker` subcommand.
@@ -151,6 +154,7 @@ impl Worker {
             life: Lifetime::new(),
             openings,
             counters: WorkerCounters::default(),
+            kept: None,
         })
     }
 
@@ -271,6 +275,8 @@ impl Worker {
     }
 
     fn supervisor_lost(&mut self) {
+        // Kept sessions are left for the next supervisor; only the others are told.
+        self.leave_kept_sessions();
         if !self.life.is_exiting() {
             error!("lost the supervisor; telling clients and exiting");
         }
@@ -283,7 +289,7 @@ impl Worker {
         match msg {
             ToWorker::Room(RoomUpdate::Line { skip, line, seq, event }) => {
                 self.last_seq = seq;
-                self.room_line(&line, skip);
+                self.room_line(&line, skip, seq);
                 self.room_state.apply(event, line);
             }
             ToWorker::Room(RoomUpdate::Sync { seq }) => {
@@ -380,6 +386,7 @@ impl Worker {
             client.queue_line(line);
         }
         self.sessions.insert(session, key);
+        self.keep(key, self.last_seq);
         self.mark_dirty(key);
         if self.handoff.is_handing_off() {
             self.queue_for_handoff(key);

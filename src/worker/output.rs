@@ -14,7 +14,9 @@
 //! own queue first.
 
 use super::Worker;
+use super::kept::RoomMark;
 use crate::bus::message::{LeaveReason, SessionId};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// The same as `CLOSE_GRACE` (mod.rs) for a client cut as too slow: by definition it reads
@@ -59,6 +61,8 @@ pub(super) struct Output {
     pass: Option<Pass>,
     /// Closing clients whose FIN is out: dropped once the peer acknowledged everything.
     lingering: Vec<usize>,
+    /// Where each room line lies in `room`, while sessions are kept through a crash.
+    pub marks: VecDeque<RoomMark>,
 }
 
 impl Output {
@@ -73,6 +77,7 @@ impl Output {
             flush_at: None,
             pass: None,
             lingering: Vec::new(),
+            marks: VecDeque::new(),
         }
     }
 
@@ -110,13 +115,17 @@ impl Output {
 
 impl Worker {
     /// A room line for every client in the room except `skip`.
-    pub(super) fn room_line(&mut self, line: &str, skip: Option<SessionId>) {
+    pub(super) fn room_line(&mut self, line: &str, skip: Option<SessionId>, seq: u64) {
         let skipped = skip.and_then(|s| self.sessions.get(&s).copied());
         if let Some(key) = skipped {
             self.detach(key);
         }
+        let start = self.output.room.len();
         self.output.room.extend_from_slice(line.as_bytes());
         self.output.room.extend_from_slice(b"\r\n");
+        if self.kept.is_some() {
+            self.output.marks.push_back(RoomMark { start, end: self.output.room.len(), seq });
+        }
         self.counters.deliveries += (self.sessions.len() - usize::from(skipped.is_some())) as u64;
         self.output.room_bytes_since_tick += line.len() + 2;
         if let Some(key) = skipped {
@@ -131,6 +140,10 @@ impl Worker {
         let Some(client) = self.clients.get_mut(key) else { return };
         if let Some(from) = client.room_from {
             if from < self.output.room.len() {
+                let at = client.backlog() as u64;
+                if let Some(tracked) = client.tracked.as_mut() {
+                    tracked.follow(tracked.written + at, from, &self.output.marks);
+                }
                 client.queue(&self.output.room[from..]);
                 client.room_from = Some(self.output.room.len());
             }
@@ -162,8 +175,12 @@ impl Worker {
     pub(super) fn flush_backlog(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else { return };
         let sent = |n: &usize| self.counters.bytes_sent += *n as u64;
-        if client.backlog() > 0 && client.flush_with(&[]).inspect(sent).is_err() {
-            self.lost(key);
+        if client.backlog() == 0 {
+            return;
+        }
+        match client.flush_with(&[]).inspect(sent) {
+            Ok(n) => Worker::track_written(&mut self.kept, client, n),
+            Err(_) => self.lost(key),
         }
     }
 
@@ -251,13 +268,22 @@ impl Worker {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.flush_queued = false;
         let share = client.room_from.map_or(&[][..], |from| &self.output.room[from..]);
+        let backlog = client.backlog() as u64;
+        if let (Some(tracked), Some(from)) = (client.tracked.as_mut(), client.room_from) {
+            let at = tracked.written + backlog;
+            tracked.follow(at, from, &self.output.marks);
+        }
         if client.room_from.is_some() {
             client.room_from = Some(self.output.room.len());
         }
         // Too slow means the queue stayed over the limit through a flush: a reader that keeps up
         // is not cut off because one burst was bigger than its socket buffer.
         let was_over = client.backlog() > max_backlog;
-        match client.flush_with(share).inspect(|n| self.counters.bytes_sent += *n as u64) {
+        let written = client.flush_with(share).inspect(|n| self.counters.bytes_sent += *n as u64);
+        if let Ok(n) = written {
+            Worker::track_written(&mut self.kept, client, n);
+        }
+        match written {
             Ok(_) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),
             Ok(_) => {
                 if client.shut_write_if_flushed() {
@@ -277,6 +303,12 @@ impl Worker {
             return;
         }
         self.output.room.drain(..done);
+        let gone = self.output.marks.partition_point(|m| m.start < done);
+        self.output.marks.drain(..gone);
+        for m in self.output.marks.iter_mut() {
+            m.start -= done;
+            m.end -= done;
+        }
         for (_, client) in self.clients.iter_mut() {
             if let Some(from) = client.room_from.as_mut() {
                 *from -= done;

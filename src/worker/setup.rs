@@ -25,6 +25,9 @@ pub struct Args {
     /// `FD` or `KIND:FD` (`tls:7`): a listener and what its connections speak.
     #[arg(long = "listen-fd")]
     pub listen_fds: Vec<ListenFd>,
+    /// Under systemd: keep the sessions through a crash of the supervisor (`kept`).
+    #[arg(long)]
+    pub keep_sessions: bool,
 }
 
 pub(super) fn start(args: Args) -> Result<Worker, String> {
@@ -63,6 +66,9 @@ pub(super) fn start(args: Args) -> Result<Worker, String> {
         handoff: crate::bus::handoff::VERSION,
         version: crate::version::VERSION.to_string(),
     }));
+    if args.keep_sessions {
+        worker.start_keeping();
+    }
     log::debug!("generation {} up with {} listeners", args.generation, worker.accept.listeners());
     // Connections may have queued on the slot's listeners while no worker served it.
     worker.accept_all();

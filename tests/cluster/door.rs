@@ -1,8 +1,8 @@
-//! The door the hub will call: hosts on a real cluster agreeing on the room.
+//! The door the hub calls: hosts on a real cluster agreeing on the room.
 
 use crate::common::nats::NatsCluster;
 use chatd::bus::message::{LeaveReason, SessionId};
-use chatd::cluster::events::{Event, Private};
+use chatd::cluster::events::{Envelope, Event, Private};
 use chatd::cluster::outage::Step;
 use chatd::cluster::room::Change;
 use chatd::cluster::{Cluster, Output};
@@ -179,4 +179,42 @@ fn a_host_stalled_past_host_timeout_finds_itself_declared_gone_and_goes_on() {
     a.until("its new member", |h| h.nick_of("a", 2).is_some());
     b.until("a's new member", |h| h.nick_of("a", 2).is_some());
     assert_eq!(a.cluster.room(), b.cluster.room());
+}
+
+#[test]
+fn a_retry_stored_after_the_next_event_of_its_host_is_applied_in_the_host_order() {
+    let nats = NatsCluster::start(3);
+    let mut b = Host::start(&nats, "reorder", "b");
+    b.until("the room reachable", |h| h.cluster.connected());
+    // Host x's events as a stream leader change leaves them: "one" (2) lost with the old
+    // leader while "two" (3) reached the new one, then the retry of "one".
+    let (_poll, waker) = crate::waker();
+    let settings = chatd::cluster::bridge::Settings {
+        urls: nats.urls(),
+        room: "reorder".into(),
+        node: "x".into(),
+        replicas: 3,
+        max_messages: 1_000_000,
+    };
+    let x = chatd::cluster::bridge::Bridge::start(settings, 1, waker).expect("bridge");
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    for (n, event) in [(1, join(1)), (3, say("two")), (2, say("one")), (4, say("three"))] {
+        let envelope = Envelope { node: "x".into(), generation: 1, n, event };
+        let payload = chatd::cluster::events::encode(&envelope);
+        x.send(chatd::cluster::bridge::Command::Publish { id: format!("x.1.{n}"), payload });
+    }
+    let said = |h: &Host| -> Vec<(u64, String)> {
+        h.changes()
+            .into_iter()
+            .filter_map(|(seq, c)| match c {
+                Change::Said { text, .. } => Some((seq, text)),
+                _ => None,
+            })
+            .collect()
+    };
+    b.until("x's lines", |h| said(h).len() == 3);
+    let lines = said(&b);
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three"], "{lines:?}");
+    assert!(lines[0].0 > lines[1].0, "\"one\" is stored after \"two\": {lines:?}");
 }

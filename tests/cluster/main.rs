@@ -1,9 +1,10 @@
-//! The cluster room's parts against a real 3-node NATS JetStream cluster on loopback
-//! (docs/cluster.md): the bridge to NATS (`bridge.rs`: one order on every host, de-duplication,
-//! outages, a stream leader killed) and the door the hub will call (`door.rs`: hosts agreeing
-//! on the room, a host that vanishes). These link the library rather than drive the binary:
-//! the cluster is not wired into `chatd serve` yet. `nats-server` must be installed (`.ci/run`
-//! does); the cluster helper is `common/nats.rs`.
+//! The cluster room against a real 3-node NATS JetStream cluster on loopback (docs/cluster.md):
+//! the bridge to NATS (`bridge.rs`: one order on every host, de-duplication, outages, a stream
+//! leader killed) and the door the hub calls (`door.rs`: hosts agreeing on the room, a host that
+//! vanishes), linked as a library; then `chatd serve` hosts driven over their sockets
+//! (`serve.rs`: one room, history, held lines, reload; `failover.rs`: the stream leader killed
+//! while every host's client chats). `nats-server` must be installed (`.ci/run` does); the
+//! cluster helper is `common/nats.rs`.
 
 // The shared harness, one directory up (`mod common;` would look in this binary's directory).
 #[path = "../common/mod.rs"]
@@ -11,7 +12,12 @@ mod common;
 
 mod bridge;
 mod door;
+mod failover;
+mod operators;
+mod partition;
 mod serve;
+mod startup;
+mod upgrade;
 
 use std::sync::Arc;
 

@@ -6,10 +6,10 @@ use crate::common::{Client, Server, ServerBuilder, output_text, parse_chat, pars
 use std::time::{Duration, Instant};
 
 /// Long enough for a first join, which waits for the stream to be created.
-const WAIT: Duration = Duration::from_secs(40);
+pub(crate) const WAIT: Duration = Duration::from_secs(40);
 
 /// The config of host `i`: its own node name, the NATS node `i` only.
-fn host_config(nats: &NatsCluster, i: usize) -> ServerBuilder {
+pub(crate) fn host_config(nats: &NatsCluster, i: usize) -> ServerBuilder {
     let cluster = format!(
         "[cluster]\nenabled = true\nnats = [{:?}]\nroom = \"main\"\nnode = \"h{i}\"\n\
          host_timeout = \"3s\"\noutage_notice = \"1s\"\noutage_timeout = \"60s\"",
@@ -23,7 +23,7 @@ fn start_hosts(nats: &NatsCluster) -> Vec<Server> {
 }
 
 /// Connects to `server` and waits for the welcome (the join goes through the stream).
-fn join(server: &Server, label: &str) -> (Client, String) {
+pub(crate) fn join(server: &Server, label: &str) -> (Client, String) {
     let mut client = server.connect(label);
     let line = client.read_line(WAIT).expect("welcome");
     let (nick, _) = parse_welcome(&line).unwrap_or_else(|| panic!("not a welcome: {line:?}"));
@@ -31,7 +31,7 @@ fn join(server: &Server, label: &str) -> (Client, String) {
 }
 
 /// Reads until a line containing `text`; returns it.
-fn until(client: &mut Client, text: &str) -> String {
+pub(crate) fn until(client: &mut Client, text: &str) -> String {
     client
         .read_until(WAIT, |l| l.contains(text))
         .unwrap_or_else(|e| panic!("{}: no line with {text:?}: {e}", client.label()))
@@ -218,4 +218,45 @@ fn a_reload_in_cluster_mode_keeps_the_sessions() {
     until(&mut b, "still here");
     b.send_line("and you");
     until(&mut a, "and you");
+}
+
+#[test]
+fn a_host_that_read_a_trimmed_stream_lists_the_members_it_learnt_from_a_roster() {
+    let nats = NatsCluster::start(3);
+    // The stream exists already, keeping 10 events: hosts use it as it is.
+    let (_poll, waker) = crate::waker();
+    let settings = chatd::cluster::bridge::Settings {
+        urls: nats.urls(),
+        room: "main".into(),
+        node: "setup".into(),
+        replicas: 3,
+        max_messages: 10,
+    };
+    let setup = chatd::cluster::bridge::Bridge::start(settings, 1, waker).expect("bridge");
+    let readable = Some(chatd::cluster::bridge::Report::Stream(true));
+    while setup.next_report(WAIT) != readable {}
+    drop(setup);
+    let first = host_config(&nats, 0).start();
+    let (mut a, _) = join(&first, "a");
+    a.send_line("/nick alice");
+    until(&mut a, "is now known as alice");
+    // Enough lines that alice's join and rename are no longer in the stream.
+    for n in 0..12 {
+        a.send_line(&format!("filler {n}"));
+        until(&mut a, &format!("filler {n}"));
+    }
+    let late = host_config(&nats, 1).start();
+    // Host 0 publishes its roster when host 1 appears; host 1's room learns alice from it.
+    // (A join on host 1 before that would be numbered without alice's guest number.)
+    crate::common::wait_until(WAIT, "host 1 to learn alice", || {
+        let out = late.run(&["status", "--json"], Duration::from_secs(10));
+        output_text(&out).contains("\"online\":1").then_some(())
+    });
+    let (mut b, b_nick) = join(&late, "b");
+    until(&mut a, &format!("{b_nick} joined"));
+    b.send_line("/who");
+    let who = until(&mut b, "online:");
+    assert!(who.contains("alice") && who.contains(&b_nick), "{who}");
+    b.send_line("/msg alice hi");
+    until(&mut a, &format!("[pm from {b_nick}] hi"));
 }

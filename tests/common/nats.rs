@@ -30,6 +30,8 @@ pub struct NatsNode {
 
 pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
+    /// The address clients connect to (routes and monitoring stay on 127.0.0.1).
+    host: String,
     dir: tempfile::TempDir,
     /// One cluster at a time per test binary: three nats-servers per test, several tests at
     /// once on two cores, stall acknowledgements past the tests' one-second outage notice.
@@ -60,6 +62,12 @@ fn free_port() -> u16 {
 impl NatsCluster {
     /// Starts `n` nodes (1 to 5) and waits until all are healthy.
     pub fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_on(n, "127.0.0.1")
+    }
+
+    /// [`NatsCluster::start`] with the nodes taking clients on `host`, a local address (such as
+    /// one end of a veth pair into a network namespace of the test's).
+    pub fn start_on(n: usize, host: &str) -> NatsCluster {
         let one_at_a_time = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes: Vec<NatsNode> = (1..=n)
@@ -87,7 +95,7 @@ impl NatsCluster {
                 String::new()
             };
             let text = format!(
-                "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                "server_name: {}\nlisten: {host}:{}\nhttp: 127.0.0.1:{}\n\
                  jetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
                 node.name,
                 node.port,
@@ -99,16 +107,17 @@ impl NatsCluster {
         for node in &mut nodes {
             node.spawn();
         }
-        let cluster = NatsCluster { nodes, dir, _one_at_a_time: one_at_a_time };
+        let host = host.to_owned();
+        let cluster = NatsCluster { nodes, host, dir, _one_at_a_time: one_at_a_time };
         for i in 0..n {
             cluster.wait_healthy(i);
         }
         cluster
     }
 
-    /// `nats://127.0.0.1:PORT` of node `i`.
+    /// `nats://HOST:PORT` of node `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+        format!("nats://{}:{}", self.host, self.nodes[i].port)
     }
 
     pub fn urls(&self) -> Vec<String> {

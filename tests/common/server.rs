@@ -128,6 +128,7 @@ pub struct ServerBuilder {
     chat: Vec<String>,
     extra: Vec<String>,
     open_files: Option<u64>,
+    own_binary: bool,
 }
 
 impl Default for ServerBuilder {
@@ -145,6 +146,7 @@ impl ServerBuilder {
             chat: Vec::new(),
             extra: Vec::new(),
             open_files: None,
+            own_binary: false,
         }
     }
 
@@ -152,6 +154,13 @@ impl ServerBuilder {
     /// and every worker it starts inherit it, as under systemd's `LimitNOFILE=`.
     pub fn open_files_limit(mut self, limit: u64) -> Self {
         self.open_files = Some(limit);
+        self
+    }
+
+    /// Starts the server from a copy of the binary in its own directory ([`Server::exe`]), so
+    /// a test can replace that file as a package upgrade does.
+    pub fn own_binary(mut self) -> Self {
+        self.own_binary = true;
         self
     }
 
@@ -215,7 +224,15 @@ impl ServerBuilder {
         let dir = tempfile::tempdir().expect("create temp dir");
         let control = dir.path().join("control.sock");
         let config = self.render(&control);
-        Server::start_limited(dir, &config, self.listen.len(), self.open_files)
+        let exe = if self.own_binary {
+            let exe = dir.path().join("bin").join("chatd");
+            fs::create_dir_all(dir.path().join("bin")).expect("bin dir");
+            fs::copy(CHATD, &exe).expect("copy the binary");
+            exe
+        } else {
+            PathBuf::from(CHATD)
+        };
+        Server::start_limited(dir, &config, self.listen.len(), self.open_files, exe)
     }
 }
 
@@ -223,6 +240,7 @@ impl ServerBuilder {
 pub struct Server {
     child: Child,
     dir: TempDir,
+    exe: PathBuf,
     config_path: PathBuf,
     log: Arc<Log>,
     listen: Vec<SocketAddr>,
@@ -236,7 +254,7 @@ impl Server {
     /// (up to [`START_TIMEOUT`]) for `expected_listen` `listening on` log lines. The caller
     /// should point `server.control_socket` into `dir`, since tests run in parallel.
     pub fn start_in(dir: TempDir, config: &str, expected_listen: usize) -> Server {
-        Server::start_limited(dir, config, expected_listen, None)
+        Server::start_limited(dir, config, expected_listen, None, PathBuf::from(CHATD))
     }
 
     /// [`Server::start_in`], with a soft open-files limit when `open_files` is set.
@@ -245,10 +263,11 @@ impl Server {
         config: &str,
         expected_listen: usize,
         open_files: Option<u64>,
+        exe: PathBuf,
     ) -> Server {
         let config_path = dir.path().join("chatd.toml");
         fs::write(&config_path, config).expect("write config");
-        let mut cmd = Command::new(CHATD);
+        let mut cmd = Command::new(&exe);
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -287,6 +306,7 @@ impl Server {
         let mut server = Server {
             child,
             dir,
+            exe,
             config_path,
             log,
             listen: Vec::new(),
@@ -325,6 +345,11 @@ impl Server {
     /// The supervisor's pid (also the process group id).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The binary the server was started from.
+    pub fn exe(&self) -> &Path {
+        &self.exe
     }
 
     pub fn dir(&self) -> &Path {

@@ -27,6 +27,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod crash;
 mod package;
 mod sandbox;
 

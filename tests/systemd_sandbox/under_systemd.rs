@@ -21,12 +21,12 @@ const WORKERS: usize = 2;
 // ---------------------------------------------------------------------------------------------
 
 /// A port nobody listens on now (the sandbox shares the host's network).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The packaged config with `line` (which must be there exactly once) replaced.
-fn replace_line(text: &str, line: &str, with: &str) -> String {
+pub(crate) fn replace_line(text: &str, line: &str, with: &str) -> String {
     let n = text.lines().filter(|l| *l == line).count();
     assert_eq!(n, 1, "packaging/chatd.toml must contain the line {line:?} once");
     text.lines().map(|l| if l == line { with } else { l }).collect::<Vec<_>>().join("\n") + "\n"
@@ -34,7 +34,7 @@ fn replace_line(text: &str, line: &str, with: &str) -> String {
 
 /// Connects and reads the welcome and the history that follows (packaged config: up to 10
 /// room lines), so the next line read is live: a private message to ourselves marks the end.
-fn join(addr: SocketAddr, label: &str) -> (Client, String) {
+pub(crate) fn join(addr: SocketAddr, label: &str) -> (Client, String) {
     let mut c = Client::connect(addr, label);
     let (nick, _) = c.expect_welcome();
     c.send_line(&format!("/msg {nick} sync-{label}"));
@@ -322,15 +322,14 @@ fn packaged_service_end_to_end() {
     let (mut carol, carol_nick) = join(addr, "carol");
     chat(&mut [&mut carol], 0, &carol_nick, "after the hang");
 
-    // --- the supervisor crashes: its clients are disconnected, systemd restarts the service.
+    // --- the supervisor crashes: systemd restarts the service; its clients stay connected
+    // (tests/systemd_sandbox/crash.rs has the crowd version).
     sb.ok(&["kill", "-KILL", &main_pid.to_string()]);
-    let (lines, end) = carol.read_to_close(LINE_TIMEOUT);
-    assert!(end.is_closed(), "carol's connection did not end: {end}, read {lines:?}");
-    assert!(
-        lines.iter().all(|l| l == "* server stopped unexpectedly, please reconnect"),
-        "carol read {lines:?}"
-    );
-    note(&format!("supervisor SIGKILLed: the client read {lines:?} before {end}"));
+    let notice =
+        "* the server restarted; lines sent in the last moment may not have reached the room";
+    carol.read_until(LINE_TIMEOUT, |l| l == notice).unwrap_or_else(|e| {
+        panic!("carol: no notice after the crash: {e}: {:?}", carol.transcript())
+    });
     // The listeners stay open in systemd's descriptor store (RestartSec=1s): a connection made
     // before the restart waits in the queue and is served by the restarted supervisor.
     let mut early = Client::try_connect(addr, "early")
@@ -344,7 +343,7 @@ fn packaged_service_end_to_end() {
     sb.wait_prop("ActiveState", "active");
     let new_main: u64 = sb.prop("MainPID").parse().unwrap();
     assert_ne!(new_main, main_pid);
-    sb.wait_prop("StatusText", &format!("{WORKERS} workers, 0 clients, generation 1"));
+    sb.wait_prop("StatusText", &format!("{WORKERS} workers, 1 clients, generation 1"));
     // The room survived in systemd's descriptor store: its history goes on.
     let (mut erin, erin_nick) = join(addr, "erin");
     assert!(
@@ -352,8 +351,9 @@ fn packaged_service_end_to_end() {
         "the history did not survive the crash: {:?}",
         erin.transcript()
     );
-    chat(&mut [&mut erin], 0, &erin_nick, "after the crash");
-    drop(erin);
+    chat(&mut [&mut erin, &mut carol], 0, &erin_nick, "after the crash");
+    chat(&mut [&mut erin, &mut carol], 1, &carol_nick, "still here after the crash");
+    drop((erin, carol));
 
     // --- stop: every client is told, then EOF; a clean exit.
     let mut clients: Vec<Client> = (0..3).map(|i| join(addr, &format!("stop{i}")).0).collect();

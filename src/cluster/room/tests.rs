@@ -1,16 +1,19 @@
 use super::*;
 use proptest::prelude::*;
 
-/// Builds a stream: events numbered from 1, a second apart.
+/// Builds a stream: events numbered from 1, a second apart, each host's numbered as it would.
 #[derive(Default)]
 struct Stream {
     events: Vec<(u64, i64, Envelope)>,
+    numbered: std::collections::HashMap<(String, u64), u64>,
 }
 
 impl Stream {
     fn push(&mut self, node: &str, generation: u64, event: Event) -> u64 {
         let seq = self.events.len() as u64 + 1;
-        let envelope = Envelope { node: node.into(), generation, event };
+        let n = self.numbered.entry((node.into(), generation)).or_default();
+        *n += 1;
+        let envelope = Envelope { node: node.into(), generation, n: *n, event };
         self.events.push((seq, seq as i64 * 1000, envelope));
         seq
     }
@@ -21,6 +24,14 @@ impl Stream {
         if let Some(last) = self.events.last_mut() {
             last.1 = time_ms;
         }
+        seq
+    }
+
+    /// Pushes an event numbered `n` by its host, as a retry stored late is.
+    fn push_numbered(&mut self, node: &str, generation: u64, n: u64, event: Event) -> u64 {
+        let seq = self.events.len() as u64 + 1;
+        let envelope = Envelope { node: node.into(), generation, n, event };
+        self.events.push((seq, seq as i64 * 1000, envelope));
         seq
     }
 
@@ -231,16 +242,21 @@ fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     s.apply(&mut full);
     // A host c starts; a and b publish their rosters as they see it.
     let cut = s.push("c", 3, Event::Beat { clients: 0 });
-    s.push("a", 1, full.roster_of("a"));
-    s.push("b", 2, full.roster_of("b"));
+    for host in ["a", "b"] {
+        for roster in full.rosters_of(host) {
+            s.push(host, if host == "a" { 1 } else { 2 }, roster);
+        }
+    }
     s.push("c", 3, join(1));
     let mut full = Room::new();
     let full_applied = s.apply(&mut full);
     // c only has the stream from its own first event on.
     let mut late = Room::new();
+    let mut learnt = Vec::new();
     for (seq, t, e) in s.events.iter().filter(|(seq, ..)| *seq >= cut) {
-        late.apply(*seq, *t, e.clone());
+        learnt.extend(late.apply(*seq, *t, e.clone()).iter().map(|a| describe(&a.change)));
     }
+    assert_eq!(learnt, ["learnt alice", "learnt guest-2", "joined guest-3"]);
     assert_eq!(nicks(&late), nicks(&full));
     assert_eq!(nicks(&late)[2], ("c".into(), "guest-3".into()));
     assert_eq!(
@@ -249,6 +265,109 @@ fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     );
     // For the host that saw everything the rosters were no change.
     assert_eq!(full_applied.len(), 4);
+}
+
+#[test]
+fn a_retry_stored_after_the_next_event_is_applied_before_it() {
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let mut s = Stream::default();
+    s.push_numbered("a", 1, 1, join(1));
+    s.push("b", 2, join(1));
+    // a's "one" (2) was lost with a dying stream leader while "two" (3) reached the new one;
+    // the retry of "one" is stored after it, and after a line of b.
+    let two = s.push_numbered("a", 1, 3, say("two"));
+    s.push("b", 2, Event::Say { session: SessionId(1), text: "b's".into() });
+    let one = s.push_numbered("a", 1, 2, say("one"));
+    s.push_numbered("a", 1, 4, say("three"));
+    // Stored once more past JetStream's duplicate window: already applied.
+    s.push_numbered("a", 1, 2, say("one"));
+    let mut room = Room::new();
+    let applied = s.apply(&mut room);
+    let said: Vec<(u64, String)> =
+        applied.iter().map(|a| (a.seq, describe(&a.change))).skip(2).collect();
+    assert_eq!(
+        said,
+        [
+            (4, "<guest-2> b's".to_owned()),
+            (one, "<guest-1> one".to_owned()),
+            (two, "<guest-1> two".to_owned()),
+            (6, "<guest-1> three".to_owned()),
+        ]
+    );
+    // Another host applying the same stream agrees.
+    let mut other = Room::new();
+    assert_eq!(s.apply(&mut other), applied);
+}
+
+#[test]
+fn a_host_met_in_the_middle_of_its_generation_starts_there() {
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let mut s = Stream::default();
+    // A trimmed stream: a's first events are gone; its roster brings the member.
+    s.push_numbered("a", 1, 40, Event::Roster { members: Vec::new(), next_guest: 1 });
+    s.push_numbered("a", 1, 41, join(1));
+    s.push_numbered("a", 1, 42, say("hi"));
+    // An event of the generation's start stored very late is applied where it is, not lost.
+    s.push_numbered("a", 1, 3, say("late"));
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(said, ["joined guest-1", "<guest-1> hi", "<guest-1> late"]);
+}
+
+#[test]
+fn events_waiting_for_an_earlier_one_end_with_their_generation() {
+    let mut s = Stream::default();
+    s.push_numbered("a", 1, 1, join(1));
+    // a's 2 never came: a restarted. Its 3 is dropped with its generation.
+    s.push_numbered("a", 1, 3, Event::Say { session: SessionId(1), text: "lost".into() });
+    s.push("a", 2, join(1));
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(
+        said,
+        ["joined guest-1", "left guest-1 (connection lost)", "host a gone", "joined guest-2"]
+    );
+}
+
+#[test]
+fn a_large_roster_comes_in_parts_each_far_below_the_nats_payload_limit() {
+    let mut s = Stream::default();
+    // 10,000 members of 65 bytes in a roster: 650 KB in one message.
+    let members = 10_000;
+    for session in 0..members as u64 {
+        s.push(
+            "a",
+            1,
+            Event::Join {
+                session: SessionId(u64::MAX - session),
+                addr: "[2001:db8::1]:65535".parse().unwrap(),
+            },
+        );
+        let nick = format!("{:x<32}", format!("n{session}"));
+        s.push("a", 1, Event::Nick { session: SessionId(u64::MAX - session), nick });
+    }
+    let mut full = Room::new();
+    s.apply(&mut full);
+    let rosters = full.rosters_of("a");
+    assert!(rosters.len() > 1, "in parts");
+    for roster in &rosters {
+        let envelope = Envelope {
+            node: "a".repeat(64),
+            generation: u64::MAX,
+            n: u64::MAX,
+            event: roster.clone(),
+        };
+        let size = crate::cluster::events::encode(&envelope).len();
+        assert!(size < 512 * 1024, "{size} bytes");
+    }
+    // A room that missed every join learns every member from the parts.
+    let mut late = Room::new();
+    let mut seq = 1_000_000;
+    for roster in rosters {
+        seq += 1;
+        late.apply(seq, 0, Envelope { node: "a".into(), generation: 1, n: seq, event: roster });
+    }
+    assert_eq!(nicks(&late), nicks(&full));
 }
 
 fn describe(change: &Change) -> String {
@@ -260,8 +379,26 @@ fn describe(change: &Change) -> String {
         Change::Renamed { member, old, .. } => format!("{old} is now {}", member.nick),
         Change::NickRefused { nick, .. } => format!("refused {nick}"),
         Change::Notice { text } => format!("notice {text}"),
+        Change::Learnt { member, .. } => format!("learnt {}", member.nick),
         Change::HostGone { node, .. } => format!("host {node} gone"),
+        Change::Kick { node, session, .. } => format!("kick {node} {}", session.0),
+        Change::Ban { target, .. } => format!("ban {target}"),
+        Change::Unban { target } => format!("unban {target}"),
     }
+}
+
+#[test]
+fn a_kick_names_a_member_the_room_knows_and_bans_pass_through() {
+    let mut s = Stream::default();
+    s.push("a", 1, join(1));
+    s.push("b", 1, Event::Kick { node: "a".into(), session: SessionId(1), reason: None });
+    s.push("b", 1, Event::Kick { node: "a".into(), session: SessionId(9), reason: None });
+    let target = crate::moderation::Target::parse("192.0.2.0/24").expect("target");
+    s.push("b", 1, Event::Ban { target, until_ms: None, reason: None });
+    s.push("a", 1, Event::Unban { target });
+    let mut room = Room::new();
+    let said: Vec<String> = s.apply(&mut room).iter().map(|a| describe(&a.change)).collect();
+    assert_eq!(said, ["joined guest-1", "kick a 1", "ban 192.0.2.0/24", "unban 192.0.2.0/24"]);
 }
 
 /// One step of a random stream.

@@ -10,11 +10,14 @@
 //! the worker [`REMOTE`], which no worker has: lines for them go nowhere, except private
 //! messages, which go over core NATS to their host.
 
+mod operators;
+mod saved;
+
 use super::{Hub, Member, Outbox, WorkerId, direct};
 use crate::bus::message::{ConnId, LeaveReason, RoomEvent, RoomRequest, RoomUpdate, SessionId};
 use crate::cluster::events::{Event, Private};
 use crate::cluster::outage::Step;
-use crate::cluster::room::{Applied, Change, MemberId};
+use crate::cluster::room::{self, Applied, Change, MemberId};
 use crate::cluster::{Cluster, Output};
 use crate::protocol::template::Values;
 use chrono::TimeZone;
@@ -45,12 +48,14 @@ pub struct ClusterMode {
     /// This host's generation in the room, to tell a declaration of its own loss from the end
     /// of one of its earlier lives read back from the stream.
     generation: u64,
+    /// Members were learnt from a roster since the workers last heard of the room.
+    learnt: bool,
 }
 
 impl ClusterMode {
     pub fn new(door: Cluster) -> ClusterMode {
         let generation = door.generation();
-        ClusterMode { door, pending: HashMap::new(), noticed: false, generation }
+        ClusterMode { door, pending: HashMap::new(), noticed: false, generation, learnt: false }
     }
 
     pub fn door(&self) -> &Cluster {
@@ -212,6 +217,14 @@ impl Hub {
                 }
             }
         }
+        // Members learnt from a roster came without a join line, which is what tells the
+        // workers: they get the whole room again instead (rare: a roster teaches a room only
+        // what a trimmed stream lacked).
+        if self.cluster.as_mut().is_some_and(|c| std::mem::take(&mut c.learnt)) {
+            for frame in self.sync_frames() {
+                out.to_all(frame);
+            }
+        }
     }
 
     /// The hub's session id of a room member: its own for this host's, [`remote_session`] else.
@@ -232,18 +245,9 @@ impl Hub {
                 let session = self.hub_session(id, &member.node, member.session);
                 let admit = self.cluster.as_mut().and_then(|c| c.pending.remove(&session));
                 let worker = admit.map_or(REMOTE, |(w, _)| w);
-                let nick = member.nick.clone();
-                self.nicks.insert(nick.to_ascii_lowercase(), session);
-                let ip = member.addr.ip();
-                if worker != REMOTE {
-                    *self.per_ip.entry(ip).or_default() += 1;
-                }
-                let addr_text = member.addr.to_string().into_boxed_str();
-                let connect = format!("connect {addr_text} as {nick}");
-                let since = Instant::now();
-                let m =
-                    Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker, since };
-                self.members.insert(session, m);
+                self.add_member(session, &member, worker);
+                let nick = member.nick;
+                let connect = format!("connect {} as {nick}", member.addr);
                 let online = self.members.len();
                 if let Some((worker, conn)) = admit {
                     let welcome = format!(
@@ -316,6 +320,22 @@ impl Hub {
             Change::Notice { text } => {
                 self.publish(None, format!("* notice: {text}"), RoomEvent::Notice, out)
             }
+            Change::Kick { node, session, reason } => self.apply_kick(&node, session, reason, out),
+            Change::Ban { target, until_ms, reason } => {
+                self.apply_ban(target, until_ms, reason, out)
+            }
+            Change::Unban { target } => self.apply_unban(&target),
+            Change::Learnt { id, member } => {
+                // Never one of this host's: those joined through it.
+                let session = remote_session(id);
+                let mine = self.cluster.as_ref().is_some_and(|c| c.door.node() == member.node);
+                if !mine && !self.members.contains_key(&session) {
+                    self.add_member(session, &member, REMOTE);
+                    if let Some(mode) = self.cluster.as_mut() {
+                        mode.learnt = true;
+                    }
+                }
+            }
             Change::HostGone { node, generation, .. } => {
                 let Some(mode) = self.cluster.as_mut() else { return };
                 if mode.door.node() == node && mode.generation == generation {
@@ -326,6 +346,23 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// A room member into the hub's list, served by `worker` ([`REMOTE`]: by another host).
+    fn add_member(&mut self, session: SessionId, member: &room::Member, worker: WorkerId) {
+        let ip = member.addr.ip();
+        if worker != REMOTE {
+            *self.per_ip.entry(ip).or_default() += 1;
+        }
+        self.nicks.insert(member.nick.to_ascii_lowercase(), session);
+        let m = Member {
+            nick: member.nick.clone().into_boxed_str(),
+            ip,
+            addr_text: member.addr.to_string().into_boxed_str(),
+            worker,
+            since: Instant::now(),
+        };
+        self.members.insert(session, m);
     }
 
     fn outage(&mut self, step: Step, out: &mut impl Outbox) {

@@ -39,17 +39,19 @@ impl Hub {
         let Some(session) = found.filter(|s| self.members.contains_key(s)) else {
             return Err(format!("no such nick '{nick}'"));
         };
-        if self.is_remote(session) {
-            return Err(format!("'{nick}' is served by another host: kick it there"));
-        }
         let name = self.members.get(&session).map(|m| m.nick.to_string()).unwrap_or_default();
-        self.remove(session, LeaveReason::Kicked(reason), out);
+        if !self.cluster_kick(session, &reason) {
+            self.remove(session, LeaveReason::Kicked(reason), out);
+        }
         Ok(name)
     }
 
     /// `chatd ban`: kept until lifted or `until`; the members it matches are kicked. Returns
     /// their nicks.
     pub fn ban(&mut self, ban: Ban, out: &mut impl Outbox) -> Vec<String> {
+        if let Some(nicks) = self.cluster_ban(&ban) {
+            return nicks;
+        }
         let (target, reason) = (ban.target, ban.reason.clone());
         self.bans.add(ban);
         self.bans_edits += 1;
@@ -58,6 +60,9 @@ impl Hub {
 
     /// `chatd unban`: false when there was no such ban from the command line.
     pub fn unban(&mut self, target: &Target) -> bool {
+        if let Some(known) = self.cluster_unban(target) {
+            return known;
+        }
         self.bans_edits += 1;
         self.bans.remove(target)
     }
@@ -101,7 +106,7 @@ impl Hub {
         self.bans.is_banned(ip, Instant::now())
     }
 
-    fn kick_matching(
+    pub(super) fn kick_matching(
         &mut self,
         matches: impl Fn(IpAddr) -> bool,
         reason: &Option<String>,
@@ -121,7 +126,12 @@ impl Hub {
     }
 
     /// Tells the client why, then takes it out of the room; the worker closes it on `Left`.
-    fn remove(&mut self, session: SessionId, reason: LeaveReason, out: &mut impl Outbox) {
+    pub(super) fn remove(
+        &mut self,
+        session: SessionId,
+        reason: LeaveReason,
+        out: &mut impl Outbox,
+    ) {
         let Some(worker) = self.members.get(&session).map(|m| m.worker) else { return };
         let told = match &reason {
             LeaveReason::Kicked(Some(why)) | LeaveReason::Banned(Some(why)) => {

@@ -2,6 +2,7 @@
 //! numbering, members, history, the replay ring, counters and bans go on as they were.
 
 use super::{Event, Hub, Member, WorkerId};
+use crate::bus::message::SessionId;
 use crate::config::Config;
 use crate::moderation::{Ban, Bans};
 use crate::supervisor::upgrade::state::{
@@ -9,6 +10,17 @@ use crate::supervisor::upgrade::state::{
 };
 use std::collections::HashMap;
 use std::rc::Rc;
+
+fn saved_member(session: SessionId, m: &Member) -> SavedMember {
+    SavedMember {
+        session,
+        nick: m.nick.to_string(),
+        ip: m.ip,
+        addr: m.addr_text.to_string(),
+        worker: m.worker.0,
+        age_ms: age_ms(m.since),
+    }
+}
 
 fn saved_event(e: &Event) -> SavedEvent {
     SavedEvent { seq: e.seq, age_ms: age_ms(e.at), skip: e.skip, line: e.line.to_string() }
@@ -20,28 +32,21 @@ impl Hub {
         self.seq
     }
 
-    pub fn save(&self) -> SavedHub {
-        let mut saved = self.save_recent(usize::MAX, usize::MAX);
-        saved.members = self
-            .members
-            .iter()
-            .map(|(session, m)| SavedMember {
-                session: *session,
-                nick: m.nick.to_string(),
-                ip: m.ip,
-                addr: m.addr_text.to_string(),
-                worker: m.worker.0,
-                age_ms: age_ms(m.since),
-            })
-            .collect();
-        saved.members.sort_unstable_by_key(|m| m.session);
-        saved
+    /// The worker serving `session`, if it is a member.
+    pub fn member_worker(&self, session: crate::bus::SessionId) -> Option<WorkerId> {
+        self.members.get(&session).map(|m| m.worker)
     }
 
-    /// The room without its members, with only the newest `events` of the replay ring and the
-    /// newest `history` lines: what systemd's store keeps (`supervisor/stored.rs`).
+    pub fn save(&self) -> SavedHub {
+        self.save_recent(usize::MAX, usize::MAX)
+    }
+
+    /// The room with only the newest `events` of the replay ring and the newest `history`
+    /// lines: what systemd's store keeps (`supervisor/stored.rs`).
     pub fn save_recent(&self, events: usize, history: usize) -> SavedHub {
         let mut saved = self.save_since(0, 0);
+        saved.members = self.members.iter().map(|(s, m)| saved_member(*s, m)).collect();
+        saved.members.sort_unstable_by_key(|m| m.session);
         let skip = self.events.len().saturating_sub(events);
         saved.events = self.events.iter().skip(skip).map(saved_event).collect();
         let skip = self.history.len().saturating_sub(history);
@@ -89,6 +94,33 @@ impl Hub {
         self.history_pushed
     }
 
+    /// Room events that changed who is in the room or their nicks.
+    pub fn presence_edits(&self) -> u64 {
+        self.presence_edits
+    }
+
+    /// The members whose presence changed since [`Self::presence_edits`] was `edits`: those
+    /// in the room now, and the sessions gone from it. `None` when that is further back than
+    /// the hub remembers.
+    pub fn presence_since(&self, edits: u64) -> Option<(Vec<SavedMember>, Vec<SessionId>)> {
+        let n = usize::try_from(self.presence_edits.checked_sub(edits)?).ok()?;
+        if n > self.presence_log.len() {
+            return None;
+        }
+        let mut changed: Vec<SessionId> =
+            self.presence_log.iter().skip(self.presence_log.len() - n).copied().collect();
+        changed.sort_unstable();
+        changed.dedup();
+        let (mut here, mut gone) = (Vec::new(), Vec::new());
+        for session in changed {
+            match self.members.get(&session) {
+                Some(m) => here.push(saved_member(session, m)),
+                None => gone.push(session),
+            }
+        }
+        Some((here, gone))
+    }
+
     /// Times a ban from the command line was added or lifted.
     pub fn bans_edits(&self) -> u64 {
         self.bans_edits
@@ -104,7 +136,11 @@ impl Hub {
         let mut per_ip = HashMap::new();
         for m in saved.members {
             hub.nicks.insert(m.nick.to_ascii_lowercase(), m.session);
-            *per_ip.entry(m.ip).or_insert(0) += 1;
+            // `max_clients_per_ip` counts this host's clients (in cluster mode the list holds
+            // other hosts' members too).
+            if WorkerId(m.worker) != super::cluster::REMOTE {
+                *per_ip.entry(m.ip).or_insert(0) += 1;
+            }
             let member = Member {
                 nick: m.nick.into_boxed_str(),
                 ip: m.ip,

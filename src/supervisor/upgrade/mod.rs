@@ -308,7 +308,7 @@ impl Supervisor {
         for w in written {
             let _ = w.recv_deadline(deadline);
         }
-        Ok(())
+        self.settle_cluster()
     }
 
     /// The state as it is now, and the descriptors it names.
@@ -386,6 +386,7 @@ impl Supervisor {
             status_text: self.notifier.last_status().to_string(),
             next_inspect: self.operators.next_id(),
             reload,
+            cluster: self.hub.save_cluster(),
         };
         Ok((state, keep))
     }

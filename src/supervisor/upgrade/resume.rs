@@ -191,7 +191,9 @@ impl Supervisor {
             last_reload: state.last_reload,
             stats,
             operators: Operators::starting_at(state.next_inspect),
-            stored: super::super::stored::StoredRoom::open(),
+            stored: super::super::stored::StoredRoom::open(config.cluster.enabled),
+            kept: super::super::kept::KeptFiles::new(config.cluster.enabled),
+            restoring: None,
             config,
             config_path: state.config_path,
             config_text: state.config_text,
@@ -199,6 +201,7 @@ impl Supervisor {
         if let Some(listener) = metrics_listener {
             supervisor.adopt_metrics(listener)?;
         }
+        supervisor.resume_cluster(state.cluster)?;
         Ok((supervisor, reload))
     }
 }

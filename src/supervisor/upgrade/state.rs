@@ -66,6 +66,10 @@ pub struct SupervisorState {
     pub next_inspect: u64,
     /// The reload that asked for the upgrade, to be carried on by the new binary.
     pub reload: Option<SavedReload>,
+    /// Cluster mode's door and waiting joins (`hub/cluster/saved.rs`, postcard); `None`
+    /// outside cluster mode.
+    #[serde(default, with = "serde_bytes")]
+    pub cluster: Option<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -302,6 +306,7 @@ pub(super) mod tests {
             last_reload: None,
             status_text: "1 workers, 1 clients, generation 1".into(),
             next_inspect: 0,
+            cluster: None,
             reload: Some(SavedReload {
                 client_fd: Some(9),
                 config_text: String::new(),

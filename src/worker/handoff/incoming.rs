@@ -6,6 +6,7 @@
 //! channel only once what it already read is processed.
 
 use super::super::client::{Client, Phase};
+use super::super::kept::queue_replayed;
 use super::super::transport::Transport;
 use super::super::{INCOMING_BASE, Worker, rate::TokenBucket};
 use super::{Handoff, to_mio_unix};
@@ -187,6 +188,7 @@ impl Worker {
             }
         };
         self.sessions.insert(session, key);
+        self.keep(key, state.last_seq);
         let adopt = RoomRequest::Adopt { session, last_seq: state.last_seq };
         self.bus.send(&ToHub::Room(adopt));
         self.mark_dirty(key);
@@ -199,7 +201,10 @@ impl Worker {
         let client = &mut self.clients[key];
         let Phase::Resuming { leaving } = client.phase else { return };
         for line in &lines {
-            client.queue_line(line);
+            queue_replayed(client, line);
+        }
+        if let Some(tracked) = client.tracked.as_mut() {
+            tracked.replayed_up_to(self.last_seq);
         }
         client.phase = if leaving { Phase::Leaving } else { Phase::Live };
         client.room_from = Some(self.output.room_len());
@@ -216,7 +221,7 @@ impl Worker {
             return;
         }
         for line in &lines {
-            client.queue_line(line);
+            queue_replayed(client, line);
         }
         self.mark_dirty(key);
     }

@@ -1,0 +1,403 @@
+//! Sessions kept through a crash of the supervisor (SPEC §8), the supervisor's part.
+//!
+//! While it runs, it stores what its workers send (`WorkerReport::Kept`): each worker's session
+//! table and its current bag of sockets, under names of their own (`table-RUN-ID`,
+//! `bag-RUN-ID-N`; RUN tells this supervisor's names from its predecessor's), removing a
+//! worker's previous bag when a new one comes and all its entries when the worker is gone.
+//!
+//! Started after a crash, it takes the predecessor's tables and bags back (`collect`), pairs
+//! each recorded session with its socket (by inode: a crash in the middle of a reload leaves
+//! a session in two bags and two tables, the record that got further wins), and keeps in the
+//! room only the members it found a socket for. Each session is then handed to a new worker
+//! through the reload's hand-off path (`Receive`, then `Transfer::Session` frames, written by
+//! a thread of its own) with what the socket still needs: the rest of a room line written in
+//! part, rendered again from the stored room, then `* the server restarted; …`. Adopting it,
+//! the worker asks the hub for the room lines after the last one it had whole. Once every
+//! session is adopted (or after [`ADOPT_TIMEOUT`]) the predecessor's entries leave the store.
+
+use super::Supervisor;
+use super::hub::WorkerId;
+use super::upgrade::state::SavedHub;
+use crate::bus::WorkerOrder;
+use crate::bus::frame;
+use crate::bus::handoff::{SessionState, Transfer};
+use crate::bus::message::{KeptFile, SessionId};
+use crate::protocol::decoder::PendingInput;
+use crate::store::table::{self, Entry, Tail};
+use crate::store::{self, bag};
+use log::{info, warn};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use std::collections::{HashMap, HashSet};
+use std::io::{IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// What every resumed client is told, once.
+pub const NOTICE: &str = "* the server restarted; lines sent in the last moment may not have \
+                          reached the room";
+/// Room members waiting for a worker to adopt them; no worker has this id.
+pub(super) const UNADOPTED: WorkerId = WorkerId(usize::MAX);
+/// Sessions not adopted by then are given up (the room sees them leave).
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The entries this supervisor stored for its workers.
+pub(super) struct KeptFiles {
+    run: String,
+    by_worker: HashMap<WorkerId, WorkerFiles>,
+}
+
+#[derive(Default)]
+struct WorkerFiles {
+    table: Option<String>,
+    bag: Option<String>,
+    bags: u64,
+}
+
+impl KeptFiles {
+    /// `None` outside systemd: nothing is kept.
+    pub(super) fn new(cluster: bool) -> Option<KeptFiles> {
+        if !store::available() || cluster {
+            return None;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let run = format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff);
+        Some(KeptFiles { run, by_worker: HashMap::new() })
+    }
+
+    /// Stores a file worker `id` sent; a bag replaces the worker's previous one.
+    pub(super) fn store(&mut self, id: WorkerId, file: KeptFile, fd: OwnedFd) {
+        let files = self.by_worker.entry(id).or_default();
+        let name = match file {
+            KeptFile::Table => format!("table-{}-{}", self.run, id.0),
+            KeptFile::Bag => {
+                files.bags += 1;
+                format!("bag-{}-{}-{}", self.run, id.0, files.bags)
+            }
+        };
+        if let Err(e) = store::store(&name, &[fd.as_fd()]) {
+            return warn!("fd store: cannot store {name}: {e}; its sessions would not survive");
+        }
+        let old = match file {
+            KeptFile::Table => files.table.replace(name),
+            KeptFile::Bag => files.bag.replace(name),
+        };
+        if let Some(old) = old {
+            store::remove(&old);
+        }
+    }
+
+    /// Worker `id` is gone: its sessions went with it or to its successor.
+    pub(super) fn forget(&mut self, id: WorkerId) {
+        if let Some(files) = self.by_worker.remove(&id) {
+            files.table.iter().chain(files.bag.iter()).for_each(|name| store::remove(name));
+        }
+    }
+
+    /// A stop: nothing is kept.
+    pub(super) fn clear(self) {
+        for files in self.by_worker.into_values() {
+            files.table.iter().chain(files.bag.iter()).for_each(|name| store::remove(name));
+        }
+    }
+}
+
+/// Whether a stored entry's name is one of the kept sessions'.
+pub(super) fn is_kept(name: &str) -> bool {
+    name.starts_with("table-") || name.starts_with("bag-")
+}
+
+/// The sessions a predecessor kept, being handed to the new workers.
+pub(super) struct Restoring {
+    started: Instant,
+    /// Sessions to send, by slot.
+    by_slot: Vec<Vec<(SessionState, OwnedFd)>>,
+    /// Sessions not adopted yet.
+    pending: HashSet<SessionId>,
+    total: usize,
+    /// The predecessor's entries, removed once done.
+    stale: Vec<String>,
+    /// The predecessor's files, kept open until then.
+    _files: Vec<OwnedFd>,
+}
+
+/// Pairs the stored tables' records with the stored bags' sockets, and marks `room`'s members
+/// as waiting for a worker; what each socket still needs is worked out against `room`'s recent
+/// events.
+pub(super) fn collect(
+    entries: Vec<(String, OwnedFd)>,
+    room: Option<&mut SavedHub>,
+    slots: usize,
+) -> Option<Restoring> {
+    if entries.is_empty() {
+        return None;
+    }
+    let stale: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
+    let mut sockets: HashMap<u64, OwnedFd> = HashMap::new();
+    let mut records: HashMap<u64, Entry> = HashMap::new();
+    let mut twice = 0;
+    for (name, fd) in &entries {
+        if name.starts_with("bag-") {
+            for socket in bag::empty(fd) {
+                match sockets.entry(bag::inode(socket.as_fd())) {
+                    std::collections::hash_map::Entry::Occupied(_) => twice += 1,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(socket);
+                    }
+                }
+            }
+        } else {
+            for entry in table::read(fd) {
+                // The record that got further; of two that got as far (a session moved by a
+                // reload, not written to since), the one that knows what it had whole.
+                let key = |e: &Entry| (e.position.written, std::cmp::Reverse(e.position.last_full));
+                let newer = records.get(&entry.session).is_none_or(|e| key(&entry) > key(e));
+                if newer {
+                    records.insert(entry.session, entry);
+                }
+            }
+        }
+    }
+    let files = entries.into_iter().map(|(_, fd)| fd).collect();
+    let Some(room) = room else {
+        warn!("kept sessions without a room state: they end");
+        for name in &stale {
+            store::remove(name);
+        }
+        return None;
+    };
+    let mut by_slot: Vec<Vec<(SessionState, OwnedFd)>> =
+        (0..slots.max(1)).map(|_| Vec::new()).collect();
+    let mut pending = HashSet::new();
+    let mut found = HashSet::new();
+    for (session, entry) in records {
+        let Some(socket) = sockets.remove(&entry.inode) else { continue };
+        if !room.members.iter().any(|m| m.session.0 == session) {
+            continue;
+        }
+        found.insert(session);
+        let state = resume_state(&entry, table::socket_written(socket.as_fd()), room);
+        pending.insert(state.session);
+        let slot = pending.len() % by_slot.len();
+        by_slot[slot].push((state, socket));
+    }
+    // Members without a socket stay until the others are back, then leave as lost like any
+    // session not adopted (`check_restored`).
+    let before = room.members.len();
+    for m in &mut room.members {
+        m.worker = UNADOPTED.0;
+    }
+    info!(
+        "the server restarted: {} sessions kept ({} stored entries, {twice} sockets found in two \
+         bags), {} members without a kept socket leave",
+        found.len(),
+        stale.len(),
+        before - found.len()
+    );
+    let total = pending.len();
+    Some(Restoring { started: Instant::now(), by_slot, pending, total, stale, _files: files })
+}
+
+/// The state a session is resumed with: its position checked against the socket's own count
+/// of what was written (`written`), the rest of a room line written in part, and the notice.
+fn resume_state(entry: &Entry, written: u64, room: &SavedHub) -> SessionState {
+    let mut position = entry.position;
+    let line = |seq: u64| {
+        room.events.iter().find(|e| e.seq == seq).map(|e| format!("{}\r\n", e.line).into_bytes())
+    };
+    // Written after the record was: the crash came between a write and its record. The bytes
+    // are taken as the room lines that followed, in order (what a write mostly carries).
+    let mut extra = written.saturating_sub(position.written);
+    if extra > 0 {
+        warn!("session {}: {extra} bytes written after its last record", entry.session);
+    }
+    while extra > 0 {
+        let (seq, done) = match position.tail {
+            Tail::Room { seq, len } => (seq, len),
+            _ => {
+                let next = room.events.iter().find(|e| {
+                    e.seq > position.last_full && e.skip != Some(SessionId(entry.session))
+                });
+                match next {
+                    Some(e) => (e.seq, 0),
+                    None => break,
+                }
+            }
+        };
+        let Some(bytes) = line(seq) else { break };
+        let left = bytes.len() as u64 - done;
+        if extra >= left {
+            extra -= left;
+            position.last_full = seq;
+            position.tail = Tail::Clean;
+        } else {
+            position.tail = Tail::Room { seq, len: done + extra };
+            extra = 0;
+        }
+    }
+    let (last_seq, mut output, mid_line) = match position.tail {
+        Tail::Clean => (position.last_full, Vec::new(), false),
+        Tail::Room { seq, len } => match line(seq) {
+            Some(bytes) => (seq, bytes[(len as usize).min(bytes.len())..].to_vec(), true),
+            None => (seq, b"\r\n".to_vec(), true),
+        },
+        Tail::Other => (position.last_full, b"\r\n".to_vec(), true),
+    };
+    output.extend_from_slice(NOTICE.as_bytes());
+    output.extend_from_slice(b"\r\n");
+    SessionState {
+        session: SessionId(entry.session),
+        input: PendingInput {
+            ready: Vec::new(),
+            partial: entry.input.clone(),
+            discarding: false,
+            telnet: Vec::new(),
+        },
+        output,
+        mid_line,
+        last_seq,
+        tokens: entry.tokens,
+        idle_ms: 0,
+        leaving: false,
+        eof: false,
+        transport: None,
+    }
+}
+
+/// Writes the sessions on the hand-off channel, blocking, each frame with its socket.
+fn write_sessions(channel: UnixStream, sessions: Vec<(SessionState, OwnedFd)>) {
+    let mut channel = channel;
+    for (state, socket) in sessions {
+        let session = state.session;
+        let mut bytes = Vec::new();
+        if let Err(e) = frame::encode_into(&Transfer::Session(state), &mut bytes) {
+            warn!("session {session}: {e}");
+            continue;
+        }
+        let raw = [socket.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let iov = [IoSlice::new(&bytes)];
+        let sent = match sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
+            Ok(n) => n,
+            Err(e) => return warn!("handing kept sessions to a worker: {e}"),
+        };
+        if let Err(e) = channel.write_all(&bytes[sent..]) {
+            return warn!("handing kept sessions to a worker: {e}");
+        }
+    }
+}
+
+impl Supervisor {
+    /// A worker is up: the kept sessions meant for its slot go to it.
+    pub(super) fn hand_restored(&mut self, id: WorkerId, slot: usize) {
+        let Some(restoring) = self.restoring.as_mut() else { return };
+        let Some(sessions) = restoring.by_slot.get_mut(slot).map(std::mem::take) else { return };
+        if sessions.is_empty() {
+            return;
+        }
+        let (ours, theirs) = match UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => return warn!("a channel for the kept sessions: {e}"),
+        };
+        self.send_fds(id, WorkerOrder::Receive, vec![theirs.into()]);
+        let spawned = std::thread::Builder::new()
+            .name("kept-sessions".into())
+            .spawn(move || write_sessions(ours, sessions));
+        if let Err(e) = spawned {
+            warn!("a thread for the kept sessions: {e}");
+        }
+    }
+
+    /// Once every kept session is adopted (or the time is up): those left over leave the room,
+    /// the predecessor's entries the store, and the log says how long it took.
+    pub(super) fn check_restored(&mut self) {
+        let Some(restoring) = self.restoring.as_mut() else { return };
+        let hub = &self.hub;
+        restoring.pending.retain(|s| hub.member_worker(*s) == Some(UNADOPTED));
+        let elapsed = restoring.started.elapsed();
+        if !restoring.pending.is_empty() && elapsed < ADOPT_TIMEOUT {
+            return;
+        }
+        let Some(restoring) = self.restoring.take() else { return };
+        let lost = restoring.pending.len();
+        info!(
+            "resumed {} of {} sessions kept through the crash in {} ms",
+            restoring.total - lost,
+            restoring.total,
+            elapsed.as_millis()
+        );
+        self.hub.worker_lost(UNADOPTED, &mut super::workers::Mailboxes(&mut self.workers));
+        for name in &restoring.stale {
+            store::remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::table::Position;
+    use crate::supervisor::hub::Hub;
+    use crate::supervisor::upgrade::state::SavedEvent;
+
+    /// A room whose events 1..=3 are `line N`, event 2 skipping session 9.
+    fn room() -> SavedHub {
+        let mut room = Hub::new(&Config::default()).save();
+        room.events = (1..=3)
+            .map(|seq| SavedEvent {
+                seq,
+                age_ms: 0,
+                skip: (seq == 2).then_some(SessionId(9)),
+                line: format!("line {seq}"),
+            })
+            .collect();
+        room
+    }
+
+    fn entry(written: u64, last_full: u64, tail: Tail) -> Entry {
+        let position = Position { written, last_full, tail };
+        Entry { session: 7, inode: 1, position, tokens: Some(1.5), input: b"hal".to_vec() }
+    }
+
+    fn notice(prefix: &str) -> Vec<u8> {
+        format!("{prefix}{NOTICE}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_session_at_a_line_end_goes_on_after_its_last_whole_line() {
+        let state = resume_state(&entry(100, 2, Tail::Clean), 100, &room());
+        assert_eq!((state.last_seq, state.mid_line), (2, false));
+        assert_eq!(state.output, notice(""));
+        assert_eq!((state.input.partial.as_slice(), state.tokens), (&b"hal"[..], Some(1.5)));
+    }
+
+    #[test]
+    fn a_room_line_written_in_part_gets_its_rest_before_the_notice() {
+        let state = resume_state(&entry(100, 2, Tail::Room { seq: 3, len: 4 }), 100, &room());
+        assert_eq!((state.last_seq, state.mid_line), (3, true));
+        assert_eq!(state.output, notice(" 3\r\n"));
+    }
+
+    #[test]
+    fn a_private_line_written_in_part_is_ended_before_the_notice() {
+        let state = resume_state(&entry(100, 1, Tail::Other), 100, &room());
+        assert_eq!(state.last_seq, 1);
+        assert_eq!(state.output, notice("\r\n"));
+    }
+
+    #[test]
+    fn bytes_written_after_the_record_are_taken_as_the_next_room_lines() {
+        // "line 2\r\n" is 8 bytes, then 3 of "line 3\r\n".
+        let state = resume_state(&entry(100, 1, Tail::Clean), 111, &room());
+        assert_eq!(state.last_seq, 3);
+        assert_eq!(state.output, notice("e 3\r\n"));
+        // Session 9 never had event 2: the bytes are event 3's.
+        let mut skipped = entry(100, 1, Tail::Clean);
+        skipped.session = 9;
+        let state = resume_state(&skipped, 108, &room());
+        assert_eq!((state.last_seq, state.mid_line), (3, false));
+    }
+}
