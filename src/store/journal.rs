@@ -7,25 +7,49 @@
 //! an entry twice or skip one.
 //!
 //! Layout: a 32-byte header — magic, the snapshot version it follows, the committed length of
-//! the entries — then the entries, each a 4-byte length, an 8-byte FNV-1a checksum and the
-//! payload, little-endian. An entry is written before the committed length moves past it, so
+//! the entries — then the entries, each a 4-byte length, an 8-byte checksum ([`checksum`]) and
+//! the payload, little-endian. An entry is written before the committed length moves past it, so
 //! a reader never sees half of one; one that fails its checksum ends the journal.
+//!
+//! The writer maps the file shared and appends with plain stores, no system call per entry (a
+//! store to memory survives a SIGKILL of the writer, like the workers' session tables): the
+//! file has a fixed capacity, [`CAPACITY`], and an entry that does not fit is refused (the
+//! caller writes a snapshot instead).
 
-use super::snapshot::checksum;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 const MAGIC: &[u8; 8] = b"chatdjn1";
 const HEADER: u64 = 32;
 /// Length and checksum before each entry's payload.
 const ENTRY_HEADER: usize = 12;
+/// The file's size, header included: pages are allocated as entries reach them.
+pub const CAPACITY: usize = 4 << 20;
 
-/// The writing side: one memory file and where the next entry goes.
+/// FNV-1a over 8-byte little-endian words (the last one zero-padded), then the length: it
+/// detects a torn entry, nothing more is asked of it, and is written for every turn of the
+/// supervisor's loop, so it takes eight bytes at a step.
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        h = (h ^ word).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(0x100_0000_01b3);
+    (h ^ bytes.len() as u64).wrapping_mul(0x100_0000_01b3)
+}
+
+/// The writing side: one memory file, mapped, and where the next entry goes.
 pub struct Journal {
     file: File,
+    map: *mut u8,
     /// Bytes of entries committed.
     len: u64,
 }
@@ -34,7 +58,42 @@ impl Journal {
     /// A new, empty memory file named after `name`; it follows no snapshot until [`Self::restart`].
     pub fn create(name: &str) -> io::Result<Journal> {
         let fd = memfd_create(format!("chatd-{name}-journal").as_str(), MFdFlags::MFD_CLOEXEC)?;
-        Ok(Journal { file: File::from(fd), len: 0 })
+        let file = File::from(fd);
+        file.set_len(CAPACITY as u64)?;
+        // SAFETY: a fresh shared mapping of our own memory file, as long as the file; the
+        // kernel picks the address.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CAPACITY,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Journal { file, map: map.cast(), len: 0 })
+    }
+
+    /// The mapped bytes `at..at + len`.
+    fn mapped(&mut self, at: usize, len: usize) -> &mut [u8] {
+        assert!(at + len <= CAPACITY, "journal bytes {at}+{len} out of range");
+        // SAFETY: the mapping covers the whole file, CAPACITY bytes (checked above); only this
+        // process writes it, readers read the file.
+        unsafe { std::slice::from_raw_parts_mut(self.map.add(at), len) }
+    }
+
+    /// Sets the committed length, after everything written before it.
+    fn commit(&mut self, len: u64) {
+        fence(Ordering::Release);
+        // SAFETY: offset 16 of a page-aligned mapping is aligned for a u64 and inside it; the
+        // atomic store keeps the compiler from splitting or moving it.
+        let at = unsafe { &*self.map.add(16).cast::<AtomicU64>() };
+        at.store(len.to_le(), Ordering::Release);
+        self.len = len;
     }
 
     /// The file, to be stored.
@@ -50,31 +109,36 @@ impl Journal {
     /// Empties the journal, which from now on follows snapshot version `version` (written and
     /// complete before this is called).
     pub fn restart(&mut self, version: u64) -> io::Result<()> {
-        self.len = 0;
-        self.file.write_all_at(&header(version, 0), 0)?;
-        self.file.set_len(HEADER)
+        // Nothing committed first: a crash in between leaves an empty journal, never entries
+        // under the wrong version.
+        self.commit(0);
+        fence(Ordering::Release);
+        self.mapped(8, 8).copy_from_slice(&version.to_le_bytes());
+        self.mapped(0, 8).copy_from_slice(MAGIC);
+        Ok(())
     }
 
-    /// Appends one entry and commits it.
+    /// Appends one entry and commits it; refused when it does not fit.
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(payload.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "journal entry too long"))?;
-        let mut entry = Vec::with_capacity(ENTRY_HEADER + payload.len());
-        entry.extend_from_slice(&len.to_le_bytes());
-        entry.extend_from_slice(&checksum(payload).to_le_bytes());
-        entry.extend_from_slice(payload);
-        self.file.write_all_at(&entry, HEADER + self.len)?;
-        self.len += entry.len() as u64;
-        self.file.write_all_at(&self.len.to_le_bytes(), 16)
+        let at = HEADER as usize + self.len as usize;
+        let end = at + ENTRY_HEADER + payload.len();
+        let len = u32::try_from(payload.len()).ok().filter(|_| end <= CAPACITY);
+        let Some(len) = len else {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "journal full"));
+        };
+        self.mapped(at, 4).copy_from_slice(&len.to_le_bytes());
+        self.mapped(at + 4, 8).copy_from_slice(&checksum(payload).to_le_bytes());
+        self.mapped(at + ENTRY_HEADER, payload.len()).copy_from_slice(payload);
+        self.commit((end - HEADER as usize) as u64);
+        Ok(())
     }
 }
 
-fn header(version: u64, len: u64) -> [u8; HEADER as usize] {
-    let mut h = [0u8; HEADER as usize];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&version.to_le_bytes());
-    h[16..24].copy_from_slice(&len.to_le_bytes());
-    h
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `create`, which nothing uses any more.
+        unsafe { libc::munmap(self.map.cast(), CAPACITY) };
+    }
 }
 
 /// The snapshot version a journal among `files` follows, and its intact entries in order; `None`
@@ -145,6 +209,16 @@ mod tests {
         j.append(b"late").unwrap();
         j.file.write_all_at(&committed.to_le_bytes(), 16).unwrap();
         assert_eq!(read(&fds(&j)), Some((1, vec![b"kept".to_vec()])));
+    }
+
+    #[test]
+    fn an_entry_past_the_capacity_is_refused_and_nothing_changes() {
+        let mut j = Journal::create("test").unwrap();
+        j.restart(2).unwrap();
+        j.append(b"fits").unwrap();
+        let big = vec![7u8; CAPACITY];
+        assert_eq!(j.append(&big).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(read(&fds(&j)), Some((2, vec![b"fits".to_vec()])));
     }
 
     #[test]

@@ -15,7 +15,7 @@ const MAGIC: &[u8; 8] = b"chatdsn1";
 const HEADER: usize = 32;
 
 /// FNV-1a, 64 bits: detects a torn write, nothing more is asked of it.
-pub(super) fn checksum(bytes: &[u8]) -> u64 {
+fn checksum(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))

@@ -56,7 +56,7 @@ struct Entry {
 /// `/history` lines kept in the store at most: the newest.
 const HISTORY: usize = 10_000;
 /// Journal bytes after which the next write is a whole snapshot again.
-const JOURNAL_MAX: u64 = 1 << 20;
+const JOURNAL_MAX: u64 = 3 << 20;
 
 /// The room as stored: where it is written, and what of the hub was written last (its sequence
 /// number, history lines and ban edits), to tell what is new.
@@ -252,18 +252,24 @@ impl StoredRoom {
             return;
         }
         let changed = hub.presence_since(self.presence);
-        let written = match (self.seq, changed) {
+        let appended = match (self.seq, changed) {
             (Some(seq), Some((here, gone))) if bans && self.journal.bytes() < JOURNAL_MAX => {
                 let mut delta = hub.save_since(seq, self.pushed);
                 delta.members = here;
                 postcard::to_stdvec(&Entry { hub: delta, gone })
                     .map_err(io::Error::other)
                     .and_then(|entry| self.journal.append(&entry))
+                    .is_ok()
             }
-            _ => self
-                .snapshot
+            _ => false,
+        };
+        // Whatever the journal could not take, a snapshot does, before anything goes out.
+        let written = if appended {
+            Ok(())
+        } else {
+            self.snapshot
                 .write(&encode(hub.save_recent(EVENTS, HISTORY)))
-                .and_then(|()| self.journal.restart(self.snapshot.version())),
+                .and_then(|()| self.journal.restart(self.snapshot.version()))
         };
         match written {
             Ok(()) => {

@@ -10,6 +10,7 @@ use crate::supervisor::upgrade::state::{
 };
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 fn saved_member(session: SessionId, m: &Member) -> SavedMember {
     SavedMember {
@@ -22,8 +23,10 @@ fn saved_member(session: SessionId, m: &Member) -> SavedMember {
     }
 }
 
-fn saved_event(e: &Event) -> SavedEvent {
-    SavedEvent { seq: e.seq, age_ms: age_ms(e.at), skip: e.skip, line: e.line.to_string() }
+/// `e` as saved at `now` (one clock reading for a whole batch of events).
+fn saved_event(e: &Event, now: Instant) -> SavedEvent {
+    let age_ms = u64::try_from(now.saturating_duration_since(e.at).as_millis()).unwrap_or(u64::MAX);
+    SavedEvent { seq: e.seq, age_ms, skip: e.skip, line: e.line.to_string() }
 }
 
 impl Hub {
@@ -48,7 +51,8 @@ impl Hub {
         saved.members = self.members.iter().map(|(s, m)| saved_member(*s, m)).collect();
         saved.members.sort_unstable_by_key(|m| m.session);
         let skip = self.events.len().saturating_sub(events);
-        saved.events = self.events.iter().skip(skip).map(saved_event).collect();
+        let now = Instant::now();
+        saved.events = self.events.iter().skip(skip).map(|e| saved_event(e, now)).collect();
         let skip = self.history.len().saturating_sub(history);
         saved.history = self.history.iter().skip(skip).map(|l| l.to_string()).collect();
         saved.bans = self
@@ -68,6 +72,7 @@ impl Hub {
     /// counters, the events after `seq` and the history lines added since; no members, no
     /// bans. Costs what changed, not what the room holds.
     pub fn save_since(&self, seq: u64, pushed: u64) -> SavedHub {
+        let now = Instant::now();
         let newer = self.events.iter().rev().take_while(|e| e.seq > seq).count();
         let added =
             usize::try_from(self.history_pushed.saturating_sub(pushed)).unwrap_or(usize::MAX);
@@ -76,7 +81,12 @@ impl Hub {
             next_session: self.next_session.0,
             next_guest: self.next_guest,
             members: Vec::new(),
-            events: self.events.iter().skip(self.events.len() - newer).map(saved_event).collect(),
+            events: self
+                .events
+                .iter()
+                .skip(self.events.len() - newer)
+                .map(|e| saved_event(e, now))
+                .collect(),
             history: self
                 .history
                 .iter()
