@@ -165,6 +165,12 @@ def run_pause(args, chatd):
                 row = pause_once(sb, port, n, sources)
                 log(f"{n} sessions, run {rep + 1}: {row}")
                 rows.append(row)
+    except Exception:
+        journal = sb.exec("journalctl", "-u", "chatd", "-o", "short-precise", "--no-pager",
+                          check=False)
+        lines = [l for l in journal.splitlines() if ": connect " not in l and ": disconnect " not in l]
+        log("chatd's journal without connects, last lines:\n" + "\n".join(lines[-40:]))
+        raise
     finally:
         sb.down()
     print(f"\nchatd: kill -9 of the supervisor under systemd, {args.workers} workers\n")
