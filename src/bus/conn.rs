@@ -187,6 +187,7 @@ impl BusConn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => self.refuse_frame(),
                 Err(e) => return Err(e),
             }
         }
@@ -201,6 +202,20 @@ impl BusConn {
         } else {
             Ok(false)
         }
+    }
+
+    /// The kernel refused the descriptors of the frame at the write position (`ETOOMANYREFS`:
+    /// the user has more in flight than its open-files limit, e.g. sockets kept in bags): that
+    /// frame is dropped, its descriptors closed, and the connection goes on, since the peer is
+    /// still there and nothing of the frame was written.
+    fn refuse_frame(&mut self) {
+        let end = self.out_fds.get(1).map_or(self.wbuf.len(), |(next, _)| *next);
+        log::warn!(
+            "bus: a frame's descriptors were refused (too many in flight); {} bytes dropped",
+            end - self.wpos
+        );
+        self.out_fds.pop_front();
+        self.wpos = end;
     }
 
     /// Reads what the peer has sent, up to the read budget.

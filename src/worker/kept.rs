@@ -78,6 +78,8 @@ pub(super) struct Kept {
     used: usize,
     /// Sockets in the bag whose session ended here: a new bag is made once they are many.
     dead: usize,
+    /// The kernel refused more sockets in flight: no new session is kept.
+    refused: bool,
 }
 
 impl Worker {
@@ -89,7 +91,7 @@ impl Worker {
             Err(e) => return warn!("cannot keep sessions through a crash: {e}"),
         };
         let free = (0..table.capacity()).rev().collect();
-        let mut kept = Kept { table, bag, free, used: 0, dead: 0 };
+        let mut kept = Kept { table, bag, free, used: 0, dead: 0, refused: false };
         if let Ok(fd) = kept.table.file().try_clone_to_owned() {
             let report = ToHub::Control(WorkerReport::Kept { file: KeptFile::Table });
             self.bus.send_with_fds(&report, vec![fd]);
@@ -108,7 +110,7 @@ impl Worker {
     /// A plain TCP session entered the room here (admitted, or adopted; `last_full` is the
     /// last room event it had whole): it goes into the bag and the table.
     pub(super) fn keep(&mut self, key: usize, last_full: u64) {
-        let Some(kept) = self.kept.as_mut() else { return };
+        let Some(kept) = self.kept.as_mut().filter(|k| !k.refused) else { return };
         let Some(client) = self.clients.get_mut(key) else { return };
         let Some(session) = client.session else { return };
         if !matches!(client.transport, Transport::Plain) || client.tracked.is_some() {
@@ -135,8 +137,11 @@ impl Worker {
             replayed: Vec::new(),
         }));
         let full = kept.bag.messages >= BAG_MESSAGES;
-        if full || kept.bag.put(&[fd]).is_err() {
-            self.repack();
+        match if full { Ok(()) } else { kept.bag.put(&[fd]) } {
+            Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => self.stop_keeping(&e),
+            Err(_) => self.repack(),
+            Ok(()) if full => self.repack(),
+            Ok(()) => {}
         }
     }
 
@@ -191,12 +196,25 @@ impl Worker {
             .map(|(_, c)| c.stream.as_fd())
             .collect();
         if let Err(e) = bag.put(&fds) {
+            if e.raw_os_error() == Some(libc::ETOOMANYREFS) {
+                return self.stop_keeping(&e);
+            }
             return warn!("a new bag for {} kept sessions: {e}", fds.len());
         }
         self.send_bag(&mut bag);
         if let Some(kept) = self.kept.as_mut() {
             kept.bag = bag;
             kept.dead = 0;
+        }
+    }
+
+    /// The kernel refuses more descriptors in flight for this user (`ETOOMANYREFS`: kept
+    /// sockets count against the open-files limit): sessions that join from now on are not
+    /// kept; those in the stored bag still are.
+    fn stop_keeping(&mut self, e: &std::io::Error) {
+        if let Some(kept) = self.kept.as_mut().filter(|k| !k.refused) {
+            kept.refused = true;
+            warn!("kept sessions: {e}; sessions joining from now on do not survive a crash");
         }
     }
 
