@@ -16,12 +16,12 @@
 //! file has a fixed capacity, [`CAPACITY`], and an entry that does not fit is refused (the
 //! caller writes a snapshot instead).
 
+use super::mapping::Mapping;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 const MAGIC: &[u8; 8] = b"chatdjn1";
 const HEADER: u64 = 32;
@@ -49,7 +49,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// The writing side: one memory file, mapped, and where the next entry goes.
 pub struct Journal {
     file: File,
-    map: *mut u8,
+    map: Mapping,
     /// Bytes of entries committed.
     len: u64,
 }
@@ -60,39 +60,13 @@ impl Journal {
         let fd = memfd_create(format!("chatd-{name}-journal").as_str(), MFdFlags::MFD_CLOEXEC)?;
         let file = File::from(fd);
         file.set_len(CAPACITY as u64)?;
-        // SAFETY: a fresh shared mapping of our own memory file, as long as the file; the
-        // kernel picks the address.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                CAPACITY,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Journal { file, map: map.cast(), len: 0 })
-    }
-
-    /// The mapped bytes `at..at + len`.
-    fn mapped(&mut self, at: usize, len: usize) -> &mut [u8] {
-        assert!(at + len <= CAPACITY, "journal bytes {at}+{len} out of range");
-        // SAFETY: the mapping covers the whole file, CAPACITY bytes (checked above); only this
-        // process writes it, readers read the file.
-        unsafe { std::slice::from_raw_parts_mut(self.map.add(at), len) }
+        let map = Mapping::new(&file, CAPACITY)?;
+        Ok(Journal { file, map, len: 0 })
     }
 
     /// Sets the committed length, after everything written before it.
     fn commit(&mut self, len: u64) {
-        fence(Ordering::Release);
-        // SAFETY: offset 16 of a page-aligned mapping is aligned for a u64 and inside it; the
-        // atomic store keeps the compiler from splitting or moving it.
-        let at = unsafe { &*self.map.add(16).cast::<AtomicU64>() };
-        at.store(len.to_le(), Ordering::Release);
+        self.map.store_u64(16, len);
         self.len = len;
     }
 
@@ -112,9 +86,9 @@ impl Journal {
         // Nothing committed first: a crash in between leaves an empty journal, never entries
         // under the wrong version.
         self.commit(0);
-        fence(Ordering::Release);
-        self.mapped(8, 8).copy_from_slice(&version.to_le_bytes());
-        self.mapped(0, 8).copy_from_slice(MAGIC);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.map.bytes(8, 8).copy_from_slice(&version.to_le_bytes());
+        self.map.bytes(0, 8).copy_from_slice(MAGIC);
         Ok(())
     }
 
@@ -126,18 +100,11 @@ impl Journal {
         let Some(len) = len else {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "journal full"));
         };
-        self.mapped(at, 4).copy_from_slice(&len.to_le_bytes());
-        self.mapped(at + 4, 8).copy_from_slice(&checksum(payload).to_le_bytes());
-        self.mapped(at + ENTRY_HEADER, payload.len()).copy_from_slice(payload);
+        self.map.bytes(at, 4).copy_from_slice(&len.to_le_bytes());
+        self.map.bytes(at + 4, 8).copy_from_slice(&checksum(payload).to_le_bytes());
+        self.map.bytes(at + ENTRY_HEADER, payload.len()).copy_from_slice(payload);
         self.commit((end - HEADER as usize) as u64);
         Ok(())
-    }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `create`, which nothing uses any more.
-        unsafe { libc::munmap(self.map.cast(), CAPACITY) };
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod bag;
 pub mod journal;
+mod mapping;
 pub mod snapshot;
 pub mod table;
 

@@ -16,6 +16,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
+use super::mapping::Mapping;
+
 const MAGIC: &[u8; 8] = b"chatdst1";
 const HEADER: usize = 16;
 /// Bytes per record.
@@ -118,7 +120,7 @@ pub struct Entry {
 /// The worker's side: the file, mapped shared.
 pub struct Table {
     file: File,
-    map: *mut u8,
+    map: Mapping,
     records: usize,
 }
 
@@ -134,23 +136,9 @@ impl Table {
         header[..8].copy_from_slice(MAGIC);
         header[8..16].copy_from_slice(&(RECORD as u64).to_le_bytes());
         file.write_all_at(&header, 0)?;
-        let len = HEADER + MAX_RECORDS * RECORD;
-        // SAFETY: a fresh shared mapping of our own memory file; the kernel picks the address.
         // Pages past the file's end are never touched: `records` bounds every access.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut table = Table { file, map: map.cast(), records: 0 };
+        let map = Mapping::new(&file, HEADER + MAX_RECORDS * RECORD)?;
+        let mut table = Table { file, map, records: 0 };
         table.grow(records.max(1))?;
         Ok(table)
     }
@@ -176,11 +164,9 @@ impl Table {
     }
 
     fn bytes(&mut self, index: usize, at: usize, len: usize) -> &mut [u8] {
+        // The file has `self.records` records: the bytes are backed by it.
         assert!(index < self.records && at + len <= RECORD, "record {index} out of range");
-        // SAFETY: the mapping covers MAX_RECORDS records and the file has `self.records` of
-        // them (checked above), so the range lies in mapped memory backed by the file. Only
-        // this process writes it; readers read the file after it exited.
-        unsafe { std::slice::from_raw_parts_mut(self.map.add(HEADER + index * RECORD + at), len) }
+        self.map.bytes(HEADER + index * RECORD + at, len)
     }
 
     /// Fills slot `index` for a session whose socket has inode `inode`.
@@ -221,13 +207,6 @@ impl Table {
         self.bytes(index, INPUT_AT, input.len()).copy_from_slice(input);
         let len = (input.len() as u16).to_le_bytes();
         self.bytes(index, INPUT_LEN, 8)[..2].copy_from_slice(&len);
-    }
-}
-
-impl Drop for Table {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `create`, which nothing uses any more.
-        unsafe { libc::munmap(self.map.cast(), HEADER + MAX_RECORDS * RECORD) };
     }
 }
 
