@@ -323,15 +323,29 @@ impl Hub {
         let since = Instant::now();
         let member = Member { nick: nick.clone().into_boxed_str(), ip, addr_text, worker, since };
         self.members.insert(session, member);
+        self.announce_join(Some((worker, conn)), session, nick, out);
+        self.audit(worker, connect, out);
+    }
+
+    /// A new member is in the list: its worker welcomes it (`admit`, when it is this host's
+    /// client: the worker and connection) and the room is told.
+    fn announce_join(
+        &mut self,
+        admit: Option<(WorkerId, ConnId)>,
+        session: SessionId,
+        nick: String,
+        out: &mut impl Outbox,
+    ) {
         let online = self.members.len();
-        let welcome = format!(
-            "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
-            self.settings.name
-        );
-        out.to_worker(worker, RoomUpdate::Admitted { conn, session, welcome });
+        if let Some((worker, conn)) = admit {
+            let welcome = format!(
+                "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
+                self.settings.name
+            );
+            out.to_worker(worker, RoomUpdate::Admitted { conn, session, welcome });
+        }
         let line = format!("* {nick} joined ({online} online)");
         self.publish(Some(session), line, RoomEvent::Join { session, nick }, out);
-        self.audit(worker, connect, out);
     }
 
     fn rename(

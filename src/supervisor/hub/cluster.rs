@@ -246,18 +246,8 @@ impl Hub {
                 let admit = self.cluster.as_mut().and_then(|c| c.pending.remove(&session));
                 let worker = admit.map_or(REMOTE, |(w, _)| w);
                 self.add_member(session, &member, worker);
-                let nick = member.nick;
-                let connect = format!("connect {} as {nick}", member.addr);
-                let online = self.members.len();
-                if let Some((worker, conn)) = admit {
-                    let welcome = format!(
-                        "* Welcome to {}. You are {nick}. {online} online. Type /help for commands.",
-                        self.settings.name
-                    );
-                    out.to_worker(worker, RoomUpdate::Admitted { conn, session, welcome });
-                }
-                let line = format!("* {nick} joined ({online} online)");
-                self.publish(Some(session), line, RoomEvent::Join { session, nick }, out);
+                let connect = format!("connect {} as {}", member.addr, member.nick);
+                self.announce_join(admit, session, member.nick, out);
                 if worker != REMOTE {
                     self.audit(worker, connect, out);
                 }
