@@ -145,13 +145,28 @@ impl Worker {
         }
     }
 
-    /// Writes the client's position after `n` bytes went out.
+    /// Writes the client's position after `n` bytes of its own queue went out.
     pub(super) fn track_written(kept: &mut Option<Kept>, client: &mut Client, n: usize) {
+        Worker::track_written_with(kept, client, n, None);
+    }
+
+    /// Writes the client's position after `n` bytes went out: its own queue, then, with
+    /// `share = (backlog, from, marks)`, the shared room lines from `from` on, which followed
+    /// its `backlog` queued bytes.
+    pub(super) fn track_written_with(
+        kept: &mut Option<Kept>,
+        client: &mut Client,
+        n: usize,
+        share: Option<(usize, usize, &VecDeque<RoomMark>)>,
+    ) {
         let mid_line = client.mid_line();
         let (Some(kept), Some(tracked)) = (kept.as_mut(), client.tracked.as_mut()) else {
             return;
         };
-        let position = tracked.advance(n, mid_line);
+        let position = match share {
+            Some((backlog, from, room)) => tracked.advance_shared(n, mid_line, backlog, from, room),
+            None => tracked.advance(n, mid_line),
+        };
         kept.table.set_position(tracked.slot, position);
     }
 
@@ -267,6 +282,35 @@ impl Tracked {
         }
     }
 
+    /// The position after `n` bytes were written from this client's `backlog` queued bytes
+    /// followed by the shared buffer's room lines from `from` on. Only the room lines not
+    /// written whole get marks of their own (the socket's refusal queued them for this client);
+    /// for those written whole the shared marks tell the last one. Copying every shared mark
+    /// into every client's marks would cost as much as the deliveries themselves.
+    pub fn advance_shared(
+        &mut self,
+        n: usize,
+        mid_line: bool,
+        backlog: usize,
+        from: usize,
+        room: &VecDeque<RoomMark>,
+    ) -> Position {
+        let reached = from + n.saturating_sub(backlog);
+        let first = room.partition_point(|m| m.start < from);
+        let whole = room.partition_point(|m| m.end <= reached).max(first);
+        let at = self.written + backlog as u64;
+        for m in room.range(whole..) {
+            let start = at + (m.start - from) as u64;
+            self.marks.push_back(Mark { start, end: start + (m.end - m.start) as u64, seq: m.seq });
+        }
+        let mut position = self.advance(n, mid_line);
+        if whole > first {
+            self.last_full = room[whole - 1].seq;
+            position.last_full = self.last_full;
+        }
+        position
+    }
+
     /// The room lines of the shared buffer from `from` on come next in this client's stream,
     /// starting at stream position `at`.
     pub fn follow(&mut self, at: u64, from: usize, room: &VecDeque<RoomMark>) {
@@ -314,5 +358,45 @@ mod tests {
         t.replayed_up_to(9);
         let p = t.advance(4, true);
         assert_eq!((p.last_full, p.tail), (8, Tail::Room { seq: 9, len: 4 }));
+    }
+
+    #[test]
+    fn a_write_into_the_shared_room_lines_gives_the_position_following_them_would() {
+        let room: VecDeque<RoomMark> = [
+            RoomMark { start: 0, end: 10, seq: 5 },
+            RoomMark { start: 10, end: 20, seq: 6 },
+            RoomMark { start: 20, end: 30, seq: 7 },
+        ]
+        .into();
+        let fresh = || {
+            let mut t = Tracked {
+                slot: 0,
+                written: 100,
+                last_full: 4,
+                marks: VecDeque::new(),
+                replayed: Vec::new(),
+            };
+            // Its own queue: 3 bytes of a private line, then room line 5 detached earlier.
+            t.marks.push_back(Mark { start: 103, end: 113, seq: 5 });
+            t
+        };
+        // 13 queued bytes, then the shared lines 6 and 7; every cut of that write.
+        for n in 0..=33 {
+            for mid_line in [false, true] {
+                let (mut followed, mut shared) = (fresh(), fresh());
+                followed.follow(113, 10, &room);
+                let expected = followed.advance(n, mid_line);
+                let got = shared.advance_shared(n, mid_line, 13, 10, &room);
+                assert_eq!(
+                    (got.written, got.last_full, got.tail),
+                    (expected.written, expected.last_full, expected.tail),
+                    "n = {n}"
+                );
+                assert_eq!(shared.marks.len(), followed.marks.len(), "n = {n}");
+                let rest = followed.advance(33 - n, false);
+                let shared_rest = shared.advance(33 - n, false);
+                assert_eq!(shared_rest.last_full, rest.last_full, "n = {n}");
+            }
+        }
     }
 }

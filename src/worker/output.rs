@@ -268,20 +268,18 @@ impl Worker {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.flush_queued = false;
         let share = client.room_from.map_or(&[][..], |from| &self.output.room[from..]);
-        let backlog = client.backlog() as u64;
-        if let (Some(tracked), Some(from)) = (client.tracked.as_mut(), client.room_from) {
-            let at = tracked.written + backlog;
-            tracked.follow(at, from, &self.output.marks);
-        }
-        if client.room_from.is_some() {
+        let from = client.room_from;
+        let backlog = client.backlog();
+        if from.is_some() {
             client.room_from = Some(self.output.room.len());
         }
         // Too slow means the queue stayed over the limit through a flush: a reader that keeps up
         // is not cut off because one burst was bigger than its socket buffer.
-        let was_over = client.backlog() > max_backlog;
+        let was_over = backlog > max_backlog;
         let written = client.flush_with(share).inspect(|n| self.counters.bytes_sent += *n as u64);
         if let Ok(n) = written {
-            Worker::track_written(&mut self.kept, client, n);
+            let share = from.map(|from| (backlog, from, &self.output.marks));
+            Worker::track_written_with(&mut self.kept, client, n, share);
         }
         match written {
             Ok(_) if was_over && client.backlog() > max_backlog => settle.too_slow.push(key),

@@ -47,14 +47,9 @@ impl Hub {
     /// The room with only the newest `events` of the replay ring and the newest `history`
     /// lines: what systemd's store keeps (`supervisor/stored.rs`).
     pub fn save_recent(&self, events: usize, history: usize) -> SavedHub {
-        let mut saved = self.save_since(0, 0);
+        let mut saved = self.save_newest(events, history);
         saved.members = self.members.iter().map(|(s, m)| saved_member(*s, m)).collect();
         saved.members.sort_unstable_by_key(|m| m.session);
-        let skip = self.events.len().saturating_sub(events);
-        let now = Instant::now();
-        saved.events = self.events.iter().skip(skip).map(|e| saved_event(e, now)).collect();
-        let skip = self.history.len().saturating_sub(history);
-        saved.history = self.history.iter().skip(skip).map(|l| l.to_string()).collect();
         saved.bans = self
             .bans
             .commanded()
@@ -72,10 +67,16 @@ impl Hub {
     /// counters, the events after `seq` and the history lines added since; no members, no
     /// bans. Costs what changed, not what the room holds.
     pub fn save_since(&self, seq: u64, pushed: u64) -> SavedHub {
-        let now = Instant::now();
         let newer = self.events.iter().rev().take_while(|e| e.seq > seq).count();
         let added =
             usize::try_from(self.history_pushed.saturating_sub(pushed)).unwrap_or(usize::MAX);
+        self.save_newest(newer, added)
+    }
+
+    /// Numbering, counters, the newest `events` of the replay ring and the newest `history`
+    /// lines; no members, no bans.
+    fn save_newest(&self, events: usize, history: usize) -> SavedHub {
+        let now = Instant::now();
         SavedHub {
             seq: self.seq,
             next_session: self.next_session.0,
@@ -84,13 +85,13 @@ impl Hub {
             events: self
                 .events
                 .iter()
-                .skip(self.events.len() - newer)
+                .skip(self.events.len().saturating_sub(events))
                 .map(|e| saved_event(e, now))
                 .collect(),
             history: self
                 .history
                 .iter()
-                .skip(self.history.len().saturating_sub(added))
+                .skip(self.history.len().saturating_sub(history))
                 .map(|l| l.to_string())
                 .collect(),
             counters: self.counters,
