@@ -23,7 +23,9 @@ use async_nats::jetstream::context::{Context, ContextBuilder};
 use async_nats::jetstream::{self, stream};
 use crossbeam_channel::{Receiver, Sender};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -92,7 +94,7 @@ pub struct Bridge {
 
 /// How long a stopping bridge keeps trying to store what it holds.
 pub const STOP_FLUSH: Duration = Duration::from_secs(2);
-/// Publishes in flight at once.
+/// Publishes awaiting their acknowledgements at once.
 const WINDOW: usize = 256;
 /// How long a publish waits for JetStream's acknowledgement before it is tried again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -236,9 +238,11 @@ async fn run(
     let _ = tokio::time::timeout(STOP_FLUSH, client.flush()).await;
 }
 
-/// Publishes events in order, [`WINDOW`] at a time, until each is acknowledged; on any failure
-/// everything not yet acknowledged is sent again, in order, after a pause. While the connection
-/// is down nothing is sent: the client would only queue copies of the same events.
+/// Publishes events in order as they come, with up to [`WINDOW`] awaiting their
+/// acknowledgements, so an event never waits for an earlier one's round trip through the
+/// stream's replicas. On any failure everything not yet acknowledged is sent again, in order,
+/// after a pause (JetStream drops the copies of those already stored, by message id). While the
+/// connection is down nothing is sent: the client would only queue copies of the same events.
 async fn publish(
     js: Context,
     settings: Settings,
@@ -247,57 +251,54 @@ async fn publish(
     out: Out,
 ) {
     let subject = format!("chatd.{}.{}", settings.room, settings.node);
+    // Not yet acknowledged, oldest first; the first `acks.len()` of them are published.
     let mut held: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+    let mut acks = FuturesOrdered::new();
     let mut failures = 0u32;
     let mut open = true;
     loop {
-        if held.is_empty() {
-            if !open {
-                return;
-            }
-            match incoming.recv().await {
-                Some(event) => held.push_back(event),
-                None => return,
-            }
-        }
-        while let Ok(event) = incoming.try_recv() {
-            held.push_back(event);
-        }
-        if incoming.is_closed() && incoming.is_empty() {
-            open = false;
-        }
-        // The sender lives as long as the client's callback: this only ends with the thread.
-        let _ = connected.wait_for(|up| *up).await;
-        let mut acks = Vec::with_capacity(held.len().min(WINDOW));
         let mut failed = None;
-        for (id, payload) in held.iter().take(WINDOW) {
-            let message = jetstream::message::PublishMessage::build()
-                .payload(payload.clone().into())
-                .message_id(id);
-            match js.send_publish(subject.clone(), message).await {
-                Ok(ack) => acks.push(ack),
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        for ack in acks {
-            match ack.await {
-                Ok(ack) => {
-                    failures = 0;
-                    if let Some((id, _)) = held.pop_front() {
-                        let (seq, duplicate) = (ack.sequence, ack.duplicate);
-                        out.send(Report::Stored { id, seq, duplicate });
+        if *connected.borrow_and_update() {
+            while acks.len() < WINDOW.min(held.len()) {
+                let (id, payload) = &held[acks.len()];
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(id);
+                match js.send_publish(subject.clone(), message).await {
+                    Ok(ack) => acks.push_back(ack.into_future()),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
                     }
                 }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
+            }
+        }
+        if failed.is_none() {
+            if !open && held.is_empty() {
+                return;
+            }
+            tokio::select! {
+                event = incoming.recv(), if open => match event {
+                    Some(event) => held.push_back(event),
+                    None => open = false,
+                },
+                Some(ack) = acks.next() => match ack {
+                    Ok(ack) => {
+                        failures = 0;
+                        if let Some((id, _)) = held.pop_front() {
+                            let (seq, duplicate) = (ack.sequence, ack.duplicate);
+                            out.send(Report::Stored { id, seq, duplicate });
+                        }
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                },
+                // The sender lives as long as the client's callback: this only ends with the
+                // thread.
+                _ = connected.changed() => {}
             }
         }
         if let Some(e) = failed {
+            acks = FuturesOrdered::new();
             failures += 1;
             if failures == 1 {
                 out.send(Report::Problem(format!("publishing held until NATS answers: {e}")));
