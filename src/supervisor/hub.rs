@@ -23,6 +23,7 @@ use crate::metrics::{Rejection, RoomCounters};
 use crate::moderation::Bans;
 use crate::protocol::command::is_valid_nick;
 use crate::protocol::template::{Template, Values};
+use clock::Clock;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -576,31 +577,6 @@ impl Hub {
     }
 }
 
-/// Formats `{time}`, reusing the text while the second has not changed (formatting dominates
-/// the hub's cost per line otherwise). Formats with sub-second fields are formatted every time.
-#[derive(Default)]
-struct Clock {
-    second: i64,
-    format: String,
-    text: String,
-}
-
-impl Clock {
-    fn now(&mut self, format: &str) -> &str {
-        let now = chrono::Local::now();
-        let second = now.timestamp();
-        let sub_second = format.contains('f') || format.contains("%N");
-        if sub_second || second != self.second || format != self.format || self.text.is_empty() {
-            self.text = now.format(format).to_string();
-            self.second = second;
-            if self.format != format {
-                self.format = format.to_string();
-            }
-        }
-        &self.text
-    }
-}
-
 /// Lines for one client, in as many frames as they need.
 fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Vec<String>) {
     for lines in split_lines(lines) {
@@ -608,6 +584,7 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
     }
 }
 
+mod clock;
 mod cluster;
 mod operators;
 mod saved;
