@@ -76,6 +76,8 @@ pub enum Report {
     /// An event of the stream, in stream order, each once. `time_ms` is the stream's timestamp
     /// (ms since the Unix epoch).
     Event { seq: u64, time_ms: i64, payload: Vec<u8> },
+    /// Every event stored when the reader last looked has been reported.
+    CaughtUp,
     /// A published event is stored (`duplicate`: it was already, by an earlier try).
     Stored { id: String, seq: u64, duplicate: bool },
     /// A private message for this host.
@@ -375,6 +377,9 @@ async fn read_once(
         *readable = true;
         out.send(Report::Stream(true));
     }
+    if consumer.cached_info().num_pending == 0 {
+        out.send(Report::CaughtUp);
+    }
     let mut delivered = 0;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| e.to_string())?;
@@ -388,6 +393,9 @@ async fn read_once(
         if seq >= *next {
             *next = seq + 1;
             out.send(Report::Event { seq, time_ms, payload: message.payload.to_vec() });
+        }
+        if info.pending == 0 {
+            out.send(Report::CaughtUp);
         }
     }
     Ok(())

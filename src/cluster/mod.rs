@@ -1,6 +1,6 @@
 //! One room across several hosts over NATS JetStream (SPEC §11, docs/cluster.md).
 //!
-//! The door is [`Cluster`], all the hub is meant to call; not wired into the hub yet:
+//! The door is [`Cluster`], all the hub calls (`supervisor/hub/cluster.rs`):
 //!
 //! ```text
 //! let cluster = Cluster::start(&config.cluster, config.chat.history, waker)?; // at start
@@ -47,6 +47,9 @@ pub enum Output {
     Applied(Applied),
     Outage(Step),
     Private(Private),
+    /// Resumed after a crash ([`Cluster::resume_after_crash`]), the stream is read to its end:
+    /// every change of it came before this.
+    Resumed,
 }
 
 /// A [`Cluster`] across a re-execution of the supervisor: the host stays the same member of
@@ -84,6 +87,9 @@ pub struct Cluster {
     declared: BTreeMap<(String, u64), u64>,
     /// Host generations seen, to publish the roster when a new one appears.
     hosts_seen: BTreeSet<(String, u64)>,
+    /// Started after a crash of the supervisor from a stored snapshot: reading the stream on
+    /// from there, and holding this host's events, unnumbered, until it has read all of it.
+    resuming: Option<Vec<Event>>,
     /// Since when the room is reachable: no host is declared gone before every host had
     /// `host_timeout` to beat after an outage (after one that cut off every host, the first
     /// events make the stream's clock jump past everyone's last beat).
@@ -142,8 +148,56 @@ impl Cluster {
             last_sent: None,
             declared: saved.declared.into_iter().collect(),
             hosts_seen: saved.hosts_seen.into_iter().collect(),
+            resuming: None,
             reachable_since: None,
         })
+    }
+
+    /// Goes on from a snapshot stored by a supervisor that then crashed (SPEC §8): the same
+    /// generation and room, read on from the snapshot. Events handed to its bridge may or may
+    /// not be in the stream, so this host's numbering is known only once the stream is read to
+    /// its end; until then its events wait, and [`Output::Resumed`] says when.
+    pub fn resume_after_crash(
+        config: &config::Cluster,
+        history: usize,
+        waker: Arc<mio::Waker>,
+        saved: SavedCluster,
+    ) -> io::Result<Cluster> {
+        let mut door = Cluster::resume(config, history, waker, saved)?;
+        (door.published, door.stored) = (0, 0);
+        door.resuming = Some(Vec::new());
+        Ok(door)
+    }
+
+    /// The stream is read to its end: this host's events are numbered on from its last one
+    /// there, and the ones held meanwhile go out. If one of its events waits in the room for a
+    /// predecessor that died with the crashed supervisor, the generation cannot go on: this
+    /// host goes on as a new one, which ends the old one everywhere (its clients reconnect).
+    fn resumed(&mut self, out: &mut Vec<Output>) {
+        let Some(held) = self.resuming.take() else { return };
+        out.push(Output::Resumed);
+        match self.room.numbering(&self.node, self.generation) {
+            Some(room::Numbering { last, waiting: false }) => self.numbered = last,
+            Some(room::Numbering { waiting: true, .. }) => {
+                // Its next event, of a new generation, ends this one in every room.
+                log::error!(
+                    "cluster: an event of this host before the crash is missing from the stream; \
+                     going on as a new generation"
+                );
+                self.generation = new_generation();
+                self.numbered = 0;
+            }
+            // Its generation is over (declared gone while this host was down): `apply` has
+            // started a new one already.
+            None => {}
+        }
+        log::info!(
+            "cluster: read the stream to its end after the restart; {} events held",
+            held.len()
+        );
+        for event in held {
+            self.publish(event);
+        }
     }
 
     /// What a re-executed supervisor needs to go on as the same host. Complete only once every
@@ -164,6 +218,10 @@ impl Cluster {
     /// unreachable, and stored once whatever the retries; its effect comes back from
     /// [`Cluster::poll`] in its place in the stream.
     pub fn publish(&mut self, event: Event) {
+        if let Some(held) = self.resuming.as_mut() {
+            held.push(event);
+            return;
+        }
         self.published += 1;
         self.numbered += 1;
         let (node, generation, n) = (self.node.clone(), self.generation, self.numbered);
@@ -194,6 +252,7 @@ impl Cluster {
                         Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
                     }
                 }
+                Report::CaughtUp => self.resumed(&mut out),
                 Report::Stored { .. } => self.stored += 1,
                 Report::Private(payload) => match events::decode(&payload) {
                     Ok(private) => out.push(Output::Private(private)),
@@ -203,14 +262,16 @@ impl Cluster {
             }
         }
         // Beats and declarations only while the room is reachable: a beat held through an
-        // outage would say nothing true once published.
+        // outage would say nothing true once published. Nor while reading the stream on after
+        // a crash: the room is not the stream's yet.
         let due = self.last_sent.is_none_or(|at| now.duration_since(at) >= self.beat_every);
-        if due && !self.outage.is_down() {
+        let current = !self.outage.is_down() && self.resuming.is_none();
+        if due && current {
             let clients = u32::try_from(self.room.online_on(&self.node)).unwrap_or(u32::MAX);
             self.publish(Event::Beat { clients });
         }
         let settled = self.reachable_since.is_some_and(|at| now - at >= self.host_timeout);
-        if !self.outage.is_down() && settled {
+        if current && settled {
             for declaration in self.room.overdue(&self.node, self.host_timeout) {
                 if let Event::HostGone { node, generation, last_seq } = &declaration {
                     let key = (node.clone(), *generation);

@@ -66,6 +66,15 @@ struct Order {
     waiting: BTreeMap<u64, (u64, i64, Event)>,
 }
 
+/// A host generation's numbering as the room has applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbering {
+    /// The last number applied in order (0: none).
+    pub last: u64,
+    /// Events wait for a number that is missing.
+    pub waiting: bool,
+}
+
 /// What to do with a host's event numbered `n`.
 enum Place {
     Now,
@@ -470,6 +479,14 @@ impl Room {
     /// Hosts taking part, by name.
     pub fn hosts(&self) -> impl Iterator<Item = (&str, &Host)> {
         self.hosts.iter().map(|(n, h)| (n.as_str(), h))
+    }
+
+    /// Where generation `generation` of host `node` stands in its own numbering; `None` if
+    /// that is not the host's generation in the room.
+    pub fn numbering(&self, node: &str, generation: u64) -> Option<Numbering> {
+        let host = self.hosts.get(node).filter(|h| h.generation == generation)?;
+        let last = host.order.next.map_or(0, |next| next - 1);
+        Some(Numbering { last, waiting: !host.order.waiting.is_empty() })
     }
 
     /// Members served by `node`.

@@ -14,11 +14,23 @@ const CLUSTER_SETTLE: Duration = Duration::from_secs(5);
 impl Supervisor {
     /// With `[cluster] enabled`, starts the door (at once, even while NATS is unreachable) and
     /// puts the hub in cluster mode. The bridge wakes the loop through the shared waker.
-    pub(super) fn start_cluster(&mut self) -> Result<(), String> {
+    /// `stored`: what a supervisor that crashed stored of it (`supervisor/stored.rs`), to go on
+    /// as the same host.
+    pub(super) fn start_cluster(&mut self, stored: Option<Vec<u8>>) -> Result<(), String> {
         if !self.config.cluster.enabled {
             return Ok(());
         }
         let cluster = &self.config.cluster;
+        if let Some(bytes) = stored {
+            let history = self.config.chat.history;
+            self.hub.resume_cluster_after_crash(cluster, history, self.waker.clone(), &bytes)?;
+            log::info!(
+                "cluster: room {} as node {}, going on after a crash from the stored snapshot",
+                cluster.room,
+                cluster.node
+            );
+            return Ok(());
+        }
         let door = Cluster::start(cluster, self.config.chat.history, self.waker.clone())
             .map_err(|e| format!("cluster: cannot start the NATS bridge: {e}"))?;
         log::info!(
@@ -72,7 +84,7 @@ impl Supervisor {
     /// left none.
     pub(super) fn resume_cluster(&mut self, saved: Option<Vec<u8>>) -> Result<(), String> {
         let Some(bytes) = saved.filter(|_| self.config.cluster.enabled) else {
-            return self.start_cluster();
+            return self.start_cluster(None);
         };
         let cluster = &self.config.cluster;
         self.hub.resume_cluster(cluster, self.config.chat.history, self.waker.clone(), &bytes)?;

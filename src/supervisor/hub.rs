@@ -34,6 +34,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId(pub usize);
 
+/// The worker of members waiting for a worker to adopt them after a crash of the supervisor
+/// (`supervisor/kept.rs`); no worker has this id, nor is it [`REMOTE`].
+pub const UNADOPTED: WorkerId = WorkerId(usize::MAX - 1);
+
 impl WorkerId {
     /// The id handed out after this one.
     pub fn next(self) -> WorkerId {
@@ -586,6 +590,7 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
 
 mod clock;
 mod cluster;
+pub use cluster::REMOTE;
 mod operators;
 mod saved;
 #[cfg(test)]

@@ -17,7 +17,8 @@
 
 use super::Supervisor;
 use super::hub::WorkerId;
-use super::upgrade::state::SavedHub;
+use super::hub::{REMOTE, UNADOPTED};
+use super::upgrade::state::{SavedHub, SavedMember};
 use crate::bus::WorkerOrder;
 use crate::bus::frame;
 use crate::bus::handoff::{SessionState, Transfer};
@@ -36,8 +37,6 @@ use std::time::{Duration, Instant};
 /// What every resumed client is told, once.
 pub const NOTICE: &str = "* the server restarted; lines sent in the last moment may not have \
                           reached the room";
-/// Room members waiting for a worker to adopt them; no worker has this id.
-pub(super) const UNADOPTED: WorkerId = WorkerId(usize::MAX);
 /// Sessions not adopted by then are given up (the room sees them leave).
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,8 +55,8 @@ struct WorkerFiles {
 
 impl KeptFiles {
     /// `None` outside systemd: nothing is kept.
-    pub(super) fn new(cluster: bool) -> Option<KeptFiles> {
-        if !store::available() || cluster {
+    pub(super) fn new() -> Option<KeptFiles> {
+        if !store::available() {
             return None;
         }
         let nanos = std::time::SystemTime::now()
@@ -123,6 +122,24 @@ pub(super) struct Restoring {
     _files: Vec<OwnedFd>,
 }
 
+/// In cluster mode, the kept sessions until the hub has read the stream on from the stored
+/// snapshot to its end: members that joined after the snapshot are known only then.
+pub(super) struct Later {
+    entries: Vec<(String, OwnedFd)>,
+    since: Instant,
+}
+
+impl Later {
+    /// Marks `room`'s own members as waiting for a worker (joins read again from the stream
+    /// are, too: `hub/cluster.rs`).
+    pub(super) fn new(entries: Vec<(String, OwnedFd)>, room: &mut SavedHub) -> Later {
+        for m in room.members.iter_mut().filter(|m| m.worker != REMOTE.0) {
+            m.worker = UNADOPTED.0;
+        }
+        Later { entries, since: Instant::now() }
+    }
+}
+
 /// Pairs the stored tables' records with the stored bags' sockets, and marks `room`'s members
 /// as waiting for a worker; what each socket still needs is worked out against `room`'s recent
 /// events.
@@ -172,9 +189,11 @@ pub(super) fn collect(
         (0..slots.max(1)).map(|_| Vec::new()).collect();
     let mut pending = HashSet::new();
     let mut found = HashSet::new();
+    // In cluster mode the room lists other hosts' members too; only this host's are resumed.
+    let local = |m: &SavedMember| m.worker != REMOTE.0;
     for (session, entry) in records {
         let Some(socket) = sockets.remove(&entry.inode) else { continue };
-        if !room.members.iter().any(|m| m.session.0 == session) {
+        if !room.members.iter().any(|m| local(m) && m.session.0 == session) {
             continue;
         }
         found.insert(session);
@@ -185,9 +204,10 @@ pub(super) fn collect(
     }
     // Members without a socket stay until the others are back, then leave as lost like any
     // session not adopted (`check_restored`).
-    let before = room.members.len();
-    for m in &mut room.members {
+    let mut before = 0;
+    for m in room.members.iter_mut().filter(|m| local(m)) {
         m.worker = UNADOPTED.0;
+        before += 1;
     }
     info!(
         "the server restarted: {} sessions kept ({} stored entries, {twice} sockets found in two \
@@ -307,6 +327,35 @@ impl Supervisor {
             .spawn(move || write_sessions(ours, sessions));
         if let Err(e) = spawned {
             warn!("a thread for the kept sessions: {e}");
+        }
+    }
+
+    /// In cluster mode, once the stream is read to its end: the kept sessions are paired with
+    /// the room as it is now and go to the workers. If that takes longer than
+    /// `outage_timeout`, they end, and the members waiting for them leave.
+    pub(super) fn pair_kept_later(&mut self) {
+        let Some(later) = self.kept_later.as_ref() else { return };
+        let resuming = self.hub.cluster_resuming();
+        if resuming && later.since.elapsed() < self.config.cluster.outage_timeout {
+            return;
+        }
+        let Some(later) = self.kept_later.take() else { return };
+        if resuming {
+            warn!("cluster: the stream was not read to its end in time; kept sessions end");
+            self.restoring = collect(later.entries, None, self.slots.len());
+            self.hub.worker_lost(UNADOPTED, &mut super::workers::Mailboxes(&mut self.workers));
+            return;
+        }
+        let mut room = self.hub.save();
+        self.restoring = collect(later.entries, Some(&mut room), self.slots.len());
+        let ready: Vec<(WorkerId, usize)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.accepting())
+            .map(|(id, w)| (*id, w.slot))
+            .collect();
+        for (id, slot) in ready {
+            self.hand_restored(id, slot);
         }
     }
 

@@ -137,6 +137,8 @@ pub struct Supervisor {
     kept: Option<kept::KeptFiles>,
     /// Sessions a crashed predecessor kept, on their way to the workers (`kept`).
     restoring: Option<kept::Restoring>,
+    /// In cluster mode after a crash: the kept sessions, until the stream is read to its end.
+    kept_later: Option<kept::Later>,
     /// `chatd who` requests waiting for the workers.
     operators: operators::Operators,
 }
@@ -160,7 +162,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor, String> {
-        let (mut room, stored_listeners, kept_entries) = stored::take_passed();
+        let (passed, stored_listeners, kept_entries) = stored::take_passed();
         let config_text = crate::config::read_file(config_path).map_err(|e| e.to_string())?;
         let config = Config::parse(&config_text, &config_path.display().to_string())
             .map_err(|e| e.to_string())?;
@@ -173,13 +175,14 @@ impl Supervisor {
         .map_err(|e| format!("control socket {}: {e}", config.server.control_socket.display()))?;
 
         listener::check_migrate_req();
-        // In cluster mode the stream keeps the room, and a host restarted after a crash joins it
-        // as a new member: a predecessor's room is not used (docs/cluster.md).
-        if config.cluster.enabled {
-            room = None;
-        }
+        let (mut room, cluster_mode) = stored::usable(passed, &config);
         let (slots, listen) = bind_slots(&config, stored_listeners)?;
-        let restoring = kept::collect(kept_entries, room.as_mut(), slots.len());
+        // In cluster mode the sessions are paired with the room only once the stream is read
+        // to its end (`kept::Later`).
+        let (restoring, kept_later) = match (&cluster_mode, room.as_mut()) {
+            (Some(_), Some(room)) => (None, Some(kept::Later::new(kept_entries, room))),
+            _ => (kept::collect(kept_entries, room.as_mut(), slots.len()), None),
+        };
         let hub = match room {
             Some(saved) => Hub::restore(&config, saved),
             None => Hub::new(&config),
@@ -212,15 +215,16 @@ impl Supervisor {
             last_reload: None,
             stats: stats::Stats::default(),
             operators: operators::Operators::default(),
-            stored: stored::StoredRoom::open(config.cluster.enabled),
-            kept: kept::KeptFiles::new(config.cluster.enabled),
+            stored: stored::StoredRoom::open(stored::cluster_names(&config)),
+            kept: kept::KeptFiles::new(),
             restoring,
+            kept_later,
             config,
             config_path: config_path.to_path_buf(),
             config_text,
         };
         supervisor.start_metrics()?;
-        supervisor.start_cluster()?;
+        supervisor.start_cluster(cluster_mode)?;
         for slot in 0..supervisor.slots.len() {
             supervisor.start_worker(slot)?;
         }
@@ -253,6 +257,7 @@ impl Supervisor {
                 self.on_control(request);
             }
             self.check_restored();
+            self.pair_kept_later();
             self.tend_operators();
             self.poll_cluster();
             self.on_timers();

@@ -17,6 +17,7 @@ use super::Supervisor;
 use super::hub::Hub;
 use super::upgrade::state::{Header, SavedHub, SavedMember};
 use crate::bus::message::SessionId;
+use crate::config::Config;
 use crate::listener;
 use crate::store::{self, journal::Journal, snapshot::Snapshot};
 use log::{info, warn};
@@ -26,6 +27,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// The room's entries' name.
 const NAME: &str = "hub";
@@ -43,6 +45,18 @@ struct Record {
     #[serde(flatten)]
     header: Header,
     hub: SavedHub,
+    /// In cluster mode: the door as it was when the hub was (docs/cluster.md, "Crash of the
+    /// supervisor").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<StoredCluster>,
+}
+
+/// Cluster mode in a snapshot: whose it is, and `Hub::save_cluster`'s bytes.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredCluster {
+    pub node: String,
+    pub room: String,
+    pub mode: Vec<u8>,
 }
 
 /// A journal entry: what a turn changed (`hub.members`: the members that joined or changed
@@ -57,6 +71,11 @@ struct Entry {
 const HISTORY: usize = 10_000;
 /// Journal bytes after which the next write is a whole snapshot again.
 const JOURNAL_MAX: u64 = 3 << 20;
+/// In cluster mode, stream events applied between two snapshots at most, and the time between
+/// two at least: the stream is the journal, read again after a crash from the snapshot on, so
+/// this bounds that reading, at a cost of a snapshot per 2 s at most in a quiet room.
+const CLUSTER_SNAPSHOT_EVENTS: u64 = 4096;
+const CLUSTER_SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 
 /// The room as stored: where it is written, and what of the hub was written last (its sequence
 /// number, history lines and ban edits), to tell what is new.
@@ -68,11 +87,21 @@ pub(super) struct StoredRoom {
     pushed: u64,
     bans: u64,
     presence: u64,
+    /// In cluster mode: the node and room, and the stream sequence the last snapshot is at.
+    cluster: Option<ClusterSnapshots>,
+}
+
+/// In cluster mode: whose snapshots, and where and when the last one was written.
+struct ClusterSnapshots {
+    node: String,
+    room: String,
+    seq: u64,
+    at: Instant,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
 /// the slots' listening sockets. An entry of another name is dropped from the store.
-pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>, Vec<(String, OwnedFd)>) {
+pub(super) fn take_passed() -> (Option<Passed>, Vec<Socket>, Vec<(String, OwnedFd)>) {
     let mut room = Vec::new();
     let mut listeners = Vec::new();
     let mut kept = Vec::new();
@@ -88,6 +117,33 @@ pub(super) fn take_passed() -> (Option<SavedHub>, Vec<Socket>, Vec<(String, Owne
         }
     }
     (take_room(room), listeners, kept)
+}
+
+/// What of a passed room this configuration can go on with: the hub, and in cluster mode the
+/// door's bytes. A room stored in cluster mode goes on only in cluster mode, as the same node
+/// of the same room, and one stored on a single host only there.
+pub(super) fn usable(
+    passed: Option<Passed>,
+    config: &Config,
+) -> (Option<SavedHub>, Option<Vec<u8>>) {
+    let Some(Passed { hub, cluster }) = passed else { return (None, None) };
+    let ours = config.cluster.enabled;
+    match cluster {
+        None if !ours => (Some(hub), None),
+        Some(c) if ours && c.node == config.cluster.node && c.room == config.cluster.room => {
+            (Some(hub), Some(c.mode))
+        }
+        _ => {
+            warn!("fd store: the stored room is of another cluster setting; the room starts anew");
+            (None, None)
+        }
+    }
+}
+
+/// The node and room names in cluster mode, for [`StoredRoom::open`].
+pub(super) fn cluster_names(config: &Config) -> Option<(String, String)> {
+    let cluster = &config.cluster;
+    cluster.enabled.then(|| (cluster.node.clone(), cluster.room.clone()))
 }
 
 /// The stored listeners with the address each is bound to.
@@ -131,8 +187,14 @@ impl Supervisor {
     }
 }
 
+/// The room a crashed supervisor stored: the hub, and in cluster mode the door.
+pub(super) struct Passed {
+    pub hub: SavedHub,
+    pub cluster: Option<StoredCluster>,
+}
+
 /// The newest intact room among the stored memory `files`.
-fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
+fn take_room(files: Vec<OwnedFd>) -> Option<Passed> {
     if files.is_empty() {
         return None;
     }
@@ -168,7 +230,7 @@ fn take_room(files: Vec<OwnedFd>) -> Option<SavedHub> {
                 "the server restarted: the room goes on from event {} ({applied} journal entries)",
                 hub.seq
             );
-            Some(hub)
+            Some(Passed { hub, cluster: record.cluster })
         }
         Err(e) => {
             warn!("fd store: unreadable room state: {e}");
@@ -195,8 +257,8 @@ fn apply(hub: &mut SavedHub, members: &mut BTreeMap<SessionId, SavedMember>, ent
     hub.history.drain(..hub.history.len().saturating_sub(HISTORY));
 }
 
-/// The snapshot record of `saved`.
-fn encode(saved: SavedHub) -> Vec<u8> {
+/// The snapshot record of `saved` (and in cluster mode of the door).
+fn encode(saved: SavedHub, cluster: Option<StoredCluster>) -> Vec<u8> {
     let record = Record {
         header: Header {
             format: FORMAT.to_string(),
@@ -204,6 +266,7 @@ fn encode(saved: SavedHub) -> Vec<u8> {
             release: crate::version::VERSION.to_string(),
         },
         hub: saved,
+        cluster,
     };
     // Plain data with string keys: serializing it cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
@@ -211,16 +274,13 @@ fn encode(saved: SavedHub) -> Vec<u8> {
 
 impl StoredRoom {
     /// New memory files in the store, replacing whatever was stored under the same name.
-    /// `None` outside systemd, in cluster mode (the stream keeps the room: docs/cluster.md),
-    /// or if the store refuses them.
-    pub(super) fn open(cluster: bool) -> Option<StoredRoom> {
+    /// `None` outside systemd or if the store refuses them. `cluster`: the node and room in
+    /// cluster mode.
+    pub(super) fn open(cluster: Option<(String, String)>) -> Option<StoredRoom> {
         if !store::available() {
             return None;
         }
         store::remove(NAME);
-        if cluster {
-            return None;
-        }
         let snapshot = match Snapshot::create(NAME) {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -240,13 +300,48 @@ impl StoredRoom {
             warn!("fd store: cannot store the room: {e}; a crash will lose it");
             return None;
         }
-        Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0 })
+        let at = Instant::now();
+        let cluster = cluster.map(|(node, room)| ClusterSnapshots { node, room, seq: 0, at });
+        Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0, cluster })
+    }
+
+    /// In cluster mode: a snapshot of the hub and the door after [`CLUSTER_SNAPSHOT_EVENTS`]
+    /// applied stream events, or after [`CLUSTER_SNAPSHOT_EVERY`] if any, and nothing in
+    /// between, since the stream keeps those events.
+    fn save_cluster(&mut self, hub: &Hub) {
+        let (Some(last), Some(door)) = (self.cluster.as_mut(), hub.cluster()) else { return };
+        let seq = door.room().last_seq();
+        let due = seq >= last.seq + CLUSTER_SNAPSHOT_EVENTS
+            || (seq > last.seq && last.at.elapsed() >= CLUSTER_SNAPSHOT_EVERY);
+        if self.seq.is_some() && !due {
+            return;
+        }
+        let Some(mode) = hub.save_cluster() else { return };
+        let cluster = StoredCluster { node: last.node.clone(), room: last.room.clone(), mode };
+        let record = encode(hub.save_recent(EVENTS, HISTORY), Some(cluster));
+        match self
+            .snapshot
+            .write(&record)
+            .and_then(|()| self.journal.restart(self.snapshot.version()))
+        {
+            Ok(()) => {
+                (last.seq, last.at) = (seq, Instant::now());
+                self.seq = Some(hub.seq());
+            }
+            Err(e) => {
+                warn!("fd store: writing the room: {e}");
+                self.seq = None;
+            }
+        }
     }
 
     /// Writes down what changed in the room since the last write: a journal entry, or the whole
     /// room when there is no snapshot yet, the journal is long, bans changed or more members
     /// came and went than the hub remembers.
     pub(super) fn save(&mut self, hub: &Hub) {
+        if self.cluster.is_some() {
+            return self.save_cluster(hub);
+        }
         let bans = self.bans == hub.bans_edits();
         if self.seq == Some(hub.seq()) && bans && self.presence == hub.presence_edits() {
             return;
@@ -268,7 +363,7 @@ impl StoredRoom {
             Ok(())
         } else {
             self.snapshot
-                .write(&encode(hub.save_recent(EVENTS, HISTORY)))
+                .write(&encode(hub.save_recent(EVENTS, HISTORY), None))
                 .and_then(|()| self.journal.restart(self.snapshot.version()))
         };
         match written {
@@ -315,7 +410,7 @@ mod tests {
     fn room() -> StoredRoom {
         let snapshot = Snapshot::create("test").unwrap();
         let journal = Journal::create("test").unwrap();
-        StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0 }
+        StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0, cluster: None }
     }
 
     fn stored(room: &StoredRoom) -> Vec<OwnedFd> {
@@ -341,7 +436,7 @@ mod tests {
         room.save(&hub);
         assert_eq!(room.snapshot.version(), 1, "one snapshot, then only journal entries");
         assert!(room.journal.bytes() > 0);
-        let back = take_room(stored(&room)).expect("a room");
+        let back = take_room(stored(&room)).expect("a room").hub;
         assert_eq!(back.seq, hub.seq());
         assert_eq!(back.history, hub.save().history);
         assert_eq!(back.events.len(), 4);
@@ -368,7 +463,7 @@ mod tests {
         );
         room.save(&hub);
         assert_eq!(room.snapshot.version(), 3, "a ban alone is written");
-        let back = take_room(stored(&room)).expect("a room");
+        let back = take_room(stored(&room)).expect("a room").hub;
         assert_eq!(back.bans.len(), 1);
         assert_eq!(back.history, hub.save().history);
     }
@@ -382,8 +477,8 @@ mod tests {
         say(&mut hub, alice, "in the journal");
         room.save(&hub);
         // A crash after the next snapshot was written and before its journal started over.
-        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY))).unwrap();
-        let back = take_room(stored(&room)).expect("a room");
+        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY), None)).unwrap();
+        let back = take_room(stored(&room)).expect("a room").hub;
         assert_eq!(back.history, vec![hub.save().history[0].clone()], "applied twice");
         // And a snapshot torn by the crash: the older one and its journal.
         let mut room = self::room();
@@ -391,10 +486,10 @@ mod tests {
         say(&mut hub, alice, "after");
         room.save(&hub);
         // A crash in the middle of writing the next snapshot, over the other file.
-        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY))).unwrap();
+        room.snapshot.write(&encode(hub.save_recent(EVENTS, HISTORY), None)).unwrap();
         let [torn, _] = room.snapshot.files();
         std::os::unix::fs::FileExt::write_all_at(torn, b"torn", 40).unwrap();
-        let back = take_room(stored(&room)).expect("a room");
+        let back = take_room(stored(&room)).expect("a room").hub;
         assert_eq!(back.seq, hub.seq());
         assert_eq!(back.history.len(), 2);
     }
@@ -426,7 +521,7 @@ mod tests {
             room.save(&hub);
         }
         assert_eq!(room.snapshot.version(), 1, "presence changes were written as snapshots");
-        let back = take_room(stored(&room)).expect("a room");
+        let back = take_room(stored(&room)).expect("a room").hub;
         assert_eq!(back.members.len(), 200);
         let mut now = hub.save().members;
         now.iter_mut().for_each(|m| m.age_ms = 0);
@@ -443,7 +538,7 @@ mod tests {
         saved.next_guest = 7;
         saved.history = vec!["12:00 <alice> hello".into()];
         let members = saved.members.len();
-        let back = take_room(passed(&[&encode(saved)])).expect("a room");
+        let back = take_room(passed(&[&encode(saved, None)])).expect("a room").hub;
         assert_eq!((back.seq, back.next_guest), (42, 7));
         assert_eq!(back.history, vec!["12:00 <alice> hello".to_string()]);
         assert_eq!(back.members.len(), members);
@@ -452,12 +547,36 @@ mod tests {
     #[test]
     fn a_newer_format_or_garbage_starts_an_empty_room() {
         let saved = Hub::new(&Config::default()).save();
-        let newer = String::from_utf8(encode(saved))
+        let newer = String::from_utf8(encode(saved, None))
             .unwrap()
             .replace(&format!("\"version\":{VERSION}"), "\"version\":99");
         assert!(take_room(passed(&[newer.as_bytes()])).is_none());
         assert!(take_room(passed(&[b"not json"])).is_none());
         assert!(take_room(passed(&[])).is_none());
         assert!(take_room(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_room_stored_in_cluster_mode_goes_on_only_as_the_same_node_of_the_same_room() {
+        let stored = |node: &str| {
+            let cluster =
+                StoredCluster { node: node.into(), room: "main".into(), mode: vec![1, 2, 3] };
+            let bytes = encode(Hub::new(&Config::default()).save(), Some(cluster));
+            take_room(passed(&[&bytes])).expect("a room")
+        };
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        config.cluster.node = "h0".into();
+        let (hub, mode) = usable(Some(stored("h0")), &config);
+        assert!(hub.is_some());
+        assert_eq!(mode, Some(vec![1, 2, 3]));
+        let (hub, mode) = usable(Some(stored("h1")), &config);
+        assert!(hub.is_none() && mode.is_none(), "another node");
+        config.cluster.room = "other".into();
+        assert_eq!(usable(Some(stored("h0")), &config).1, None, "another room");
+        config.cluster.enabled = false;
+        assert!(usable(Some(stored("h0")), &config).0.is_none(), "not in cluster mode");
+        let single = take_room(passed(&[&encode(Hub::new(&config).save(), None)]));
+        assert!(usable(single, &config).0.is_some(), "a single host's room on a single host");
     }
 }

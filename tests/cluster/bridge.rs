@@ -44,7 +44,7 @@ impl Host {
             Some(Report::Stored { id, seq, duplicate }) => {
                 self.stored.push((id, seq, duplicate, Instant::now()))
             }
-            Some(Report::Problem(_) | Report::Private(_)) | None => {}
+            Some(Report::Problem(_) | Report::Private(_) | Report::CaughtUp) | None => {}
             Some(state) => self.states.push(state),
         }
     }

@@ -78,6 +78,21 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for a TCP connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A loopback port nobody listens on now, for a process the test starts to bind: one below
+/// the kernel's ephemeral range (32768 and up here), so that no outgoing connection of another
+/// process takes it before that process binds it (one from the ephemeral range sometimes was).
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(k) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Poll interval inside [`wait_until`] loops (never used as a synchronisation by itself).
 const POLL: Duration = Duration::from_millis(10);
 

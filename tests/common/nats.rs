@@ -8,12 +8,12 @@
 //! Dropping the cluster kills every node.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::wait_until;
+use super::{free_port, wait_until};
 
 /// How long a node gets to become healthy (JetStream elects its meta leader first).
 pub const NATS_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,12 +51,6 @@ fn nats_server() -> PathBuf {
     on_path.unwrap_or_else(|| {
         panic!("nats-server is not installed: `apt-get install nats-server` (.ci/run does)")
     })
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 impl NatsCluster {

@@ -19,13 +19,23 @@ use crate::MANIFEST_DIR;
 use crate::common::*;
 use crate::package::{install, obtain_package};
 use crate::sandbox::{Sandbox, note, sandbox_or_skip};
-use crate::under_systemd::{free_port, join, replace_line};
+use crate::under_systemd::{join, replace_line};
 
-const NOTICE: &str =
+pub(super) const NOTICE: &str =
     "* the server restarted; lines sent in the last moment may not have reached the room";
 
 /// Installs the package in `sb`, configured for `workers` workers on a free port, and starts it.
 fn start_service(sb: &Sandbox, scratch: &Path, workers: usize) -> SocketAddr {
+    start_service_with(sb, scratch, workers, &[])
+}
+
+/// [`start_service`] with more lines of the packaged configuration replaced: (line, with).
+pub(super) fn start_service_with(
+    sb: &Sandbox,
+    scratch: &Path,
+    workers: usize,
+    edits: &[(&str, &str)],
+) -> SocketAddr {
     let package = obtain_package(scratch);
     install(sb, &package);
     let shipped = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("packaging/chatd.toml"))
@@ -35,22 +45,25 @@ fn start_service(sb: &Sandbox, scratch: &Path, workers: usize) -> SocketAddr {
         replace_line(&shipped, "listen = [\"0.0.0.0:9999\"]", &format!("listen = [\"{addr}\"]"));
     let config = replace_line(&config, "workers = \"auto\"", &format!("workers = {workers}"));
     // Joins are not what this is about; the journal need not hold a line per client.
-    let config = replace_line(&config, "connections = true", "connections = false");
+    let mut config = replace_line(&config, "connections = true", "connections = false");
+    for (line, with) in edits {
+        config = replace_line(&config, line, with);
+    }
     sb.write("/etc/chatd/chatd.toml", config.as_bytes(), "644");
     sb.ok(&["systemctl", "start", "chatd"]);
     addr
 }
 
 /// The clients, their nicks, and the texts they all must end up with in one order.
-struct Crowd {
-    clients: Vec<Client>,
-    nicks: Vec<String>,
+pub(super) struct Crowd {
+    pub clients: Vec<Client>,
+    pub nicks: Vec<String>,
     /// Notices each client must have read by now.
     crashes: usize,
 }
 
 impl Crowd {
-    fn join(addr: SocketAddr, n: usize) -> Crowd {
+    pub fn join(addr: SocketAddr, n: usize) -> Crowd {
         let started = Instant::now();
         let (clients, nicks) = (0..n).map(|i| join(addr, &format!("c{i}"))).unzip();
         note(&format!("{n} clients joined in {:?}", started.elapsed()));
@@ -96,7 +109,7 @@ impl Crowd {
     }
 
     /// Kills the main PID with SIGKILL, then [`Crowd::crashed`].
-    fn crash(&mut self, sb: &Sandbox) -> u64 {
+    pub fn crash(&mut self, sb: &Sandbox) -> u64 {
         let old: u64 = sb.prop("MainPID").parse().unwrap();
         let killed = Instant::now();
         sb.ok(&["kill", "-KILL", &old.to_string()]);

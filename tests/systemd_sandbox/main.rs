@@ -28,6 +28,7 @@
 mod common;
 
 mod crash;
+mod crash_cluster;
 mod package;
 mod sandbox;
 

@@ -3,7 +3,7 @@
 //! worker, a killed supervisor, stop, purge).
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,11 +19,6 @@ const WORKERS: usize = 2;
 // ---------------------------------------------------------------------------------------------
 // Clients of the installed service
 // ---------------------------------------------------------------------------------------------
-
-/// A port nobody listens on now (the sandbox shares the host's network).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The packaged config with `line` (which must be there exactly once) replaced.
 pub(crate) fn replace_line(text: &str, line: &str, with: &str) -> String {

@@ -370,6 +370,21 @@ fn a_large_roster_comes_in_parts_each_far_below_the_nats_payload_limit() {
     assert_eq!(nicks(&late), nicks(&full));
 }
 
+#[test]
+fn a_host_generation_numbering_tells_its_last_event_and_a_gap() {
+    let mut s = Stream::default();
+    s.push("a", 1, join(1));
+    s.push("a", 1, nick(1, "ann"));
+    let mut room = Room::new();
+    s.apply(&mut room);
+    assert_eq!(room.numbering("a", 1), Some(Numbering { last: 2, waiting: false }));
+    assert_eq!(room.numbering("a", 2), None, "not the host's generation");
+    assert_eq!(room.numbering("b", 1), None, "not a host of the room");
+    // Its fourth event stored, its third lost: the fourth waits.
+    room.apply(10, 10_000, Envelope { node: "a".into(), generation: 1, n: 4, event: join(2) });
+    assert_eq!(room.numbering("a", 1), Some(Numbering { last: 2, waiting: true }));
+}
+
 fn describe(change: &Change) -> String {
     match change {
         Change::Joined { member, .. } => format!("joined {}", member.nick),

@@ -13,7 +13,7 @@
 mod operators;
 mod saved;
 
-use super::{Hub, Member, Outbox, WorkerId, direct};
+use super::{Hub, Member, Outbox, UNADOPTED, WorkerId, direct};
 use crate::bus::message::{ConnId, LeaveReason, RoomEvent, RoomRequest, RoomUpdate, SessionId};
 use crate::cluster::events::{Event, Private};
 use crate::cluster::outage::Step;
@@ -50,12 +50,22 @@ pub struct ClusterMode {
     generation: u64,
     /// Members were learnt from a roster since the workers last heard of the room.
     learnt: bool,
+    /// Started after a crash, the stream not yet read to its end: this host's joins read
+    /// again wait for their kept sessions (`supervisor/kept.rs`).
+    resuming: bool,
 }
 
 impl ClusterMode {
     pub fn new(door: Cluster) -> ClusterMode {
         let generation = door.generation();
-        ClusterMode { door, pending: HashMap::new(), noticed: false, generation, learnt: false }
+        ClusterMode {
+            door,
+            pending: HashMap::new(),
+            noticed: false,
+            generation,
+            learnt: false,
+            resuming: false,
+        }
     }
 
     pub fn door(&self) -> &Cluster {
@@ -78,6 +88,11 @@ impl Hub {
     /// The cluster door, in cluster mode.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref().map(|c| c.door())
+    }
+
+    /// Started after a crash in cluster mode, and the stream not yet read to its end.
+    pub fn cluster_resuming(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.resuming)
     }
 
     /// Whether the member is served by another host (only in cluster mode).
@@ -208,6 +223,11 @@ impl Hub {
             match output {
                 Output::Applied(applied) => self.apply(applied, out),
                 Output::Outage(step) => self.outage(step, out),
+                Output::Resumed => {
+                    if let Some(mode) = self.cluster.as_mut() {
+                        mode.resuming = false;
+                    }
+                }
                 Output::Private(private) => {
                     if let Some(member) = self.members.get(&private.to) {
                         let time = self.clock.now(&self.settings.time_format).to_string();
@@ -244,7 +264,16 @@ impl Hub {
             Change::Joined { id, member } => {
                 let session = self.hub_session(id, &member.node, member.session);
                 let admit = self.cluster.as_mut().and_then(|c| c.pending.remove(&session));
-                let worker = admit.map_or(REMOTE, |(w, _)| w);
+                // Read again after a crash: this host's join whose session may be kept.
+                let resumed = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.resuming && c.door.node() == member.node);
+                let worker = match admit {
+                    Some((worker, _)) => worker,
+                    None if resumed => UNADOPTED,
+                    None => REMOTE,
+                };
                 self.add_member(session, &member, worker);
                 let connect = format!("connect {} as {}", member.addr, member.nick);
                 self.announce_join(admit, session, member.nick, out);

@@ -191,8 +191,11 @@ impl Supervisor {
             last_reload: state.last_reload,
             stats,
             operators: Operators::starting_at(state.next_inspect),
-            stored: super::super::stored::StoredRoom::open(config.cluster.enabled),
-            kept: super::super::kept::KeptFiles::new(config.cluster.enabled),
+            stored: super::super::stored::StoredRoom::open(super::super::stored::cluster_names(
+                &config,
+            )),
+            kept: super::super::kept::KeptFiles::new(),
+            kept_later: None,
             restoring: None,
             config,
             config_path: state.config_path,

@@ -1,0 +1,187 @@
+//! A crash of the supervisor in cluster mode (SPEC §8 and §11), under a real systemd: the
+//! installed service is one host of a room on a NATS JetStream stream, a second host runs
+//! beside it outside the sandbox, clients on both chat, and the service's main PID is killed.
+//! The clients of the killed host stay connected and read `* the server restarted; …` once;
+//! nobody on the other host sees them leave; every client reads the same chat lines in one
+//! order, none twice; `/who` on either host lists everyone.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::common::nats::NatsCluster;
+use crate::common::*;
+use crate::crash::{Crowd, NOTICE, start_service_with};
+use crate::sandbox::{note, sandbox_or_skip};
+use crate::under_systemd::join;
+
+/// Clients of the killed host (and those joining it just before the crash), and of the other.
+const HERE: usize = 20;
+const LATE: usize = 2;
+const THERE: usize = 10;
+
+/// `[cluster]` for node `node` of room `main` on `nats`; `host_timeout` well beyond a
+/// restart, so nobody is declared gone.
+fn cluster_lines(nats: &NatsCluster, node: &str) -> String {
+    format!(
+        "[cluster]\nenabled = true\nnats = [{:?}]\nroom = \"main\"\nnode = \"{node}\"\n\
+         replicas = 1\nhost_timeout = \"30s\"\noutage_notice = \"10s\"\noutage_timeout = \"60s\"",
+        nats.url(0)
+    )
+}
+
+/// Each client in `writers` says `{prefix}{i}-{k}` every `every` until stopped.
+fn chatter(
+    writers: Vec<TcpStream>,
+    prefix: &str,
+    every: Duration,
+) -> (Arc<AtomicBool>, Vec<thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = writers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut writer)| {
+            let (stop, prefix) = (stop.clone(), prefix.to_owned());
+            thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if writer.write_all(format!("{prefix}{i}-{k}\r\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    k += 1;
+                    // Pacing the flow, not synchronising.
+                    thread::sleep(every);
+                }
+            })
+        })
+        .collect();
+    (stop, threads)
+}
+
+/// Reads until `c` has read a chat line of each of `texts`, in whatever order they come.
+fn read_all(c: &mut Client, texts: &[&str], what: &str) {
+    let mut seen = HashSet::new();
+    c.read_until(Duration::from_secs(30), |l| {
+        if let Some(p) = parse_chat(l).filter(|p| texts.contains(&p.text.as_str())) {
+            seen.insert(p.text);
+        }
+        seen.len() == texts.len()
+    })
+    .unwrap_or_else(|e| panic!("{}: {what}: {e}; {:?}", c.label(), c.transcript()));
+}
+
+#[test]
+fn cluster_sessions_survive_a_killed_supervisor() {
+    let Some(sb) = sandbox_or_skip("cluster_sessions_survive_a_killed_supervisor") else { return };
+    let nats = NatsCluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let url = format!("nats = [{:?}]", nats.url(0));
+    let edits = [
+        ("enabled = false", "enabled = true"),
+        ("nats = [\"nats://127.0.0.1:4222\"]", url.as_str()),
+        ("node = \"\"", "node = \"h0\""),
+        ("replicas = 3", "replicas = 1"),
+        ("host_timeout = \"15s\"", "host_timeout = \"30s\""),
+    ];
+    let addr = start_service_with(&sb, scratch.path(), 2, &edits);
+    let other = ServerBuilder::new().workers(2).raw(&cluster_lines(&nats, "h1")).start();
+    let mut here = Crowd::join(addr, HERE);
+    let (mut there, mut there_nicks): (Vec<Client>, Vec<String>) =
+        (0..THERE).map(|i| join(other.addr(), &format!("o{i}"))).unzip();
+    // Everyone is in the room on both hosts before the chatter starts.
+    let everyone = HERE + THERE;
+    for c in here.clients.iter_mut().chain(there.iter_mut()) {
+        c.send_line("/who");
+        c.read_until(Duration::from_secs(30), |l| l.starts_with(&format!("* {everyone} online: ")))
+            .unwrap_or_else(|e| panic!("{}: the room never had everyone: {e}", c.label()));
+    }
+    let writers = |clients: &[Client]| clients.iter().take(3).map(Client::writer).collect();
+    let (stop_here, here_threads) = chatter(writers(&here.clients), "h", Duration::from_millis(50));
+    let (stop_there, there_threads) = chatter(writers(&there), "o", Duration::from_millis(50));
+    // Chatting for 3 s, past the 2 s after which the host stores a new snapshot of the room:
+    // the crash comes with events both in the snapshot and after it, in the stream only.
+    for c in here.clients.iter_mut().take(1).chain(there.iter_mut().take(1)) {
+        read_all(c, &["h0-60", "o0-60"], "the chatter did not go on");
+    }
+    // Two more join now, after that snapshot: the restarted host learns of them from the
+    // stream alone.
+    for i in 0..LATE {
+        let (client, nick) = join(addr, &format!("late{i}"));
+        here.clients.push(client);
+        here.nicks.push(nick);
+    }
+    here.crash(&sb);
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    let from = "the room goes on from event ";
+    let line = journal.lines().find(|l| l.contains(from)).expect("the restored room's log line");
+    let event: u64 = line[line.find(from).unwrap() + from.len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no event number in {line:?}"));
+    assert!(event > 0, "the crash came before any snapshot with the room in it: {line:?}");
+    for (stop, threads) in [(stop_here, here_threads), (stop_there, there_threads)] {
+        stop.store(true, Ordering::Relaxed);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+    // A last line from each host, read by everyone: the room works both ways.
+    here.clients[0].send_line("after the crash, here");
+    there[0].send_line("after the crash, there");
+    let everyone = HERE + LATE + THERE;
+    let mut nicks = here.nicks.clone();
+    nicks.append(&mut there_nicks);
+    let mut chats = Vec::new();
+    for c in here.clients.iter_mut().chain(there.iter_mut()) {
+        read_all(c, &["after the crash, here", "after the crash, there"], "no last lines");
+        c.send_line("/who");
+        let who = c
+            .read_until(Duration::from_secs(30), |l| {
+                l.starts_with(&format!("* {everyone} online: "))
+            })
+            .unwrap_or_else(|e| {
+                panic!("{}: not everyone online: {e}: {:?}", c.label(), c.transcript())
+            });
+        let listed: HashSet<&str> = who[who.find(": ").unwrap() + 2..].split(", ").collect();
+        for nick in &nicks {
+            assert!(listed.contains(nick.as_str()), "{}: {nick} missing from {who:?}", c.label());
+        }
+        let t = c.transcript();
+        assert!(!t.iter().any(|l| l.contains(" left")), "{}: someone left: {t:#?}", c.label());
+        let mut seen = HashSet::new();
+        let chat: Vec<String> = t
+            .iter()
+            .filter_map(|l| parse_chat(l))
+            .map(|p| format!("<{}> {}", p.nick, p.text))
+            .collect();
+        for l in &chat {
+            assert!(seen.insert(l.clone()), "{}: {l:?} twice: {t:#?}", c.label());
+        }
+        chats.push((c.label().to_owned(), chat));
+    }
+    // The same lines in the same order everywhere: those who joined late read the end of what
+    // the others read (the history they were sent on joining, then live).
+    let reference = chats.iter().map(|(_, chat)| chat).max_by_key(|chat| chat.len()).cloned();
+    let reference = reference.unwrap_or_default();
+    for (label, chat) in &chats {
+        assert!(
+            reference.ends_with(chat),
+            "{label} read other chat lines than the others: {} of {} lines",
+            chat.len(),
+            reference.len()
+        );
+    }
+    for c in &there {
+        let notices = c.transcript().iter().filter(|l| *l == NOTICE).count();
+        assert_eq!(notices, 0, "{}: the other host's client was told of a restart", c.label());
+    }
+    note(&format!("{everyone} clients on two hosts read the same {} chat lines", reference.len()));
+    sb.ok(&["systemctl", "stop", "chatd"]);
+    for c in &mut here.clients {
+        c.read_until(Duration::from_secs(30), |l| l == "* server shutting down")
+            .unwrap_or_else(|e| panic!("{}: no shutdown notice: {e}", c.label()));
+    }
+}
