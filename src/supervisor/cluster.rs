@@ -23,7 +23,7 @@ impl Supervisor {
         let cluster = &self.config.cluster;
         if let Some(bytes) = stored {
             let history = self.config.chat.history;
-            self.hub.resume_cluster_after_crash(cluster, history, self.waker.clone(), &bytes)?;
+            self.hub.resume_cluster(cluster, history, self.waker.clone(), &bytes, true)?;
             log::info!(
                 "cluster: room {} as node {}, going on after a crash from the stored snapshot",
                 cluster.room,
@@ -87,7 +87,8 @@ impl Supervisor {
             return self.start_cluster(None);
         };
         let cluster = &self.config.cluster;
-        self.hub.resume_cluster(cluster, self.config.chat.history, self.waker.clone(), &bytes)?;
+        let history = self.config.chat.history;
+        self.hub.resume_cluster(cluster, history, self.waker.clone(), &bytes, false)?;
         log::info!(
             "cluster: room {} as node {}, carried across the exec",
             cluster.room,

@@ -298,11 +298,7 @@ impl Tracked {
         let reached = from + n.saturating_sub(backlog);
         let first = room.partition_point(|m| m.start < from);
         let whole = room.partition_point(|m| m.end <= reached).max(first);
-        let at = self.written + backlog as u64;
-        for m in room.range(whole..) {
-            let start = at + (m.start - from) as u64;
-            self.marks.push_back(Mark { start, end: start + (m.end - m.start) as u64, seq: m.seq });
-        }
+        self.follow_marks(self.written + backlog as u64, from, room, whole);
         let mut position = self.advance(n, mid_line);
         if whole > first {
             self.last_full = room[whole - 1].seq;
@@ -315,6 +311,11 @@ impl Tracked {
     /// starting at stream position `at`.
     pub fn follow(&mut self, at: u64, from: usize, room: &VecDeque<RoomMark>) {
         let first = room.partition_point(|m| m.start < from);
+        self.follow_marks(at, from, room, first);
+    }
+
+    /// [`Tracked::follow`] from the shared buffer's mark `first` on.
+    fn follow_marks(&mut self, at: u64, from: usize, room: &VecDeque<RoomMark>, first: usize) {
         for m in room.range(first..) {
             let start = at + (m.start - from) as u64;
             self.marks.push_back(Mark { start, end: start + (m.end - m.start) as u64, seq: m.seq });
@@ -326,21 +327,31 @@ impl Tracked {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_position_follows_room_lines_through_partial_writes() {
-        let room: VecDeque<RoomMark> = [
+    /// Room lines 5, 6 and 7 in the shared buffer, ten bytes each.
+    fn room() -> VecDeque<RoomMark> {
+        [
             RoomMark { start: 0, end: 10, seq: 5 },
             RoomMark { start: 10, end: 20, seq: 6 },
             RoomMark { start: 20, end: 30, seq: 7 },
         ]
-        .into();
-        let mut t = Tracked {
+        .into()
+    }
+
+    /// A session 100 bytes into its stream, with line 4 the last it had whole.
+    fn tracked() -> Tracked {
+        Tracked {
             slot: 0,
             written: 100,
             last_full: 4,
             marks: VecDeque::new(),
             replayed: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_position_follows_room_lines_through_partial_writes() {
+        let room = room();
+        let mut t = tracked();
         // Three bytes of its own (a private line) first, then the room from line 6 on.
         t.follow(103, 10, &room);
         let p = t.advance(2, true);
@@ -362,20 +373,9 @@ mod tests {
 
     #[test]
     fn a_write_into_the_shared_room_lines_gives_the_position_following_them_would() {
-        let room: VecDeque<RoomMark> = [
-            RoomMark { start: 0, end: 10, seq: 5 },
-            RoomMark { start: 10, end: 20, seq: 6 },
-            RoomMark { start: 20, end: 30, seq: 7 },
-        ]
-        .into();
+        let room = room();
         let fresh = || {
-            let mut t = Tracked {
-                slot: 0,
-                written: 100,
-                last_full: 4,
-                marks: VecDeque::new(),
-                replayed: Vec::new(),
-            };
+            let mut t = tracked();
             // Its own queue: 3 bytes of a private line, then room line 5 detached earlier.
             t.marks.push_back(Mark { start: 103, end: 113, seq: 5 });
             t

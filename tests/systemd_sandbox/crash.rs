@@ -72,24 +72,7 @@ impl Crowd {
 
     /// Clients `0..count` say a line every `every` (their own text, numbered) until stopped.
     fn chatter(&self, count: usize, every: Duration) -> Chatter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..count.min(self.clients.len()))
-            .map(|i| {
-                let mut writer: TcpStream = self.clients[i].writer();
-                let stop = stop.clone();
-                thread::spawn(move || {
-                    let mut k = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        if writer.write_all(format!("t{i}-{k}\r\n").as_bytes()).is_err() {
-                            break;
-                        }
-                        k += 1;
-                        thread::sleep(every);
-                    }
-                })
-            })
-            .collect();
-        Chatter { stop, threads }
+        chatter(self.clients.iter().take(count).map(Client::writer).collect(), "t", every)
     }
 
     /// Waits until the chatter is in full swing: client 0 read the tenth line of client 0.
@@ -237,13 +220,38 @@ impl Crowd {
     }
 }
 
-struct Chatter {
+pub(super) struct Chatter {
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+/// Each client of `writers` says `{prefix}{i}-{k}` (its index, then a count) every `every`
+/// until stopped.
+pub(super) fn chatter(writers: Vec<TcpStream>, prefix: &str, every: Duration) -> Chatter {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = writers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut writer)| {
+            let (stop, prefix) = (stop.clone(), prefix.to_owned());
+            thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if writer.write_all(format!("{prefix}{i}-{k}\r\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    k += 1;
+                    // Pacing the flow, not synchronising.
+                    thread::sleep(every);
+                }
+            })
+        })
+        .collect();
+    Chatter { stop, threads }
+}
+
 impl Chatter {
-    fn stop(self) {
+    pub(super) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();

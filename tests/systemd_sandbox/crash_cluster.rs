@@ -6,16 +6,11 @@
 //! order, none twice; `/who` on either host lists everyone.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::Duration;
 
 use crate::common::nats::NatsCluster;
 use crate::common::*;
-use crate::crash::{Crowd, NOTICE, start_service_with};
+use crate::crash::{Crowd, NOTICE, chatter, start_service_with};
 use crate::sandbox::{note, sandbox_or_skip};
 use crate::under_systemd::join;
 
@@ -32,34 +27,6 @@ fn cluster_lines(nats: &NatsCluster, node: &str) -> String {
          replicas = 1\nhost_timeout = \"30s\"\noutage_notice = \"10s\"\noutage_timeout = \"60s\"",
         nats.url(0)
     )
-}
-
-/// Each client in `writers` says `{prefix}{i}-{k}` every `every` until stopped.
-fn chatter(
-    writers: Vec<TcpStream>,
-    prefix: &str,
-    every: Duration,
-) -> (Arc<AtomicBool>, Vec<thread::JoinHandle<()>>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = writers
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut writer)| {
-            let (stop, prefix) = (stop.clone(), prefix.to_owned());
-            thread::spawn(move || {
-                let mut k = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    if writer.write_all(format!("{prefix}{i}-{k}\r\n").as_bytes()).is_err() {
-                        break;
-                    }
-                    k += 1;
-                    // Pacing the flow, not synchronising.
-                    thread::sleep(every);
-                }
-            })
-        })
-        .collect();
-    (stop, threads)
 }
 
 /// Reads until `c` has read a chat line of each of `texts`, in whatever order they come.
@@ -100,8 +67,8 @@ fn cluster_sessions_survive_a_killed_supervisor() {
             .unwrap_or_else(|e| panic!("{}: the room never had everyone: {e}", c.label()));
     }
     let writers = |clients: &[Client]| clients.iter().take(3).map(Client::writer).collect();
-    let (stop_here, here_threads) = chatter(writers(&here.clients), "h", Duration::from_millis(50));
-    let (stop_there, there_threads) = chatter(writers(&there), "o", Duration::from_millis(50));
+    let here_chatter = chatter(writers(&here.clients), "h", Duration::from_millis(50));
+    let there_chatter = chatter(writers(&there), "o", Duration::from_millis(50));
     // Chatting for 3 s, past the 2 s after which the host stores a new snapshot of the room:
     // the crash comes with events both in the snapshot and after it, in the stream only.
     for c in here.clients.iter_mut().take(1).chain(there.iter_mut().take(1)) {
@@ -124,10 +91,8 @@ fn cluster_sessions_survive_a_killed_supervisor() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no event number in {line:?}"));
     assert!(event > 0, "the crash came before any snapshot with the room in it: {line:?}");
-    for (stop, threads) in [(stop_here, here_threads), (stop_there, there_threads)] {
-        stop.store(true, Ordering::Relaxed);
-        threads.into_iter().for_each(|t| t.join().unwrap());
-    }
+    here_chatter.stop();
+    there_chatter.stop();
     // A last line from each host, read by everyone: the room works both ways.
     here.clients[0].send_line("after the crash, here");
     there[0].send_line("after the crash, there");

@@ -36,54 +36,35 @@ impl Hub {
         postcard::to_stdvec(&saved).ok()
     }
 
-    /// Back in cluster mode after an exec, from [`Hub::save_cluster`]'s bytes.
+    /// Back in cluster mode from [`Hub::save_cluster`]'s bytes: after an exec, as the previous
+    /// image left it; after a crash of the supervisor (`crashed`), from the snapshot it stored
+    /// last (`supervisor/stored.rs`), reading the stream on from there, the joins then waiting
+    /// having died with their connections.
     pub fn resume_cluster(
         &mut self,
         config: &config::Cluster,
         history: usize,
         waker: Arc<mio::Waker>,
         bytes: &[u8],
+        crashed: bool,
     ) -> Result<(), String> {
-        let saved = decode(bytes)?;
-        let door = Cluster::resume(config, history, waker, saved.door)
-            .map_err(|e| format!("cluster: cannot start the NATS bridge: {e}"))?;
-        let pending = saved.pending.into_iter().map(|(s, w, c)| (s, (WorkerId(w), c))).collect();
+        let saved: SavedMode = postcard::from_bytes(bytes)
+            .map_err(|e| format!("cluster: unreadable saved state: {e}"))?;
+        let door = if crashed {
+            Cluster::resume_after_crash(config, history, waker, saved.door)
+        } else {
+            Cluster::resume(config, history, waker, saved.door)
+        };
+        let door = door.map_err(|e| format!("cluster: cannot start the NATS bridge: {e}"))?;
+        let pending = saved.pending.into_iter().map(|(s, w, c)| (s, (WorkerId(w), c)));
         self.cluster = Some(Box::new(ClusterMode {
             door,
-            pending,
-            noticed: saved.noticed,
+            pending: if crashed { HashMap::new() } else { pending.collect() },
+            noticed: saved.noticed && !crashed,
             generation: saved.generation,
             learnt: saved.learnt,
-            resuming: false,
+            resuming: crashed,
         }));
         Ok(())
     }
-
-    /// Back in cluster mode after a crash of the supervisor, from the snapshot it stored last
-    /// (`supervisor/stored.rs`): the same host and generation, reading the stream on from the
-    /// snapshot. The joins then waiting died with their connections.
-    pub fn resume_cluster_after_crash(
-        &mut self,
-        config: &config::Cluster,
-        history: usize,
-        waker: Arc<mio::Waker>,
-        bytes: &[u8],
-    ) -> Result<(), String> {
-        let saved = decode(bytes)?;
-        let door = Cluster::resume_after_crash(config, history, waker, saved.door)
-            .map_err(|e| format!("cluster: cannot start the NATS bridge: {e}"))?;
-        self.cluster = Some(Box::new(ClusterMode {
-            door,
-            pending: HashMap::new(),
-            noticed: false,
-            generation: saved.generation,
-            learnt: saved.learnt,
-            resuming: true,
-        }));
-        Ok(())
-    }
-}
-
-fn decode(bytes: &[u8]) -> Result<SavedMode, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("cluster: unreadable saved state: {e}"))
 }
