@@ -90,9 +90,11 @@ pub struct Cluster {
     /// Started after a crash of the supervisor from a stored snapshot: reading the stream on
     /// from there, and holding this host's events, unnumbered, until it has read all of it.
     resuming: Option<Vec<Event>>,
-    /// Since when the room is reachable: no host is declared gone before every host had
-    /// `host_timeout` to beat after an outage (after one that cut off every host, the first
-    /// events make the stream's clock jump past everyone's last beat).
+    /// Since when the room is reachable and this host's events are stored again: no host is
+    /// declared gone before every host had `host_timeout` to beat after an outage (after one
+    /// that cut off every host, the first events make the stream's clock jump past everyone's
+    /// last beat). Counted from a stored event, not from the connection: a stream being read
+    /// while it has no leader stores nobody's beats.
     reachable_since: Option<Instant>,
 }
 
@@ -253,7 +255,12 @@ impl Cluster {
                     }
                 }
                 Report::CaughtUp => self.resumed(&mut out),
-                Report::Stored { .. } => self.stored += 1,
+                Report::Stored { .. } => {
+                    self.stored += 1;
+                    if self.connected && self.readable {
+                        self.reachable_since.get_or_insert(now);
+                    }
+                }
                 Report::Private(payload) => match events::decode(&payload) {
                     Ok(private) => out.push(Output::Private(private)),
                     Err(e) => log::warn!("cluster: private message ignored: {e}"),
@@ -295,7 +302,6 @@ impl Cluster {
         self.connected = connected.unwrap_or(self.connected);
         self.readable = readable.unwrap_or(self.readable);
         if self.connected && self.readable {
-            self.reachable_since.get_or_insert(now);
             out.extend(self.outage.up().map(Output::Outage));
         } else {
             self.reachable_since = None;
