@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
@@ -254,20 +254,9 @@ impl NotifiedServer {
 
 impl Drop for NotifiedServer {
     fn drop(&mut self) {
-        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGSTOP);
-            for pid in descendants(self.pid()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_tree(&mut self.child);
         if thread::panicking() {
-            eprintln!("----- chatd log -----");
-            for l in self.log.lock().unwrap().iter() {
-                eprintln!("{l}");
-            }
+            print_log("chatd log", &self.log.lock().unwrap());
             eprintln!("----- notifications -----");
             for n in self.notify.all() {
                 eprintln!("{:?}", n.fields);

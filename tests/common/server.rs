@@ -480,25 +480,13 @@ impl Server {
     }
 
     fn kill_everything(&mut self) {
-        let sup = Pid::from_raw(self.pid());
-        let running = self.exit.is_none() && self.child.try_wait().ok().flatten().is_none();
-        if running {
-            // Freeze the supervisor so it cannot fork replacements while we kill its children.
-            let _ = kill(sup, Signal::SIGSTOP);
-            self.worker_pids();
-            for pid in descendants(self.pid()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        kill_tree(&mut self.child);
         // Workers seen earlier that may have been orphaned (still check they are ours).
         for &pid in self.seen_workers.lock().unwrap().iter() {
             if is_chatd_worker(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        let _ = killpg(sup, Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -506,18 +494,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill_everything();
         if thread::panicking() {
-            let lines = self.log.snapshot();
-            eprintln!(
-                "----- chatd log (supervisor pid {}, {} lines) -----",
-                self.pid(),
-                lines.len()
-            );
-            for l in &lines {
-                eprintln!("{l}");
-            }
-            eprintln!("----- end of chatd log -----");
+            print_log(&format!("chatd log (supervisor pid {})", self.pid()), &self.log.snapshot());
         }
     }
+}
+
+/// Ends a `chatd serve` a test started, and everything it started: the supervisor is frozen
+/// first, so it cannot fork replacements while its descendants are killed.
+pub fn kill_tree(child: &mut Child) {
+    let sup = Pid::from_raw(child.id() as i32);
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = kill(sup, Signal::SIGSTOP);
+        for pid in descendants(sup.as_raw()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let _ = killpg(sup, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A process's log, for a test that failed.
+pub fn print_log(title: &str, lines: &[String]) {
+    eprintln!("----- {title}, {} lines -----", lines.len());
+    for l in lines {
+        eprintln!("{l}");
+    }
+    eprintln!("----- end of {title} -----");
 }
 
 /// Runs `chatd ARGS...` to completion with a deadline (killing it on timeout, then panicking).

@@ -19,9 +19,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-
 use crate::common::*;
 use crate::control::*;
 use crate::fleet::*;
@@ -76,20 +73,9 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
-        let sup = Pid::from_raw(self.pid());
-        let _ = kill(sup, Signal::SIGSTOP);
-        for pid in descendants(self.pid()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = killpg(sup, Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_tree(&mut self.child);
         if thread::panicking() {
-            eprintln!("----- chatd log -----");
-            for l in self.log.lock().unwrap().iter() {
-                eprintln!("{l}");
-            }
-            eprintln!("----- end of chatd log -----");
+            print_log("chatd log", &self.log.lock().unwrap());
         }
     }
 }
