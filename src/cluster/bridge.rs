@@ -76,7 +76,8 @@ pub enum Report {
     /// An event of the stream, in stream order, each once. `time_ms` is the stream's timestamp
     /// (ms since the Unix epoch).
     Event { seq: u64, time_ms: i64, payload: Vec<u8> },
-    /// Every event stored when the reader last looked has been reported.
+    /// Every event stored when the reader looked has been reported: once per consumer, when
+    /// it first has nothing pending.
     CaughtUp,
     /// A published event is stored (`duplicate`: it was already, by an earlier try).
     Stored { id: String, seq: u64, duplicate: bool },
@@ -377,7 +378,9 @@ async fn read_once(
         *readable = true;
         out.send(Report::Stream(true));
     }
-    if consumer.cached_info().num_pending == 0 {
+    // Said once per consumer, not after every event: each report wakes the caller's loop.
+    let mut caught_up = consumer.cached_info().num_pending == 0;
+    if caught_up {
         out.send(Report::CaughtUp);
     }
     let mut delivered = 0;
@@ -394,7 +397,8 @@ async fn read_once(
             *next = seq + 1;
             out.send(Report::Event { seq, time_ms, payload: message.payload.to_vec() });
         }
-        if info.pending == 0 {
+        if info.pending == 0 && !caught_up {
+            caught_up = true;
             out.send(Report::CaughtUp);
         }
     }
