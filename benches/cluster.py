@@ -4,12 +4,14 @@ beside three linked InspIRCd servers, measured by chatload in one run.
 
     python3 benches/cluster.py [--reps 3] [--scenarios S2,S1] [--duration 10]
                                [--systems single,cluster,irc] [--workers 2] [--host-workers 1]
+                               [--nats-procs 0]
 
 Systems (each started afresh for every run, on loopback, and stopped after it):
 * single: one chatd host (release build, `--workers` workers, rate limit off);
 * cluster: three nats-server nodes routed to each other with JetStream (a store directory each,
   in a temporary directory removed at the end), and three chatd hosts with `[cluster]` (own
-  node first in `nats`, then the other two; `replicas = 3`), `--host-workers` workers each.
+  node first in `nats`, then the other two; `replicas = 3`), `--host-workers` workers each;
+  `--nats-procs N` runs each nats-server with GOMAXPROCS=N (default: Go's, every core).
   Loaded only once every host's `chatd status --json` says connected and lists all three
   hosts, and a line said on the third host has reached a client of the first;
 * irc: three InspIRCd 3 servers linked in a chain A - B - C (benches/peers/inspircd-link-*.conf).
@@ -123,6 +125,10 @@ def nats_configs(directory, n):
     return nodes
 
 
+def nats_env(args):
+    return {"GOMAXPROCS": str(args.nats_procs)} if args.nats_procs > 0 else None
+
+
 def chatd_status(config):
     out = subprocess.run([compare.CHATD, "status", "--json", "--config", config],
                          capture_output=True, text=True, timeout=10)
@@ -174,7 +180,7 @@ def start_cluster(tmp, args):
         nodes = nats_configs(directory, HOSTS)
         for node in nodes:
             server = compare.Server(f"nats-{node['name']}", ["nats-server", "-c", node["config"]],
-                                    node["port"])
+                                    node["port"], env=nats_env(args))
             system.servers.append(server)
         for node in nodes:
             wait_for(f"nats node {node['name']} healthy",
@@ -360,6 +366,8 @@ def main():
     ap.add_argument("--host-workers", type=int, default=1, help="workers of each cluster host")
     ap.add_argument("--replicas", type=int, default=HOSTS,
                     help="replicas of the cluster's stream (to see what replication costs)")
+    ap.add_argument("--nats-procs", type=int, default=0,
+                    help="GOMAXPROCS of each nats-server node (0: Go's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write every run's summary there")
     ap.add_argument("--chatd", metavar="PATH",
                     help="this chatd binary, not built (default: build target/release/chatd)")

@@ -24,6 +24,11 @@ use std::net::SocketAddr;
 /// release keeps its history.
 pub const VERSION: u8 = 2;
 
+/// The first byte of a stream message that packs several encoded events ([`pack`]). It takes
+/// the place of a version byte, so a release from before packing refuses the message as one of
+/// a newer version rather than misreading it.
+pub const PACKED: u8 = 3;
+
 /// One event in the stream: who published it and what it says.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -201,6 +206,44 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     }
 }
 
+/// One stream message carrying several events already encoded with [`encode`]: [`PACKED`],
+/// then each event as its length (u32, little-endian) and its bytes.
+pub fn pack<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut message = vec![PACKED];
+    for event in events {
+        // An event is at most `chat.max_line_bytes` (512 KiB in cluster mode) and a bit.
+        let len = u32::try_from(event.len()).unwrap_or(u32::MAX);
+        message.extend_from_slice(&len.to_le_bytes());
+        message.extend_from_slice(event);
+    }
+    message
+}
+
+/// The encoded events of one stream message, in order: those of a [`pack`], or the message
+/// itself when it is a single event.
+pub fn unpack(message: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let Some((&PACKED, mut rest)) = message.split_first() else {
+        return Ok(vec![message]);
+    };
+    let mut events = Vec::new();
+    while !rest.is_empty() {
+        let cut =
+            || DecodeError::Malformed(format!("packed message cut after {} events", events.len()));
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(cut)?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| cut())?;
+        if len > tail.len() {
+            return Err(cut());
+        }
+        let (event, tail) = tail.split_at(len);
+        events.push(event);
+        rest = tail;
+    }
+    if events.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +315,41 @@ mod tests {
         bytes[0] = VERSION + 1;
         assert_eq!(decode::<Envelope>(&bytes), Err(DecodeError::Version(VERSION + 1)));
         assert!(matches!(decode::<Envelope>(&[VERSION, 0xff]), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn packed_events_come_back_one_by_one_in_order() {
+        let events: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                encode(&envelope(Event::Say {
+                    session: SessionId(i),
+                    text: "x".repeat(i as usize),
+                }))
+            })
+            .collect();
+        let message = pack(events.iter().map(Vec::as_slice));
+        assert_eq!(message[0], PACKED);
+        let back = unpack(&message).expect("unpack");
+        assert_eq!(back, events.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        // A single event is its own message.
+        assert_eq!(unpack(&events[0]), Ok(vec![events[0].as_slice()]));
+        // Before packing, a release refused a packed message as of a newer version.
+        assert_eq!(decode::<Envelope>(&message), Err(DecodeError::Version(PACKED)));
+    }
+
+    #[test]
+    fn a_damaged_packed_message_is_refused_whole() {
+        let events = [encode(&envelope(Event::HostDown)), encode(&envelope(Event::HostDown))];
+        let message = pack(events.iter().map(Vec::as_slice));
+        for cut in 2..message.len() {
+            if cut == 1 + 4 + events[0].len() {
+                continue;
+            }
+            assert!(
+                matches!(unpack(&message[..cut]), Err(DecodeError::Malformed(_))),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(unpack(&[PACKED]), Err(DecodeError::Empty));
     }
 }

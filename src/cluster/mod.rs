@@ -96,6 +96,9 @@ pub struct Cluster {
     /// last beat). Counted from a stored event, not from the connection: a stream being read
     /// while it has no leader stores nobody's beats.
     reachable_since: Option<Instant>,
+    /// The host generations whose last message said they read packed messages. Not saved
+    /// across an exec or a crash: relearnt from their next messages, packing nothing until.
+    reads_packed: BTreeMap<String, u64>,
 }
 
 impl Cluster {
@@ -152,6 +155,7 @@ impl Cluster {
             hosts_seen: saved.hosts_seen.into_iter().collect(),
             resuming: None,
             reachable_since: None,
+            reads_packed: BTreeMap::new(),
         })
     }
 
@@ -228,8 +232,11 @@ impl Cluster {
         self.numbered += 1;
         let (node, generation, n) = (self.node.clone(), self.generation, self.numbered);
         let id = format!("{node}.{generation}.{n}");
+        let packable =
+            matches!(event, Event::Say { .. } | Event::Me { .. }) && self.all_read_packed();
         let envelope = Envelope { node, generation, n, event };
-        self.bridge.send(Command::Publish { id, payload: events::encode(&envelope) });
+        let payload = events::encode(&envelope);
+        self.bridge.send(Command::Publish { id, payload, packable });
         self.last_sent = Some(Instant::now());
     }
 
@@ -248,11 +255,22 @@ impl Cluster {
             match report {
                 Report::Connected(up) => self.reachability(Some(up), None, now, &mut out),
                 Report::Stream(up) => self.reachability(None, Some(up), now, &mut out),
-                Report::Event { seq, time_ms, payload } => {
-                    match events::decode_envelope(&payload) {
-                        Ok(envelope) => self.apply(seq, time_ms, envelope, &mut out),
-                        Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
+                Report::Event { seq, time_ms, payloads, reads_packed } => {
+                    let mut envelopes = Vec::with_capacity(payloads.len());
+                    for payload in &payloads {
+                        match events::decode_envelope(payload) {
+                            Ok(envelope) => envelopes.push(envelope),
+                            Err(e) => log::error!("cluster: event {seq} ignored: {e}"),
+                        }
                     }
+                    if let Some(first) = envelopes.first() {
+                        if reads_packed {
+                            self.reads_packed.insert(first.node.clone(), first.generation);
+                        } else {
+                            self.reads_packed.remove(&first.node);
+                        }
+                    }
+                    self.apply(seq, time_ms, envelopes, &mut out);
                 }
                 Report::CaughtUp => self.resumed(&mut out),
                 Report::Stored { .. } => {
@@ -309,8 +327,16 @@ impl Cluster {
         }
     }
 
-    fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope, out: &mut Vec<Output>) {
-        let changes = self.room.apply(seq, time_ms, envelope);
+    /// Chat lines may be packed only when every other host in the room reads packed messages:
+    /// a host of an earlier release would skip them (docs/cluster.md, "Upgrades").
+    fn all_read_packed(&self) -> bool {
+        self.room.hosts().all(|(node, host)| {
+            node == self.node || self.reads_packed.get(node) == Some(&host.generation)
+        })
+    }
+
+    fn apply(&mut self, seq: u64, time_ms: i64, envelopes: Vec<Envelope>, out: &mut Vec<Output>) {
+        let changes = self.room.apply_message(seq, time_ms, envelopes);
         let mut new_host = false;
         for applied in &changes {
             if let Change::HostGone { node, generation, .. } = &applied.change {

@@ -214,11 +214,37 @@ impl Room {
     /// (a retry stored after the next event, across a stream leader change) waits for it, and
     /// both are applied at the earlier one's place.
     pub fn apply(&mut self, seq: u64, time_ms: i64, envelope: Envelope) -> Vec<Applied> {
+        self.apply_message(seq, time_ms, vec![envelope])
+    }
+
+    /// Applies the events of the message at stream sequence `seq`, in order, as [`Room::apply`]
+    /// does one; they share its sequence. Several events in one message are chat lines of one
+    /// host generation (`bridge/publish.rs`); a message with anything else among several is
+    /// ignored whole, alike on every host, since a second join at one sequence would take the
+    /// first one's member number.
+    pub fn apply_message(
+        &mut self,
+        seq: u64,
+        time_ms: i64,
+        envelopes: Vec<Envelope>,
+    ) -> Vec<Applied> {
         if seq <= self.last_seq {
             return Vec::new();
         }
         self.last_seq = seq;
         self.last_time_ms = self.last_time_ms.max(time_ms);
+        if envelopes.len() > 1 && !is_pack(&envelopes) {
+            log::error!("cluster: message {seq} ignored: it packs more than chat lines");
+            return Vec::new();
+        }
+        let mut applied = Vec::new();
+        for envelope in envelopes {
+            applied.extend(self.apply_event(seq, time_ms, envelope));
+        }
+        applied
+    }
+
+    fn apply_event(&mut self, seq: u64, time_ms: i64, envelope: Envelope) -> Vec<Applied> {
         let Envelope { node, generation, n, event } = envelope;
         if self.retired.contains(&(node.clone(), generation)) {
             return Vec::new();
@@ -504,6 +530,16 @@ impl Host {
     fn new(generation: u64) -> Host {
         Host { generation, last_seq: 0, last_time_ms: 0, clients: 0, order: Order::default() }
     }
+}
+
+/// Chat lines of one host generation: what a packed message may carry.
+fn is_pack(envelopes: &[Envelope]) -> bool {
+    let first = &envelopes[0];
+    envelopes.iter().all(|e| {
+        e.node == first.node
+            && e.generation == first.generation
+            && matches!(e.event, Event::Say { .. } | Event::Me { .. })
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ fn settings(urls: Vec<String>, room: &str, node: &str) -> Settings {
 struct Host {
     bridge: Bridge,
     _poll: mio::Poll,
+    /// Events, each with the stream sequence of the message that carried it.
     events: Vec<(u64, Vec<u8>)>,
+    /// Messages read, and whether their publishers said they read packed ones.
+    messages: Vec<(u64, bool)>,
     stored: Vec<(String, u64, bool, Instant)>,
     states: Vec<Report>,
 }
@@ -30,17 +33,31 @@ impl Host {
     fn start_at(settings: Settings, from_seq: u64) -> Host {
         let (poll, waker) = waker();
         let bridge = Bridge::start(settings, from_seq, waker).expect("bridge");
-        Host { bridge, _poll: poll, events: Vec::new(), stored: Vec::new(), states: Vec::new() }
+        Host {
+            bridge,
+            _poll: poll,
+            events: Vec::new(),
+            messages: Vec::new(),
+            stored: Vec::new(),
+            states: Vec::new(),
+        }
     }
 
     fn publish(&self, id: &str, payload: &[u8]) {
-        self.bridge.send(Command::Publish { id: id.into(), payload: payload.to_vec() });
+        self.send(id, payload, false);
+    }
+
+    fn send(&self, id: &str, payload: &[u8], packable: bool) {
+        self.bridge.send(Command::Publish { id: id.into(), payload: payload.to_vec(), packable });
     }
 
     /// Takes in one report if one comes within a short while.
     fn pump(&mut self) {
         match self.bridge.next_report(Duration::from_millis(20)) {
-            Some(Report::Event { seq, payload, .. }) => self.events.push((seq, payload)),
+            Some(Report::Event { seq, payloads, reads_packed, .. }) => {
+                self.messages.push((seq, reads_packed));
+                self.events.extend(payloads.into_iter().map(|p| (seq, p)));
+            }
             Some(Report::Stored { id, seq, duplicate }) => {
                 self.stored.push((id, seq, duplicate, Instant::now()))
             }
@@ -116,6 +133,46 @@ fn three_hosts_on_three_nodes_see_one_order() {
         );
     }
     assert_eq!(hosts[0].events.len(), 3 * EACH, "nothing more");
+}
+
+#[test]
+fn packable_events_sent_in_a_burst_share_messages_and_come_back_once_in_order() {
+    let nats = NatsCluster::start(3);
+    let mut hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(settings(vec![nats.url(i)], "packed", &format!("h{i}"))))
+        .collect();
+    for host in &mut hosts {
+        host.readable();
+    }
+    // Packable and not, interleaved: the ones that are not go alone and in their place.
+    const EACH: usize = 300;
+    for n in 0..EACH {
+        for (i, host) in hosts.iter().enumerate() {
+            host.send(&format!("h{i}.{n}"), format!("h{i}-{n}").as_bytes(), n % 50 != 7);
+        }
+    }
+    for host in &mut hosts {
+        host.until("every event", |h| h.events.len() >= 3 * EACH);
+    }
+    let order = hosts[0].events.clone();
+    let payloads = hosts[0].payloads();
+    assert_once_in_order(&payloads, &["h0", "h1", "h2"], EACH);
+    for host in &hosts[1..] {
+        assert_eq!(host.events, order, "one order everywhere, and the same messages");
+    }
+    let messages = hosts[0].messages.clone();
+    assert!(messages.len() < 3 * EACH, "{} messages for {} events", messages.len(), 3 * EACH);
+    assert!(messages.iter().all(|(_, reads_packed)| *reads_packed));
+    // Every publisher had each of its events stored, under the sequence that carried it.
+    for (i, host) in hosts.iter_mut().enumerate() {
+        host.until("every acknowledgement", |h| h.stored.len() >= EACH);
+        for (id, seq, duplicate, _) in &host.stored {
+            let n: usize = id.rsplit('.').next().and_then(|n| n.parse().ok()).expect("id");
+            let event = (*seq, format!("h{i}-{n}").into_bytes());
+            assert!(order.contains(&event) && !duplicate, "{id} stored as {seq}");
+        }
+    }
+    println!("{} events in {} messages", 3 * EACH, messages.len());
 }
 
 #[test]

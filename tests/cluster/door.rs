@@ -201,7 +201,8 @@ fn a_retry_stored_after_the_next_event_of_its_host_is_applied_in_the_host_order(
     for (n, event) in [(1, join(1)), (3, say("two")), (2, say("one")), (4, say("three"))] {
         let envelope = Envelope { node: "x".into(), generation: 1, n, event };
         let payload = chatd::cluster::events::encode(&envelope);
-        x.send(chatd::cluster::bridge::Command::Publish { id: format!("x.1.{n}"), payload });
+        let id = format!("x.1.{n}");
+        x.send(chatd::cluster::bridge::Command::Publish { id, payload, packable: false });
     }
     let said = |h: &Host| -> Vec<(u64, String)> {
         h.changes()
@@ -217,4 +218,65 @@ fn a_retry_stored_after_the_next_event_of_its_host_is_applied_in_the_host_order(
     let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, ["one", "two", "three"], "{lines:?}");
     assert!(lines[0].0 > lines[1].0, "\"one\" is stored after \"two\": {lines:?}");
+}
+
+/// Publishes `envelope` into the room's stream as a release from before packed messages did:
+/// without the header that says its host reads them.
+fn publish_as_earlier_release(nats: &NatsCluster, room: &str, envelope: &Envelope) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url(0)).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let subject = format!("chatd.{room}.{}", envelope.node);
+        let payload = chatd::cluster::events::encode(envelope);
+        js.publish(subject, payload.into()).await.expect("publish").await.expect("stored");
+    });
+}
+
+#[test]
+fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
+    let nats = NatsCluster::start(3);
+    let mut a = Host::start(&nats, "packing", "a");
+    let mut b = Host::start(&nats, "packing", "b");
+    let hosts = |h: &Host| h.cluster.room().hosts().map(|(n, _)| n.to_owned()).collect::<Vec<_>>();
+    // Each host's first beat, which says it reads packed messages.
+    b.until("b's beat", |h| hosts(h).contains(&"b".to_owned()));
+    a.until("b in the room", |h| hosts(h).contains(&"b".to_owned()));
+    a.cluster.publish(join(1));
+    b.until("a's member", |h| h.nick_of("a", 1).is_some());
+    let said = |h: &Host| -> Vec<(u64, String)> {
+        h.changes()
+            .into_iter()
+            .filter_map(|(seq, c)| match c {
+                Change::Said { text, .. } => Some((seq, text)),
+                _ => None,
+            })
+            .collect()
+    };
+    let burst = |a: &mut Host, from: usize| {
+        for n in from..from + 100 {
+            a.cluster.publish(Event::Say { session: SessionId(1), text: format!("line {n}") });
+        }
+    };
+    let messages = |lines: &[(u64, String)]| {
+        let mut seqs: Vec<u64> = lines.iter().map(|(seq, _)| *seq).collect();
+        seqs.dedup();
+        seqs.len()
+    };
+    // Every host reads packed messages: a burst of lines takes fewer messages.
+    burst(&mut a, 0);
+    b.until("the first 100 lines", |h| said(h).len() == 100);
+    let first = said(&b);
+    let texts: Vec<String> = (0..100).map(|n| format!("line {n}")).collect();
+    assert_eq!(first.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), texts, "in order, once");
+    assert!(messages(&first) < 100, "packed: {} messages", messages(&first));
+    // A host of an earlier release joins the room: every line goes alone again.
+    let beat = Event::Beat { clients: 0 };
+    let old = Envelope { node: "old".into(), generation: 1, n: 1, event: beat };
+    publish_as_earlier_release(&nats, "packing", &old);
+    a.until("the earlier release in the room", |h| hosts(h).contains(&"old".to_owned()));
+    burst(&mut a, 100);
+    b.until("the next 100 lines", |h| said(h).len() == 200);
+    let second = said(&b).split_off(100);
+    assert_eq!(messages(&second), 100, "one message per line while a host cannot read packs");
 }

@@ -233,6 +233,33 @@ fn redelivered_events_change_nothing() {
 }
 
 #[test]
+fn packed_lines_are_applied_in_order_at_their_message_sequence_and_other_packs_are_refused() {
+    let envelope = |n: u64, event: Event| Envelope { node: "a".into(), generation: 1, n, event };
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let mut room = Room::new();
+    room.apply(1, 1000, envelope(1, join(1)));
+    let pack = vec![envelope(2, say("one")), envelope(3, say("two")), envelope(4, say("three"))];
+    let applied = room.apply_message(2, 2000, pack.clone());
+    let said: Vec<(u64, String)> = applied
+        .into_iter()
+        .filter_map(|a| match a.change {
+            Change::Said { text, .. } => Some((a.seq, text)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, [(2, "one".into()), (2, "two".into()), (2, "three".into())]);
+    assert!(room.apply_message(2, 2000, pack).is_empty(), "a redelivery changes nothing");
+    // Two joins in one message would share a member number: the message is refused whole, on
+    // every host alike, and the host's numbering waits at the gap.
+    let bad = vec![envelope(5, join(2)), envelope(6, join(3))];
+    assert!(room.apply_message(3, 3000, bad).is_empty());
+    assert_eq!(room.online(), 1);
+    assert_eq!(room.last_seq(), 3);
+    let other_host = Envelope { node: "b".into(), ..envelope(5, say("four")) };
+    assert!(room.apply_message(4, 4000, vec![envelope(5, say("four")), other_host]).is_empty());
+}
+
+#[test]
 fn a_host_reading_a_trimmed_stream_learns_members_from_rosters() {
     let mut s = Stream::default();
     s.push("a", 1, join(1));

@@ -11,21 +11,22 @@
 //! * creates the stream `CHATD_<room>` if it is missing (subjects `chatd.<room>.>`);
 //! * publishes events in the order given, each with its `Nats-Msg-Id`, holding them while NATS
 //!   is unreachable and publishing them again until they are stored: a retry of an event that
-//!   was stored already is dropped by JetStream's de-duplication, so each is stored once;
+//!   was stored already is dropped by JetStream's de-duplication, so each is stored once; when
+//!   busy, it packs chat lines into one message (`publish.rs`);
 //! * reads the stream in order from a given sequence with an ephemeral consumer of its own,
 //!   recreated from the next sequence whenever it fails or skips (rather than async-nats'
 //!   ordered consumer, which notices a lost consumer only after 30 s of missed heartbeats);
 //! * sends and receives private messages over core NATS, one subject per host, outside the
 //!   stream's subjects.
 
+mod publish;
+
+use super::events;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{Context, ContextBuilder};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::stream;
 use crossbeam_channel::{Receiver, Sender};
 use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
-use std::collections::VecDeque;
-use std::future::IntoFuture;
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -51,6 +52,9 @@ pub fn max_messages(history: usize) -> i64 {
     i64::try_from(history.saturating_mul(100)).unwrap_or(i64::MAX).max(1_000_000)
 }
 
+/// The header on every message this release publishes: its host reads packed messages.
+const READS_PACKED: &str = "Chatd-Reads-Packed";
+
 /// How long JetStream remembers message ids: a retry within this is never stored twice. An
 /// event sent just before an outage whose acknowledgement was lost is retried as soon as NATS
 /// is back, so this bounds the outage after which such an event could be stored twice.
@@ -59,8 +63,10 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
 /// Caller → bridge.
 #[derive(Debug)]
 pub enum Command {
-    /// Store an event in the stream; `id` is its `Nats-Msg-Id`, unique in the room.
-    Publish { id: String, payload: Vec<u8> },
+    /// Store an event in the stream; `id` is its `Nats-Msg-Id`, unique in the room. A
+    /// `packable` one may share a stream message with the packable ones next to it, which only
+    /// hosts that [`Report::Event::reads_packed`] can read.
+    Publish { id: String, payload: Vec<u8>, packable: bool },
     /// A private message to the host `node`, over core NATS (not stored).
     Private { node: String, payload: Vec<u8> },
 }
@@ -73,9 +79,10 @@ pub enum Report {
     /// The stream can be read (`true`) or its reading failed (`false`: no leader, deleted,
     /// connection lost): until `true` again, events are held.
     Stream(bool),
-    /// An event of the stream, in stream order, each once. `time_ms` is the stream's timestamp
-    /// (ms since the Unix epoch).
-    Event { seq: u64, time_ms: i64, payload: Vec<u8> },
+    /// A message of the stream, in stream order, each once: its events, one or several
+    /// (`events::pack`), oldest first. `time_ms` is the stream's timestamp (ms since the Unix
+    /// epoch). `reads_packed`: the host that published it reads packed messages.
+    Event { seq: u64, time_ms: i64, payloads: Vec<Vec<u8>>, reads_packed: bool },
     /// Every event stored when the reader looked has been reported: once per consumer, when
     /// it first has nothing pending.
     CaughtUp,
@@ -97,8 +104,6 @@ pub struct Bridge {
 
 /// How long a stopping bridge keeps trying to store what it holds.
 pub const STOP_FLUSH: Duration = Duration::from_secs(2);
-/// Publishes awaiting their acknowledgements at once.
-const WINDOW: usize = 256;
 /// How long a publish waits for JetStream's acknowledgement before it is tried again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The reading consumer's heartbeat: two missed and it is recreated.
@@ -216,14 +221,19 @@ async fn run(
     };
     let js = ContextBuilder::new().timeout(ACK_TIMEOUT).build(client.clone());
     let (to_publisher, publisher_rx) = unbounded_channel();
-    let publisher =
-        tokio::spawn(publish(js.clone(), settings.clone(), publisher_rx, connected, out.clone()));
+    let publisher = tokio::spawn(publish::publish(
+        js.clone(),
+        settings.clone(),
+        publisher_rx,
+        connected,
+        out.clone(),
+    ));
     let reader = tokio::spawn(read(js, settings.clone(), from_seq, out.clone()));
     let privates = tokio::spawn(receive_private(client.clone(), settings.clone(), out.clone()));
     while let Some(command) = commands.recv().await {
         match command {
-            Command::Publish { id, payload } => {
-                let _ = to_publisher.send((id, payload));
+            Command::Publish { id, payload, packable } => {
+                let _ = to_publisher.send(publish::Waiting { id, payload, packable });
             }
             Command::Private { node, payload } => {
                 let subject = private_subject(&settings.room, &node);
@@ -239,76 +249,6 @@ async fn run(
     privates.abort();
     let _ = tokio::time::timeout(STOP_FLUSH, publisher).await;
     let _ = tokio::time::timeout(STOP_FLUSH, client.flush()).await;
-}
-
-/// Publishes events in order as they come, with up to [`WINDOW`] awaiting their
-/// acknowledgements, so an event never waits for an earlier one's round trip through the
-/// stream's replicas. On any failure everything not yet acknowledged is sent again, in order,
-/// after a pause (JetStream drops the copies of those already stored, by message id). While the
-/// connection is down nothing is sent: the client would only queue copies of the same events.
-async fn publish(
-    js: Context,
-    settings: Settings,
-    mut incoming: UnboundedReceiver<(String, Vec<u8>)>,
-    mut connected: tokio::sync::watch::Receiver<bool>,
-    out: Out,
-) {
-    let subject = format!("chatd.{}.{}", settings.room, settings.node);
-    // Not yet acknowledged, oldest first; the first `acks.len()` of them are published.
-    let mut held: VecDeque<(String, Vec<u8>)> = VecDeque::new();
-    let mut acks = FuturesOrdered::new();
-    let mut failures = 0u32;
-    let mut open = true;
-    loop {
-        let mut failed = None;
-        if *connected.borrow_and_update() {
-            while acks.len() < WINDOW.min(held.len()) {
-                let (id, payload) = &held[acks.len()];
-                let message = jetstream::message::PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(id);
-                match js.send_publish(subject.clone(), message).await {
-                    Ok(ack) => acks.push_back(ack.into_future()),
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-        }
-        if failed.is_none() {
-            if !open && held.is_empty() {
-                return;
-            }
-            tokio::select! {
-                event = incoming.recv(), if open => match event {
-                    Some(event) => held.push_back(event),
-                    None => open = false,
-                },
-                Some(ack) = acks.next() => match ack {
-                    Ok(ack) => {
-                        failures = 0;
-                        if let Some((id, _)) = held.pop_front() {
-                            let (seq, duplicate) = (ack.sequence, ack.duplicate);
-                            out.send(Report::Stored { id, seq, duplicate });
-                        }
-                    }
-                    Err(e) => failed = Some(e.to_string()),
-                },
-                // The sender lives as long as the client's callback: this only ends with the
-                // thread.
-                _ = connected.changed() => {}
-            }
-        }
-        if let Some(e) = failed {
-            acks = FuturesOrdered::new();
-            failures += 1;
-            if failures == 1 {
-                out.send(Report::Problem(format!("publishing held until NATS answers: {e}")));
-            }
-            tokio::time::sleep(backoff(failures)).await;
-        }
-    }
 }
 
 /// Reads the stream from `next` on, forever, reporting each event once and in order. A consumer
@@ -395,7 +335,16 @@ async fn read_once(
         let time_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         if seq >= *next {
             *next = seq + 1;
-            out.send(Report::Event { seq, time_ms, payload: message.payload.to_vec() });
+            let reads_packed =
+                message.headers.as_ref().is_some_and(|h| h.get(READS_PACKED).is_some());
+            match events::unpack(&message.payload) {
+                Ok(events) => {
+                    let payloads = events.into_iter().map(<[u8]>::to_vec).collect();
+                    out.send(Report::Event { seq, time_ms, payloads, reads_packed });
+                }
+                // Every host of this release skips it alike.
+                Err(e) => out.send(Report::Problem(format!("message {seq} skipped: {e}"))),
+            }
         }
         if info.pending == 0 && !caught_up {
             caught_up = true;
