@@ -36,7 +36,7 @@ use events::{Envelope, Event, Private};
 use outage::{Outage, Step};
 use room::{Applied, Change, Room};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,6 +99,13 @@ pub struct Cluster {
     /// The host generations whose last message said they read packed messages. Not saved
     /// across an exec or a crash: relearnt from their next messages, packing nothing until.
     reads_packed: BTreeMap<String, u64>,
+    /// This generation's events handed to the bridge and not yet stored, oldest first, by
+    /// number: what a crash of the supervisor would lose, so the stored room keeps them
+    /// (`supervisor/stored.rs`) and the next supervisor sends them again.
+    unstored: VecDeque<(u64, Event)>,
+    /// After a crash: the crashed supervisor's [`Cluster::unstored`], sent again once the
+    /// stream shows which of them it stored.
+    unstored_before: Vec<(u64, Event)>,
 }
 
 impl Cluster {
@@ -156,22 +163,28 @@ impl Cluster {
             resuming: None,
             reachable_since: None,
             reads_packed: BTreeMap::new(),
+            unstored: VecDeque::new(),
+            unstored_before: Vec::new(),
         })
     }
 
     /// Goes on from a snapshot stored by a supervisor that then crashed (SPEC §8): the same
     /// generation and room, read on from the snapshot. Events handed to its bridge may or may
     /// not be in the stream, so this host's numbering is known only once the stream is read to
-    /// its end; until then its events wait, and [`Output::Resumed`] says when.
+    /// its end; until then its events wait, and [`Output::Resumed`] says when. `unstored`: the
+    /// crashed supervisor's events not known to be stored when it wrote the snapshot (lines
+    /// typed while NATS was unreachable, mostly); those the stream lacks are sent again.
     pub fn resume_after_crash(
         config: &config::Cluster,
         history: usize,
         waker: Arc<mio::Waker>,
         saved: SavedCluster,
+        unstored: Vec<(u64, Event)>,
     ) -> io::Result<Cluster> {
         let mut door = Cluster::resume(config, history, waker, saved)?;
         (door.published, door.stored) = (0, 0);
         door.resuming = Some(Vec::new());
+        door.unstored_before = unstored;
         Ok(door)
     }
 
@@ -182,8 +195,20 @@ impl Cluster {
     fn resumed(&mut self, out: &mut Vec<Output>) {
         let Some(held) = self.resuming.take() else { return };
         out.push(Output::Resumed);
+        let before = std::mem::take(&mut self.unstored_before);
+        let mut again = Vec::new();
         match self.room.numbering(&self.node, self.generation) {
-            Some(room::Numbering { last, waiting: false }) => self.numbered = last,
+            Some(room::Numbering { last, waiting: false }) => {
+                self.numbered = last;
+                // Those the stream lacks, in order, numbered on. Not joins: the kept sessions
+                // are paired with the members the stream has, and a join sent again now would
+                // make a member without a socket.
+                again = before
+                    .into_iter()
+                    .filter(|(n, event)| *n > last && !matches!(event, Event::Join { .. }))
+                    .map(|(_, event)| event)
+                    .collect();
+            }
             Some(room::Numbering { waiting: true, .. }) => {
                 // Its next event, of a new generation, ends this one in every room.
                 log::error!(
@@ -192,16 +217,19 @@ impl Cluster {
                 );
                 self.generation = new_generation();
                 self.numbered = 0;
+                self.unstored.clear();
             }
             // Its generation is over (declared gone while this host was down): `apply` has
             // started a new one already.
             None => {}
         }
         log::info!(
-            "cluster: read the stream to its end after the restart; {} events held",
+            "cluster: read the stream to its end after the restart; {} events the crashed \
+             supervisor had not seen stored sent again, {} held meanwhile",
+            again.len(),
             held.len()
         );
-        for event in held {
+        for event in again.into_iter().chain(held) {
             self.publish(event);
         }
     }
@@ -234,6 +262,7 @@ impl Cluster {
         let id = format!("{node}.{generation}.{n}");
         let packable =
             matches!(event, Event::Say { .. } | Event::Me { .. }) && self.all_read_packed();
+        self.unstored.push_back((n, event.clone()));
         let envelope = Envelope { node, generation, n, event };
         let payload = events::encode(&envelope);
         self.bridge.send(Command::Publish { id, payload, packable });
@@ -273,8 +302,16 @@ impl Cluster {
                     self.apply(seq, time_ms, envelopes, &mut out);
                 }
                 Report::CaughtUp => self.resumed(&mut out),
-                Report::Stored { .. } => {
+                Report::Stored { id, .. } => {
                     self.stored += 1;
+                    // Acknowledged in the order published: everything up to this one is stored.
+                    if let Some((generation, n)) = numbers_of(&id) {
+                        if generation == self.generation {
+                            while self.unstored.front().is_some_and(|(m, _)| *m <= n) {
+                                self.unstored.pop_front();
+                            }
+                        }
+                    }
                     if self.connected && self.readable {
                         self.reachable_since.get_or_insert(now);
                     }
@@ -351,6 +388,7 @@ impl Cluster {
                     );
                     self.generation = new_generation();
                     self.numbered = 0;
+                    self.unstored.clear();
                 }
             }
         }
@@ -391,6 +429,11 @@ impl Cluster {
     }
 
     /// Events handed over and not yet stored (held while the room is unreachable).
+    /// This generation's events handed to NATS and not yet stored, oldest first, by number.
+    pub fn unstored(&self) -> &VecDeque<(u64, Event)> {
+        &self.unstored
+    }
+
     pub fn held(&self) -> u64 {
         self.published.saturating_sub(self.stored)
     }
@@ -408,4 +451,12 @@ impl Cluster {
 fn new_generation() -> u64 {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     (nanos as u64) ^ (u64::from(std::process::id()) << 44)
+}
+
+/// The generation and number in a message id, `<node>.<generation>.<n>`.
+fn numbers_of(id: &str) -> Option<(u64, u64)> {
+    let mut parts = id.rsplitn(3, '.');
+    let n = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    Some((generation, n))
 }

@@ -3,6 +3,7 @@
 //! room logic itself is the hub's (`hub/cluster.rs`).
 
 use super::Supervisor;
+use super::stored::StoredCluster;
 use super::workers::Mailboxes;
 use crate::cluster::Cluster;
 use serde_json::json;
@@ -16,14 +17,15 @@ impl Supervisor {
     /// puts the hub in cluster mode. The bridge wakes the loop through the shared waker.
     /// `stored`: what a supervisor that crashed stored of it (`supervisor/stored.rs`), to go on
     /// as the same host.
-    pub(super) fn start_cluster(&mut self, stored: Option<Vec<u8>>) -> Result<(), String> {
+    pub(super) fn start_cluster(&mut self, stored: Option<StoredCluster>) -> Result<(), String> {
         if !self.config.cluster.enabled {
             return Ok(());
         }
         let cluster = &self.config.cluster;
-        if let Some(bytes) = stored {
+        if let Some(stored) = stored {
             let history = self.config.chat.history;
-            self.hub.resume_cluster(cluster, history, self.waker.clone(), &bytes, true)?;
+            let (waker, unstored) = (self.waker.clone(), Some(stored.unstored.as_slice()));
+            self.hub.resume_cluster(cluster, history, waker, &stored.mode, unstored)?;
             log::info!(
                 "cluster: room {} as node {}, going on after a crash from the stored snapshot",
                 cluster.room,
@@ -88,7 +90,7 @@ impl Supervisor {
         };
         let cluster = &self.config.cluster;
         let history = self.config.chat.history;
-        self.hub.resume_cluster(cluster, history, self.waker.clone(), &bytes, false)?;
+        self.hub.resume_cluster(cluster, history, self.waker.clone(), &bytes, None)?;
         log::info!(
             "cluster: room {} as node {}, carried across the exec",
             cluster.room,

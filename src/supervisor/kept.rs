@@ -17,7 +17,7 @@
 
 use super::Supervisor;
 use super::hub::WorkerId;
-use super::hub::{REMOTE, UNADOPTED};
+use super::hub::{BACK, REMOTE, UNADOPTED};
 use super::upgrade::state::{SavedHub, SavedMember};
 use crate::bus::WorkerOrder;
 use crate::bus::frame;
@@ -142,11 +142,13 @@ impl Later {
 
 /// Pairs the stored tables' records with the stored bags' sockets, and marks `room`'s members
 /// as waiting for a worker; what each socket still needs is worked out against `room`'s recent
-/// events.
+/// events. `back`: the sessions were told the cluster's room was unreachable before the crash,
+/// and are told it is back after the notice.
 pub(super) fn collect(
     entries: Vec<(String, OwnedFd)>,
     room: Option<&mut SavedHub>,
     slots: usize,
+    back: bool,
 ) -> Option<Restoring> {
     if entries.is_empty() {
         return None;
@@ -197,7 +199,10 @@ pub(super) fn collect(
             continue;
         }
         found.insert(session);
-        let state = resume_state(&entry, table::socket_written(socket.as_fd()), room);
+        let mut state = resume_state(&entry, table::socket_written(socket.as_fd()), room);
+        if back {
+            state.output.extend_from_slice(format!("{BACK}\r\n").as_bytes());
+        }
         pending.insert(state.session);
         let slot = pending.len() % by_slot.len();
         by_slot[slot].push((state, socket));
@@ -342,12 +347,13 @@ impl Supervisor {
         let Some(later) = self.kept_later.take() else { return };
         if resuming {
             warn!("cluster: the stream was not read to its end in time; kept sessions end");
-            self.restoring = collect(later.entries, None, self.slots.len());
+            self.restoring = collect(later.entries, None, self.slots.len(), false);
             self.hub.worker_lost(UNADOPTED, &mut super::workers::Mailboxes(&mut self.workers));
             return;
         }
         let mut room = self.hub.save();
-        self.restoring = collect(later.entries, Some(&mut room), self.slots.len());
+        let back = self.hub.take_told_unreachable();
+        self.restoring = collect(later.entries, Some(&mut room), self.slots.len(), back);
         let ready: Vec<(WorkerId, usize)> = self
             .workers
             .iter()

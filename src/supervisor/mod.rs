@@ -181,7 +181,7 @@ impl Supervisor {
         // to its end (`kept::Later`).
         let (restoring, kept_later) = match (&cluster_mode, room.as_mut()) {
             (Some(_), Some(room)) => (None, Some(kept::Later::new(kept_entries, room))),
-            _ => (kept::collect(kept_entries, room.as_mut(), slots.len()), None),
+            _ => (kept::collect(kept_entries, room.as_mut(), slots.len(), false), None),
         };
         let hub = match room {
             Some(saved) => Hub::restore(&config, saved),

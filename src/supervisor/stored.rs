@@ -51,12 +51,15 @@ struct Record {
     cluster: Option<StoredCluster>,
 }
 
-/// Cluster mode in a snapshot: whose it is, and `Hub::save_cluster`'s bytes.
-#[derive(Serialize, Deserialize)]
+/// Cluster mode in a snapshot: whose it is, `Hub::save_cluster`'s bytes, and
+/// `Hub::save_cluster_unstored`'s (none in a snapshot of an earlier release).
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub(super) struct StoredCluster {
     pub node: String,
     pub room: String,
     pub mode: Vec<u8>,
+    #[serde(default)]
+    pub unstored: Vec<u8>,
 }
 
 /// A journal entry: what a turn changed (`hub.members`: the members that joined or changed
@@ -91,12 +94,16 @@ pub(super) struct StoredRoom {
     cluster: Option<ClusterSnapshots>,
 }
 
-/// In cluster mode: whose snapshots, and where and when the last one was written.
+/// In cluster mode: whose snapshots, and where and when the last one was written, with what
+/// of the door's events not yet stored (how many, the newest's number) and whether the
+/// clients had been told the room is unreachable.
 struct ClusterSnapshots {
     node: String,
     room: String,
     seq: u64,
     at: Instant,
+    unstored: (usize, Option<u64>),
+    noticed: bool,
 }
 
 /// What the previous supervisor left in the store: the room, if this binary can read it, and
@@ -120,18 +127,18 @@ pub(super) fn take_passed() -> (Option<Passed>, Vec<Socket>, Vec<(String, OwnedF
 }
 
 /// What of a passed room this configuration can go on with: the hub, and in cluster mode the
-/// door's bytes. A room stored in cluster mode goes on only in cluster mode, as the same node
+/// door's part. A room stored in cluster mode goes on only in cluster mode, as the same node
 /// of the same room, and one stored on a single host only there.
 pub(super) fn usable(
     passed: Option<Passed>,
     config: &Config,
-) -> (Option<SavedHub>, Option<Vec<u8>>) {
+) -> (Option<SavedHub>, Option<StoredCluster>) {
     let Some(Passed { hub, cluster }) = passed else { return (None, None) };
     let ours = config.cluster.enabled;
     match cluster {
         None if !ours => (Some(hub), None),
         Some(c) if ours && c.node == config.cluster.node && c.room == config.cluster.room => {
-            (Some(hub), Some(c.mode))
+            (Some(hub), Some(c))
         }
         _ => {
             warn!("fd store: the stored room is of another cluster setting; the room starts anew");
@@ -301,23 +308,44 @@ impl StoredRoom {
             return None;
         }
         let at = Instant::now();
-        let cluster = cluster.map(|(node, room)| ClusterSnapshots { node, room, seq: 0, at });
+        let cluster = cluster.map(|(node, room)| ClusterSnapshots {
+            node,
+            room,
+            seq: 0,
+            at,
+            unstored: (0, None),
+            noticed: false,
+        });
         Some(StoredRoom { snapshot, journal, seq: None, pushed: 0, bans: 0, presence: 0, cluster })
     }
 
     /// In cluster mode: a snapshot of the hub and the door after [`CLUSTER_SNAPSHOT_EVENTS`]
     /// applied stream events, or after [`CLUSTER_SNAPSHOT_EVERY`] if any, and nothing in
-    /// between, since the stream keeps those events.
+    /// between, since the stream keeps those events. What the stream does not keep yet — this
+    /// host's events NATS has not acknowledged, such as lines typed while it is unreachable —
+    /// and the outage notice count as changes too, so a crash during an outage loses at most
+    /// the last [`CLUSTER_SNAPSHOT_EVERY`] of them.
     fn save_cluster(&mut self, hub: &Hub) {
         let (Some(last), Some(door)) = (self.cluster.as_mut(), hub.cluster()) else { return };
         let seq = door.room().last_seq();
+        let unstored = (door.unstored().len(), door.unstored().back().map(|(n, _)| *n));
+        let noticed = hub.cluster_noticed();
+        let changed = seq > last.seq || unstored != last.unstored || noticed != last.noticed;
         let due = seq >= last.seq + CLUSTER_SNAPSHOT_EVENTS
-            || (seq > last.seq && last.at.elapsed() >= CLUSTER_SNAPSHOT_EVERY);
+            || (changed && last.at.elapsed() >= CLUSTER_SNAPSHOT_EVERY);
         if self.seq.is_some() && !due {
             return;
         }
-        let Some(mode) = hub.save_cluster() else { return };
-        let cluster = StoredCluster { node: last.node.clone(), room: last.room.clone(), mode };
+        let (Some(mode), Some(unstored_bytes)) = (hub.save_cluster(), hub.save_cluster_unstored())
+        else {
+            return;
+        };
+        let cluster = StoredCluster {
+            node: last.node.clone(),
+            room: last.room.clone(),
+            mode,
+            unstored: unstored_bytes,
+        };
         let record = encode(hub.save_recent(EVENTS, HISTORY), Some(cluster));
         match self
             .snapshot
@@ -325,8 +353,15 @@ impl StoredRoom {
             .and_then(|()| self.journal.restart(self.snapshot.version()))
         {
             Ok(()) => {
-                (last.seq, last.at) = (seq, Instant::now());
+                (last.seq, last.at, last.unstored, last.noticed) =
+                    (seq, Instant::now(), unstored, noticed);
                 self.seq = Some(hub.seq());
+                if door.unreachable_since().is_some() && unstored.0 > 0 {
+                    info!(
+                        "cluster: the stored room keeps {} events NATS has not stored yet",
+                        unstored.0
+                    );
+                }
             }
             Err(e) => {
                 warn!("fd store: writing the room: {e}");
@@ -559,8 +594,12 @@ mod tests {
     #[test]
     fn a_room_stored_in_cluster_mode_goes_on_only_as_the_same_node_of_the_same_room() {
         let stored = |node: &str| {
-            let cluster =
-                StoredCluster { node: node.into(), room: "main".into(), mode: vec![1, 2, 3] };
+            let cluster = StoredCluster {
+                node: node.into(),
+                room: "main".into(),
+                mode: vec![1, 2, 3],
+                unstored: vec![4],
+            };
             let bytes = encode(Hub::new(&Config::default()).save(), Some(cluster));
             take_room(passed(&[&bytes])).expect("a room")
         };
@@ -569,7 +608,8 @@ mod tests {
         config.cluster.node = "h0".into();
         let (hub, mode) = usable(Some(stored("h0")), &config);
         assert!(hub.is_some());
-        assert_eq!(mode, Some(vec![1, 2, 3]));
+        let mode = mode.expect("the door's part");
+        assert_eq!((mode.mode, mode.unstored), (vec![1, 2, 3], vec![4]));
         let (hub, mode) = usable(Some(stored("h1")), &config);
         assert!(hub.is_none() && mode.is_none(), "another node");
         config.cluster.room = "other".into();

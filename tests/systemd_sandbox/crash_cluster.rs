@@ -150,3 +150,87 @@ fn cluster_sessions_survive_a_killed_supervisor() {
             .unwrap_or_else(|e| panic!("{}: no shutdown notice: {e}", c.label()));
     }
 }
+
+/// What a client is told when NATS goes away, and when it is back (src/supervisor/hub/cluster.rs).
+const UNREACHABLE: &str = "* the room is unreachable; your lines will be sent when it is back";
+const BACK: &str = "* the room is back";
+
+/// The supervisor crashes while NATS is down: the restarted one keeps the sessions until it
+/// can read the stream to its end, which it does once NATS is back within `outage_timeout`.
+/// Nobody is disconnected, the clients hear that the server restarted and that the room is
+/// back, the lines typed during the outage before the crash reach everyone once, in order,
+/// and the room goes on.
+#[test]
+fn cluster_sessions_survive_a_crash_during_a_nats_outage() {
+    let Some(sb) = sandbox_or_skip("cluster_sessions_survive_a_crash_during_a_nats_outage") else {
+        return;
+    };
+    let mut nats = NatsCluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let url = format!("nats = [{:?}]", nats.url(0));
+    let edits = [
+        ("enabled = false", "enabled = true"),
+        ("nats = [\"nats://127.0.0.1:4222\"]", url.as_str()),
+        ("node = \"\"", "node = \"h0\""),
+        ("replicas = 3", "replicas = 1"),
+        ("host_timeout = \"15s\"", "host_timeout = \"30s\""),
+        ("outage_notice = \"3s\"", "outage_notice = \"1s\""),
+    ];
+    let addr = start_service_with(&sb, scratch.path(), 2, &edits);
+    let mut crowd = Crowd::join(addr, 6);
+    crowd.clients[0].send_line("before the outage");
+    for c in &mut crowd.clients {
+        read_all(c, &["before the outage"], "the room did not work");
+    }
+    nats.kill(0);
+    for c in &mut crowd.clients {
+        c.read_until(Duration::from_secs(30), |l| l == UNREACHABLE)
+            .unwrap_or_else(|e| panic!("{}: no outage notice: {e}", c.label()));
+    }
+    let held = ["held 1", "held 2", "held 3"];
+    for text in held {
+        crowd.clients[2].send_line(text);
+    }
+    // The stored room has them: NATS never acknowledged them.
+    wait_until(Duration::from_secs(30), "the held lines in the stored room", || {
+        let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+        journal.contains("the stored room keeps 3 events NATS has not stored yet").then_some(())
+    });
+    let old = sb.prop("MainPID");
+    sb.ok(&["kill", "-KILL", &old]);
+    sb.wait_prop("ActiveState", "active");
+    let new = wait_until(Duration::from_secs(30), "a new main PID", || {
+        Some(sb.prop("MainPID")).filter(|pid| *pid != old && pid != "0")
+    });
+    // The new supervisor is up and cannot read the stream: NATS comes back only now.
+    nats.restart(0);
+    nats.wait_healthy(0);
+    for c in &mut crowd.clients {
+        for wanted in [NOTICE, BACK] {
+            c.read_until(Duration::from_secs(30), |l| l == wanted).unwrap_or_else(|e| {
+                panic!("{}: no {wanted:?}: {e}; read {:?}", c.label(), c.transcript())
+            });
+        }
+    }
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    let n = crowd.clients.len();
+    assert!(journal.contains(&format!("resumed {n} of {n} sessions")), "main PID {new}: {journal}");
+    crowd.clients[1].send_line("after the outage");
+    for c in &mut crowd.clients {
+        read_all(c, &["after the outage"], "the room did not go on");
+        let lines: Vec<String> = c
+            .transcript()
+            .iter()
+            .filter_map(|l| parse_chat(l))
+            .map(|p| p.text)
+            .filter(|t| t.starts_with("held "))
+            .collect();
+        assert_eq!(lines, held, "{}: the held lines once each, in order", c.label());
+        c.send_line("/who");
+        c.read_until(Duration::from_secs(30), |l| l.starts_with(&format!("* {n} online: ")))
+            .unwrap_or_else(|e| panic!("{}: not everyone online: {e}", c.label()));
+        let t = c.transcript();
+        assert!(!t.iter().any(|l| l.contains(" left")), "{}: someone left: {t:#?}", c.label());
+    }
+    sb.ok(&["systemctl", "stop", "chatd"]);
+}

@@ -36,7 +36,7 @@ fn remote_session(id: MemberId) -> SessionId {
 
 const UNREACHABLE: &str = "* the room is unreachable; your lines will be sent when it is back";
 const GIVE_UP: &str = "* the room is unreachable, please reconnect later";
-const BACK: &str = "* the room is back";
+pub const BACK: &str = "* the room is back";
 
 /// The hub's part in the cluster: the door, and the joins waiting for the stream.
 pub struct ClusterMode {
@@ -53,6 +53,9 @@ pub struct ClusterMode {
     /// Started after a crash, the stream not yet read to its end: this host's joins read
     /// again wait for their kept sessions (`supervisor/kept.rs`).
     resuming: bool,
+    /// After a crash: the crashed supervisor had told its clients the room was unreachable,
+    /// and they have not heard it is back; the kept sessions are told when they are resumed.
+    told_unreachable: bool,
 }
 
 impl ClusterMode {
@@ -65,6 +68,7 @@ impl ClusterMode {
             generation,
             learnt: false,
             resuming: false,
+            told_unreachable: false,
         }
     }
 
@@ -88,6 +92,18 @@ impl Hub {
     /// The cluster door, in cluster mode.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref().map(|c| c.door())
+    }
+
+    /// Whether this host's clients were told the room is unreachable, and not yet that it is
+    /// back (a change the stored room keeps).
+    pub fn cluster_noticed(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.noticed)
+    }
+
+    /// After a crash: whether the kept sessions, told by the crashed supervisor that the room
+    /// was unreachable, must hear that it is back when they are resumed. Once.
+    pub fn take_told_unreachable(&mut self) -> bool {
+        self.cluster.as_mut().is_some_and(|c| std::mem::take(&mut c.told_unreachable))
     }
 
     /// Started after a crash in cluster mode, and the stream not yet read to its end.

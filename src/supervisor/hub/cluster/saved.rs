@@ -36,9 +36,16 @@ impl Hub {
         postcard::to_stdvec(&saved).ok()
     }
 
+    /// The door's events not yet known to be stored ([`Cluster::unstored`]), for the stored
+    /// room: a crash must not lose what the room was waiting to get back.
+    pub fn save_cluster_unstored(&self) -> Option<Vec<u8>> {
+        postcard::to_stdvec(self.cluster.as_ref()?.door.unstored()).ok()
+    }
+
     /// Back in cluster mode from [`Hub::save_cluster`]'s bytes: after an exec, as the previous
-    /// image left it; after a crash of the supervisor (`crashed`), from the snapshot it stored
-    /// last (`supervisor/stored.rs`), reading the stream on from there, the joins then waiting
+    /// image left it; after a crash of the supervisor (`crash`: the bytes of
+    /// [`Hub::save_cluster_unstored`] stored with them), from the snapshot it stored last
+    /// (`supervisor/stored.rs`), reading the stream on from there, the joins then waiting
     /// having died with their connections.
     pub fn resume_cluster(
         &mut self,
@@ -46,14 +53,22 @@ impl Hub {
         history: usize,
         waker: Arc<mio::Waker>,
         bytes: &[u8],
-        crashed: bool,
+        crash: Option<&[u8]>,
     ) -> Result<(), String> {
         let saved: SavedMode = postcard::from_bytes(bytes)
             .map_err(|e| format!("cluster: unreadable saved state: {e}"))?;
-        let door = if crashed {
-            Cluster::resume_after_crash(config, history, waker, saved.door)
-        } else {
-            Cluster::resume(config, history, waker, saved.door)
+        let crashed = crash.is_some();
+        let door = match crash {
+            Some(unstored) => {
+                let unstored = postcard::from_bytes(unstored).unwrap_or_else(|e| {
+                    log::warn!(
+                        "cluster: the stored events not yet in the stream are unreadable: {e}"
+                    );
+                    Vec::new()
+                });
+                Cluster::resume_after_crash(config, history, waker, saved.door, unstored)
+            }
+            None => Cluster::resume(config, history, waker, saved.door),
         };
         let door = door.map_err(|e| format!("cluster: cannot start the NATS bridge: {e}"))?;
         let pending = saved.pending.into_iter().map(|(s, w, c)| (s, (WorkerId(w), c)));
@@ -61,6 +76,7 @@ impl Hub {
             door,
             pending: if crashed { HashMap::new() } else { pending.collect() },
             noticed: saved.noticed && !crashed,
+            told_unreachable: saved.noticed && crashed,
             generation: saved.generation,
             learnt: saved.learnt,
             resuming: crashed,
