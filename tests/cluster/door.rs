@@ -62,6 +62,17 @@ impl Host {
             .collect()
     }
 
+    /// The chat lines applied so far, with their stream sequences.
+    fn said(&self) -> Vec<(u64, String)> {
+        self.changes()
+            .into_iter()
+            .filter_map(|(seq, c)| match c {
+                Change::Said { text, .. } => Some((seq, text)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn nick_of(&self, node: &str, session: u64) -> Option<String> {
         let room = self.cluster.room();
         let id = room.member_of(node, SessionId(session))?;
@@ -204,17 +215,8 @@ fn a_retry_stored_after_the_next_event_of_its_host_is_applied_in_the_host_order(
         let id = format!("x.1.{n}");
         x.send(chatd::cluster::bridge::Command::Publish { id, payload, packable: false });
     }
-    let said = |h: &Host| -> Vec<(u64, String)> {
-        h.changes()
-            .into_iter()
-            .filter_map(|(seq, c)| match c {
-                Change::Said { text, .. } => Some((seq, text)),
-                _ => None,
-            })
-            .collect()
-    };
-    b.until("x's lines", |h| said(h).len() == 3);
-    let lines = said(&b);
+    b.until("x's lines", |h| h.said().len() == 3);
+    let lines = b.said();
     let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, ["one", "two", "three"], "{lines:?}");
     assert!(lines[0].0 > lines[1].0, "\"one\" is stored after \"two\": {lines:?}");
@@ -244,15 +246,6 @@ fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
     a.until("b in the room", |h| hosts(h).contains(&"b".to_owned()));
     a.cluster.publish(join(1));
     b.until("a's member", |h| h.nick_of("a", 1).is_some());
-    let said = |h: &Host| -> Vec<(u64, String)> {
-        h.changes()
-            .into_iter()
-            .filter_map(|(seq, c)| match c {
-                Change::Said { text, .. } => Some((seq, text)),
-                _ => None,
-            })
-            .collect()
-    };
     let burst = |a: &mut Host, from: usize| {
         for n in from..from + 100 {
             a.cluster.publish(Event::Say { session: SessionId(1), text: format!("line {n}") });
@@ -265,8 +258,8 @@ fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
     };
     // Every host reads packed messages: a burst of lines takes fewer messages.
     burst(&mut a, 0);
-    b.until("the first 100 lines", |h| said(h).len() == 100);
-    let first = said(&b);
+    b.until("the first 100 lines", |h| h.said().len() == 100);
+    let first = b.said();
     let texts: Vec<String> = (0..100).map(|n| format!("line {n}")).collect();
     assert_eq!(first.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), texts, "in order, once");
     assert!(messages(&first) < 100, "packed: {} messages", messages(&first));
@@ -276,7 +269,7 @@ fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
     publish_as_earlier_release(&nats, "packing", &old);
     a.until("the earlier release in the room", |h| hosts(h).contains(&"old".to_owned()));
     burst(&mut a, 100);
-    b.until("the next 100 lines", |h| said(h).len() == 200);
-    let second = said(&b).split_off(100);
+    b.until("the next 100 lines", |h| h.said().len() == 200);
+    let second = b.said().split_off(100);
     assert_eq!(messages(&second), 100, "one message per line while a host cannot read packs");
 }

@@ -6,12 +6,14 @@
 //! order, none twice; `/who` on either host lists everyone.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::nats::NatsCluster;
 use crate::common::*;
 use crate::crash::{Crowd, NOTICE, chatter, start_service_with};
-use crate::sandbox::{note, sandbox_or_skip};
+use crate::sandbox::{Sandbox, note, sandbox_or_skip};
 use crate::under_systemd::join;
 
 /// Clients of the killed host (and those joining it just before the crash), and of the other.
@@ -27,6 +29,26 @@ fn cluster_lines(nats: &NatsCluster, node: &str) -> String {
          replicas = 1\nhost_timeout = \"30s\"\noutage_notice = \"10s\"\noutage_timeout = \"60s\"",
         nats.url(0)
     )
+}
+
+/// The packaged service as host h0 of room `main` on the first node of `nats`, with 2 workers,
+/// one replica and a `host_timeout` well beyond a restart; `more`: further config edits.
+fn start_host(
+    sb: &Sandbox,
+    scratch: &Path,
+    nats: &NatsCluster,
+    more: &[(&str, &str)],
+) -> SocketAddr {
+    let url = format!("nats = [{:?}]", nats.url(0));
+    let mut edits = vec![
+        ("enabled = false", "enabled = true"),
+        ("nats = [\"nats://127.0.0.1:4222\"]", url.as_str()),
+        ("node = \"\"", "node = \"h0\""),
+        ("replicas = 3", "replicas = 1"),
+        ("host_timeout = \"15s\"", "host_timeout = \"30s\""),
+    ];
+    edits.extend_from_slice(more);
+    start_service_with(sb, scratch, 2, &edits)
 }
 
 /// Reads until `c` has read a chat line of each of `texts`, in whatever order they come.
@@ -46,15 +68,7 @@ fn cluster_sessions_survive_a_killed_supervisor() {
     let Some(sb) = sandbox_or_skip("cluster_sessions_survive_a_killed_supervisor") else { return };
     let nats = NatsCluster::start(1);
     let scratch = tempfile::tempdir().unwrap();
-    let url = format!("nats = [{:?}]", nats.url(0));
-    let edits = [
-        ("enabled = false", "enabled = true"),
-        ("nats = [\"nats://127.0.0.1:4222\"]", url.as_str()),
-        ("node = \"\"", "node = \"h0\""),
-        ("replicas = 3", "replicas = 1"),
-        ("host_timeout = \"15s\"", "host_timeout = \"30s\""),
-    ];
-    let addr = start_service_with(&sb, scratch.path(), 2, &edits);
+    let addr = start_host(&sb, scratch.path(), &nats, &[]);
     let other = ServerBuilder::new().workers(2).raw(&cluster_lines(&nats, "h1")).start();
     let mut here = Crowd::join(addr, HERE);
     let (mut there, mut there_nicks): (Vec<Client>, Vec<String>) =
@@ -167,16 +181,12 @@ fn cluster_sessions_survive_a_crash_during_a_nats_outage() {
     };
     let mut nats = NatsCluster::start(1);
     let scratch = tempfile::tempdir().unwrap();
-    let url = format!("nats = [{:?}]", nats.url(0));
-    let edits = [
-        ("enabled = false", "enabled = true"),
-        ("nats = [\"nats://127.0.0.1:4222\"]", url.as_str()),
-        ("node = \"\"", "node = \"h0\""),
-        ("replicas = 3", "replicas = 1"),
-        ("host_timeout = \"15s\"", "host_timeout = \"30s\""),
-        ("outage_notice = \"3s\"", "outage_notice = \"1s\""),
-    ];
-    let addr = start_service_with(&sb, scratch.path(), 2, &edits);
+    let addr = start_host(
+        &sb,
+        scratch.path(),
+        &nats,
+        &[("outage_notice = \"3s\"", "outage_notice = \"1s\"")],
+    );
     let mut crowd = Crowd::join(addr, 6);
     crowd.clients[0].send_line("before the outage");
     for c in &mut crowd.clients {
