@@ -105,7 +105,7 @@ pub struct Cluster {
     unstored: VecDeque<(u64, Event)>,
     /// After a crash: the crashed supervisor's [`Cluster::unstored`], sent again once the
     /// stream shows which of them it stored.
-    unstored_before: Vec<(u64, Event)>,
+    unstored_before: VecDeque<(u64, Event)>,
 }
 
 impl Cluster {
@@ -164,7 +164,7 @@ impl Cluster {
             reachable_since: None,
             reads_packed: BTreeMap::new(),
             unstored: VecDeque::new(),
-            unstored_before: Vec::new(),
+            unstored_before: VecDeque::new(),
         })
     }
 
@@ -184,7 +184,7 @@ impl Cluster {
         let mut door = Cluster::resume(config, history, waker, saved)?;
         (door.published, door.stored) = (0, 0);
         door.resuming = Some(Vec::new());
-        door.unstored_before = unstored;
+        door.unstored_before = unstored.into();
         Ok(door)
     }
 
@@ -430,8 +430,10 @@ impl Cluster {
 
     /// Events handed over and not yet stored (held while the room is unreachable).
     /// This generation's events handed to NATS and not yet stored, oldest first, by number.
+    /// Until the stream is read to its end after a crash, the crashed supervisor's: a second
+    /// crash meanwhile must not lose them.
     pub fn unstored(&self) -> &VecDeque<(u64, Event)> {
-        &self.unstored
+        if self.resuming.is_some() { &self.unstored_before } else { &self.unstored }
     }
 
     pub fn held(&self) -> u64 {

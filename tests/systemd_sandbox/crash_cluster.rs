@@ -169,8 +169,19 @@ fn cluster_sessions_survive_a_killed_supervisor() {
 const UNREACHABLE: &str = "* the room is unreachable; your lines will be sent when it is back";
 const BACK: &str = "* the room is back";
 
-/// The supervisor crashes while NATS is down: the restarted one keeps the sessions until it
-/// can read the stream to its end, which it does once NATS is back within `outage_timeout`.
+/// Waits until `times` supervisors in a row logged that the stored room keeps the three lines
+/// NATS has not stored.
+fn stored_lines_logged(sb: &Sandbox, times: usize) {
+    let logged = "the stored room keeps 3 events NATS has not stored yet";
+    wait_until(Duration::from_secs(30), "the held lines in the stored room", || {
+        let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+        (journal.matches(logged).count() >= times).then_some(())
+    });
+}
+
+/// The supervisor crashes while NATS is down, and the next one too: the last one keeps the
+/// sessions until it can read the stream to its end, which it does once NATS is back within
+/// `outage_timeout`.
 /// Nobody is disconnected, the clients hear that the server restarted and that the room is
 /// back, the lines typed during the outage before the crash reach everyone once, in order,
 /// and the room goes on.
@@ -201,17 +212,19 @@ fn cluster_sessions_survive_a_crash_during_a_nats_outage() {
     for text in held {
         crowd.clients[2].send_line(text);
     }
-    // The stored room has them: NATS never acknowledged them.
-    wait_until(Duration::from_secs(30), "the held lines in the stored room", || {
-        let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
-        journal.contains("the stored room keeps 3 events NATS has not stored yet").then_some(())
-    });
-    let old = sb.prop("MainPID");
-    sb.ok(&["kill", "-KILL", &old]);
-    sb.wait_prop("ActiveState", "active");
-    let new = wait_until(Duration::from_secs(30), "a new main PID", || {
-        Some(sb.prop("MainPID")).filter(|pid| *pid != old && pid != "0")
-    });
+    // The stored room has them: NATS never acknowledged them. Then the supervisor is killed,
+    // and the next one too before NATS is back: it stored them again from its start on.
+    let mut pid = sb.prop("MainPID");
+    for crash in 1..=2 {
+        stored_lines_logged(&sb, crash);
+        sb.ok(&["kill", "-KILL", &pid]);
+        sb.wait_prop("ActiveState", "active");
+        let old = pid.clone();
+        pid = wait_until(Duration::from_secs(30), "a new main PID", || {
+            Some(sb.prop("MainPID")).filter(|pid| *pid != old && pid != "0")
+        });
+    }
+    stored_lines_logged(&sb, 3);
     // The new supervisor is up and cannot read the stream: NATS comes back only now.
     nats.restart(0);
     nats.wait_healthy(0);
@@ -224,7 +237,7 @@ fn cluster_sessions_survive_a_crash_during_a_nats_outage() {
     }
     let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
     let n = crowd.clients.len();
-    assert!(journal.contains(&format!("resumed {n} of {n} sessions")), "main PID {new}: {journal}");
+    assert!(journal.contains(&format!("resumed {n} of {n} sessions")), "main PID {pid}: {journal}");
     crowd.clients[1].send_line("after the outage");
     for c in &mut crowd.clients {
         read_all(c, &["after the outage"], "the room did not go on");

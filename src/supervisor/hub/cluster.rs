@@ -97,7 +97,7 @@ impl Hub {
     /// Whether this host's clients were told the room is unreachable, and not yet that it is
     /// back (a change the stored room keeps).
     pub fn cluster_noticed(&self) -> bool {
-        self.cluster.as_ref().is_some_and(|c| c.noticed)
+        self.cluster.as_ref().is_some_and(|c| c.noticed || c.told_unreachable)
     }
 
     /// After a crash: whether the kept sessions, told by the crashed supervisor that the room

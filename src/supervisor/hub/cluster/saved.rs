@@ -29,7 +29,8 @@ impl Hub {
         let saved = SavedMode {
             door: mode.door.save(),
             pending: mode.pending.iter().map(|(s, (w, c))| (*s, w.0, *c)).collect(),
-            noticed: mode.noticed,
+            // Told by this supervisor, or by a crashed one, and not yet told it is back.
+            noticed: mode.noticed || mode.told_unreachable,
             generation: mode.generation,
             learnt: mode.learnt,
         };
