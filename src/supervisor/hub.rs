@@ -590,7 +590,7 @@ fn direct(out: &mut impl Outbox, worker: WorkerId, session: SessionId, lines: Ve
 
 mod clock;
 mod cluster;
-pub use cluster::{BACK, REMOTE};
+pub use cluster::{BACK, GIVE_UP, REMOTE};
 mod operators;
 mod saved;
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use super::Supervisor;
 use super::hub::WorkerId;
-use super::hub::{BACK, REMOTE, UNADOPTED};
+use super::hub::{BACK, GIVE_UP, REMOTE, UNADOPTED};
 use super::upgrade::state::{SavedHub, SavedMember};
 use crate::bus::WorkerOrder;
 use crate::bus::frame;
@@ -27,7 +27,7 @@ use crate::protocol::decoder::PendingInput;
 use crate::store::table::{self, Entry, Tail};
 use crate::store::{self, bag};
 use log::{info, warn};
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::socket::{self, ControlMessage, MsgFlags, sendmsg};
 use std::collections::{HashMap, HashSet};
 use std::io::{IoSlice, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -140,15 +140,25 @@ impl Later {
     }
 }
 
-/// Pairs the stored tables' records with the stored bags' sockets, and marks `room`'s members
-/// as waiting for a worker; what each socket still needs is worked out against `room`'s recent
-/// events. `back`: the sessions were told the cluster's room was unreachable before the crash,
-/// and are told it is back after the notice.
+/// What becomes of the sessions kept through a crash.
+pub(super) enum Fate<'a> {
+    /// Resumed against `room`'s recent events. `back`: they were told the cluster's room was
+    /// unreachable before the crash, and are told it is back after the notice.
+    Resume { room: &'a mut SavedHub, back: bool },
+    /// Told this line and ended: there is no room to resume them in.
+    End(&'static str),
+}
+
+/// What kept sessions are told when no stored room came with them.
+pub const NO_ROOM: &str = "* server stopped unexpectedly, please reconnect";
+
+/// Pairs the stored tables' records with the stored bags' sockets and, to resume them, marks
+/// the room's members as waiting for a worker; what each socket still needs is worked out
+/// against the room's recent events.
 pub(super) fn collect(
     entries: Vec<(String, OwnedFd)>,
-    room: Option<&mut SavedHub>,
+    fate: Fate<'_>,
     slots: usize,
-    back: bool,
 ) -> Option<Restoring> {
     if entries.is_empty() {
         return None;
@@ -180,12 +190,16 @@ pub(super) fn collect(
         }
     }
     let files = entries.into_iter().map(|(_, fd)| fd).collect();
-    let Some(room) = room else {
-        warn!("kept sessions without a room state: they end");
-        for name in &stale {
-            store::remove(name);
+    let (room, back) = match fate {
+        Fate::Resume { room, back } => (room, back),
+        Fate::End(line) => {
+            warn!("{} kept sessions end: {line}", sockets.len());
+            farewell(&records, sockets, line);
+            for name in &stale {
+                store::remove(name);
+            }
+            return None;
         }
-        return None;
     };
     let mut by_slot: Vec<Vec<(SessionState, OwnedFd)>> =
         (0..slots.max(1)).map(|_| Vec::new()).collect();
@@ -223,6 +237,28 @@ pub(super) fn collect(
     );
     let total = pending.len();
     Some(Restoring { started: Instant::now(), by_slot, pending, total, stale, _files: files })
+}
+
+/// Ends sessions that cannot be resumed with `line`, at the start of a line of its own, so
+/// nobody is dropped without a word. Only plain TCP sessions are kept, so the line goes on the
+/// socket as it is (none if its send buffer is full). What the client sent meanwhile is read
+/// and dropped first: closing a socket with unread input resets it, and a reset can discard
+/// the line before the client reads it.
+fn farewell(records: &HashMap<u64, Entry>, sockets: HashMap<u64, OwnedFd>, line: &str) {
+    let by_inode: HashMap<u64, &Entry> = records.values().map(|e| (e.inode, e)).collect();
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    for (inode, socket) in sockets {
+        let fd = socket.as_raw_fd();
+        let at_line_start = by_inode.get(&inode).is_some_and(|e| {
+            matches!(e.position.tail, Tail::Clean)
+                && table::socket_written(socket.as_fd()) == e.position.written
+        });
+        let text = if at_line_start { format!("{line}\r\n") } else { format!("\r\n{line}\r\n") };
+        let _ = socket::send(fd, text.as_bytes(), flags);
+        let mut input = [0u8; 16 * 1024];
+        while matches!(socket::recv(fd, &mut input, flags), Ok(n) if n > 0) {}
+        let _ = socket::shutdown(fd, socket::Shutdown::Both);
+    }
 }
 
 /// The state a session is resumed with: its position checked against the socket's own count
@@ -347,13 +383,13 @@ impl Supervisor {
         let Some(later) = self.kept_later.take() else { return };
         if resuming {
             warn!("cluster: the stream was not read to its end in time; kept sessions end");
-            self.restoring = collect(later.entries, None, self.slots.len(), false);
+            self.restoring = collect(later.entries, Fate::End(GIVE_UP), self.slots.len());
             self.hub.worker_lost(UNADOPTED, &mut super::workers::Mailboxes(&mut self.workers));
             return;
         }
         let mut room = self.hub.save();
-        let back = self.hub.take_told_unreachable();
-        self.restoring = collect(later.entries, Some(&mut room), self.slots.len(), back);
+        let fate = Fate::Resume { room: &mut room, back: self.hub.take_told_unreachable() };
+        self.restoring = collect(later.entries, fate, self.slots.len());
         let ready: Vec<(WorkerId, usize)> = self
             .workers
             .iter()

@@ -181,7 +181,13 @@ impl Supervisor {
         // to its end (`kept::Later`).
         let (restoring, kept_later) = match (&cluster_mode, room.as_mut()) {
             (Some(_), Some(room)) => (None, Some(kept::Later::new(kept_entries, room))),
-            _ => (kept::collect(kept_entries, room.as_mut(), slots.len(), false), None),
+            _ => {
+                let fate = match room.as_mut() {
+                    Some(room) => kept::Fate::Resume { room, back: false },
+                    None => kept::Fate::End(kept::NO_ROOM),
+                };
+                (kept::collect(kept_entries, fate, slots.len()), None)
+            }
         };
         let hub = match room {
             Some(saved) => Hub::restore(&config, saved),

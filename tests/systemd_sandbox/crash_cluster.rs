@@ -168,6 +168,7 @@ fn cluster_sessions_survive_a_killed_supervisor() {
 /// What a client is told when NATS goes away, and when it is back (src/supervisor/hub/cluster.rs).
 const UNREACHABLE: &str = "* the room is unreachable; your lines will be sent when it is back";
 const BACK: &str = "* the room is back";
+const GIVE_UP: &str = "* the room is unreachable, please reconnect later";
 
 /// Waits until `times` supervisors in a row logged that the stored room keeps the three lines
 /// NATS has not stored.
@@ -256,4 +257,38 @@ fn cluster_sessions_survive_a_crash_during_a_nats_outage() {
         assert!(!t.iter().any(|l| l.contains(" left")), "{}: someone left: {t:#?}", c.label());
     }
     sb.ok(&["systemctl", "stop", "chatd"]);
+}
+
+/// The supervisor crashes while NATS is down, and NATS stays down past `outage_timeout`: the
+/// kept sessions cannot be resumed, since the stream cannot be read to its end, and each is
+/// told why before it ends, as any client is when an outage lasts too long.
+#[test]
+fn kept_sessions_are_told_why_they_end_when_nats_stays_down() {
+    let Some(sb) = sandbox_or_skip("kept_sessions_are_told_why_they_end_when_nats_stays_down")
+    else {
+        return;
+    };
+    let mut nats = NatsCluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let timeout = [("outage_timeout = \"60s\"", "outage_timeout = \"4s\"")];
+    let addr = start_host(&sb, scratch.path(), &nats, &timeout);
+    let mut crowd = Crowd::join(addr, 4);
+    crowd.clients[0].send_line("before the outage");
+    for c in &mut crowd.clients {
+        read_all(c, &["before the outage"], "the room did not work");
+    }
+    // NATS goes, and the supervisor with it, long before it would give up on NATS itself.
+    nats.kill(0);
+    let old = sb.prop("MainPID");
+    sb.ok(&["kill", "-KILL", &old]);
+    for c in &mut crowd.clients {
+        let (lines, end) = c.read_to_close(Duration::from_secs(30));
+        assert_eq!(lines.last().map(String::as_str), Some(GIVE_UP), "{}: {lines:?}", c.label());
+        assert!(matches!(end, ReadError::Eof), "{}: ended by {end}", c.label());
+        assert!(!lines.iter().any(|l| l == NOTICE), "{}: told it was resumed", c.label());
+    }
+    assert_eq!(sb.prop("ActiveState"), "active");
+    assert_ne!(sb.prop("MainPID"), old, "the service was not restarted");
+    let journal = sb.ok(&["journalctl", "-u", "chatd", "--no-pager", "-o", "cat"]);
+    assert!(journal.contains("the stream was not read to its end in time"), "{journal}");
 }

@@ -35,7 +35,7 @@ fn remote_session(id: MemberId) -> SessionId {
 }
 
 const UNREACHABLE: &str = "* the room is unreachable; your lines will be sent when it is back";
-const GIVE_UP: &str = "* the room is unreachable, please reconnect later";
+pub const GIVE_UP: &str = "* the room is unreachable, please reconnect later";
 pub const BACK: &str = "* the room is back";
 
 /// The hub's part in the cluster: the door, and the joins waiting for the stream.
