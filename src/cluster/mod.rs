@@ -462,3 +462,16 @@ fn numbers_of(id: &str) -> Option<(u64, u64)> {
     let generation = parts.next()?.parse().ok()?;
     Some((generation, n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::numbers_of;
+
+    #[test]
+    fn a_message_id_names_the_generation_and_number_whatever_the_node() {
+        assert_eq!(numbers_of("web-1.1733.42"), Some((1733, 42)));
+        assert_eq!(numbers_of("a.b.7.3"), Some((7, 3)), "only the last two parts are numbers");
+        assert_eq!(numbers_of("web1.x.3"), None);
+        assert_eq!(numbers_of("3"), None);
+    }
+}

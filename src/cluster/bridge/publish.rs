@@ -88,8 +88,10 @@ fn next_message(
         }
     }
     if count <= 1 {
-        let event = waiting.pop_front().expect("front checked above");
-        return Next::Send(Message { ids: vec![event.id], payload: event.payload });
+        return match waiting.pop_front() {
+            Some(event) => Next::Send(Message { ids: vec![event.id], payload: event.payload }),
+            None => Next::Nothing,
+        };
     }
     let events: Vec<Waiting> = waiting.drain(..count).collect();
     let payload = events::pack(events.iter().map(|e| e.payload.as_slice()));
