@@ -189,27 +189,44 @@ impl Cluster {
     }
 
     /// The stream is read to its end: this host's events are numbered on from its last one
-    /// there, and the ones held meanwhile go out. If one of its events waits in the room for a
-    /// predecessor that died with the crashed supervisor, the generation cannot go on: this
-    /// host goes on as a new one, which ends the old one everywhere (its clients reconnect).
+    /// there, the crashed supervisor's events the stream lacks are sent again, and the ones
+    /// held meanwhile go out. If some of its events wait in the room for predecessors lost with
+    /// the crash, those the stored snapshot kept fill the gap under their own numbers; if it
+    /// did not keep them all, the generation cannot go on: this host goes on as a new one,
+    /// which ends the old one everywhere (its clients reconnect).
     fn resumed(&mut self, out: &mut Vec<Output>) {
         let Some(held) = self.resuming.take() else { return };
         out.push(Output::Resumed);
         let before = std::mem::take(&mut self.unstored_before);
         let mut again = Vec::new();
-        match self.room.numbering(&self.node, self.generation) {
-            Some(room::Numbering { last, waiting: false }) => {
-                self.numbered = last;
-                // Those the stream lacks, in order, numbered on. Not joins: the kept sessions
-                // are paired with the members the stream has, and a join sent again now would
-                // make a member without a socket.
+        if let Some(numbering) = self.room.numbering(&self.node, self.generation) {
+            // Not joins: the kept sessions are paired with the members the stream has, and a
+            // join sent again now would make a member without a socket.
+            let fills = |n: &u64, event: &Event| {
+                numbering.missing.contains(n) && !matches!(event, Event::Join { .. })
+            };
+            let gap: Vec<(u64, Event)> =
+                before.iter().filter(|(n, event)| fills(n, event)).cloned().collect();
+            if gap.len() == numbering.missing.len() {
+                if !gap.is_empty() {
+                    log::warn!(
+                        "cluster: {} events of this host before the crash were missing from \
+                         the stream; sent again from the stored room",
+                        gap.len()
+                    );
+                }
+                for (n, event) in gap {
+                    self.send(n, event);
+                }
+                self.numbered = numbering.highest;
                 again = before
                     .into_iter()
-                    .filter(|(n, event)| *n > last && !matches!(event, Event::Join { .. }))
+                    .filter(|(n, event)| {
+                        *n > numbering.highest && !matches!(event, Event::Join { .. })
+                    })
                     .map(|(_, event)| event)
                     .collect();
-            }
-            Some(room::Numbering { waiting: true, .. }) => {
+            } else {
                 // Its next event, of a new generation, ends this one in every room.
                 log::error!(
                     "cluster: an event of this host before the crash is missing from the stream; \
@@ -219,10 +236,9 @@ impl Cluster {
                 self.numbered = 0;
                 self.unstored.clear();
             }
-            // Its generation is over (declared gone while this host was down): `apply` has
-            // started a new one already.
-            None => {}
         }
+        // No numbering: the generation is over (declared gone while this host was down), and
+        // `apply` has started a new one already.
         log::info!(
             "cluster: read the stream to its end after the restart; {} events the crashed \
              supervisor had not seen stored sent again, {} held meanwhile",
@@ -256,9 +272,14 @@ impl Cluster {
             held.push(event);
             return;
         }
-        self.published += 1;
         self.numbered += 1;
-        let (node, generation, n) = (self.node.clone(), self.generation, self.numbered);
+        self.send(self.numbered, event);
+    }
+
+    /// Hands the bridge this host's event numbered `n`.
+    fn send(&mut self, n: u64, event: Event) {
+        self.published += 1;
+        let (node, generation) = (self.node.clone(), self.generation);
         let id = format!("{node}.{generation}.{n}");
         let packable =
             matches!(event, Event::Say { .. } | Event::Me { .. }) && self.all_read_packed();
@@ -429,6 +450,11 @@ impl Cluster {
     }
 
     /// Events handed over and not yet stored (held while the room is unreachable).
+    /// The number of this host's last event in its generation (the counter of its message ids).
+    pub fn numbered(&self) -> u64 {
+        self.numbered
+    }
+
     /// This generation's events handed to NATS and not yet stored, oldest first, by number.
     /// Until the stream is read to its end after a crash, the crashed supervisor's: a second
     /// crash meanwhile must not lose them.

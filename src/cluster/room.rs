@@ -67,12 +67,15 @@ struct Order {
 }
 
 /// A host generation's numbering as the room has applied it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbering {
     /// The last number applied in order (0: none).
     pub last: u64,
-    /// Events wait for a number that is missing.
-    pub waiting: bool,
+    /// The numbers missing before events that wait for them, lowest first (none: nothing
+    /// waits).
+    pub missing: Vec<u64>,
+    /// The highest number the room has of the generation, applied or waiting.
+    pub highest: u64,
 }
 
 /// What to do with a host's event numbered `n`.
@@ -512,7 +515,9 @@ impl Room {
     pub fn numbering(&self, node: &str, generation: u64) -> Option<Numbering> {
         let host = self.hosts.get(node).filter(|h| h.generation == generation)?;
         let last = host.order.next.map_or(0, |next| next - 1);
-        Some(Numbering { last, waiting: !host.order.waiting.is_empty() })
+        let highest = host.order.waiting.keys().next_back().copied().unwrap_or(last).max(last);
+        let missing = (last + 1..highest).filter(|n| !host.order.waiting.contains_key(n)).collect();
+        Some(Numbering { last, missing, highest })
     }
 
     /// Members served by `node`.

@@ -2,6 +2,7 @@
 
 use crate::common::nats::NatsCluster;
 use chatd::bus::message::{LeaveReason, SessionId};
+use chatd::cluster::bridge::{Bridge, Command};
 use chatd::cluster::events::{Envelope, Event, Private};
 use chatd::cluster::outage::Step;
 use chatd::cluster::room::Change;
@@ -21,20 +22,13 @@ struct Host {
 
 impl Host {
     fn start(nats: &NatsCluster, room: &str, node: &str) -> Host {
-        let settings = config::Cluster {
-            enabled: true,
-            nats: nats.urls(),
-            room: room.into(),
-            node: node.into(),
-            replicas: 3,
-            host_timeout: Duration::from_secs(3),
-            outage_notice: Duration::from_secs(1),
-            outage_timeout: Duration::from_secs(20),
-        };
+        Host::with(|waker| Cluster::start(&settings(nats, room, node), 100, waker))
+    }
+
+    fn with(start: impl FnOnce(Arc<mio::Waker>) -> std::io::Result<Cluster>) -> Host {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let cluster = Cluster::start(&settings, 100, waker).expect("start");
-        Host { cluster, poll, seen: Vec::new() }
+        Host { cluster: start(waker).expect("start"), poll, seen: Vec::new() }
     }
 
     /// Runs the host's loop (woken by the bridge, ticking every 100 ms) until `f` holds.
@@ -77,6 +71,19 @@ impl Host {
         let room = self.cluster.room();
         let id = room.member_of(node, SessionId(session))?;
         room.member(id).map(|m| m.nick.clone())
+    }
+}
+
+fn settings(nats: &NatsCluster, room: &str, node: &str) -> config::Cluster {
+    config::Cluster {
+        enabled: true,
+        nats: nats.urls(),
+        room: room.into(),
+        node: node.into(),
+        replicas: 3,
+        host_timeout: Duration::from_secs(3),
+        outage_notice: Duration::from_secs(1),
+        outage_timeout: Duration::from_secs(20),
     }
 }
 
@@ -199,21 +206,13 @@ fn a_retry_stored_after_the_next_event_of_its_host_is_applied_in_the_host_order(
     b.until("the room reachable", |h| h.cluster.connected());
     // Host x's events as a stream leader change leaves them: "one" (2) lost with the old
     // leader while "two" (3) reached the new one, then the retry of "one".
-    let (_poll, waker) = crate::waker();
-    let settings = chatd::cluster::bridge::Settings {
-        urls: nats.urls(),
-        room: "reorder".into(),
-        node: "x".into(),
-        replicas: 3,
-        max_messages: 1_000_000,
-    };
-    let x = chatd::cluster::bridge::Bridge::start(settings, 1, waker).expect("bridge");
+    let (_poll, x) = raw_bridge(&nats, "reorder", "x");
     let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
     for (n, event) in [(1, join(1)), (3, say("two")), (2, say("one")), (4, say("three"))] {
         let envelope = Envelope { node: "x".into(), generation: 1, n, event };
         let payload = chatd::cluster::events::encode(&envelope);
         let id = format!("x.1.{n}");
-        x.send(chatd::cluster::bridge::Command::Publish { id, payload, packable: false });
+        x.send(Command::Publish { id, payload, packable: false });
     }
     b.until("x's lines", |h| h.said().len() == 3);
     let lines = b.said();
@@ -272,4 +271,58 @@ fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
     b.until("the next 100 lines", |h| h.said().len() == 200);
     let second = b.said().split_off(100);
     assert_eq!(messages(&second), 100, "one message per line while a host cannot read packs");
+}
+
+/// A raw bridge for node `node`, publishing as a host of this release would.
+fn raw_bridge(nats: &NatsCluster, room: &str, node: &str) -> (mio::Poll, Bridge) {
+    let (poll, waker) = crate::waker();
+    let settings = chatd::cluster::bridge::Settings {
+        urls: nats.urls(),
+        room: room.into(),
+        node: node.into(),
+        replicas: 3,
+        max_messages: 1_000_000,
+    };
+    (poll, Bridge::start(settings, 1, waker).expect("bridge"))
+}
+
+#[test]
+fn a_gap_left_by_a_crash_is_filled_from_the_stored_events_and_the_generation_goes_on() {
+    let nats = NatsCluster::start(3);
+    let mut b = Host::start(&nats, "gap", "b");
+    let mut x = Host::start(&nats, "gap", "x");
+    x.until("the room reachable", |h| h.cluster.connected());
+    x.cluster.publish(join(1));
+    x.until("x's member", |h| h.nick_of("x", 1).is_some());
+    b.until("x's member", |h| h.nick_of("x", 1).is_some());
+    // x's supervisor crashes after handing NATS two lines: the first is lost (a leader change),
+    // the second stored. The stored room kept both.
+    let (generation, k, saved) = (x.cluster.generation(), x.cluster.numbered(), x.cluster.save());
+    drop(x);
+    let say = |text: &str| Event::Say { session: SessionId(1), text: text.into() };
+    let (_poll, raw) = raw_bridge(&nats, "gap", "x");
+    let two = Envelope { node: "x".into(), generation, n: k + 2, event: say("two") };
+    let payload = chatd::cluster::events::encode(&two);
+    raw.send(Command::Publish {
+        id: format!("x.{generation}.{}", k + 2),
+        payload,
+        packable: false,
+    });
+    let missing = |h: &Host| h.cluster.room().numbering("x", generation).map(|n| n.missing);
+    b.until("x's second line waiting", |h| missing(h) == Some(vec![k + 1]));
+    // The next supervisor fills the gap from the stored room and goes on as the same member.
+    let unstored = vec![(k + 1, say("one")), (k + 2, say("two"))];
+    let mut x = Host::with(|waker| {
+        Cluster::resume_after_crash(&settings(&nats, "gap", "x"), 100, waker, saved, unstored)
+    });
+    x.until("the stream read to its end", |h| h.seen.contains(&Output::Resumed));
+    assert_eq!(x.cluster.generation(), generation, "went on as a new generation");
+    b.until("both lines", |h| h.said().len() == 2);
+    let texts: Vec<String> = b.said().into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts, ["one", "two"]);
+    x.cluster.publish(say("three"));
+    b.until("a line after", |h| h.said().len() == 3);
+    let gone = b.changes().into_iter().any(|(_, c)| matches!(c, Change::HostGone { .. }));
+    assert!(!gone, "x's generation ended: {:#?}", b.changes());
+    assert_eq!(b.nick_of("x", 1).as_deref(), Some("guest-1"), "x's member stayed");
 }

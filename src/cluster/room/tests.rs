@@ -404,12 +404,15 @@ fn a_host_generation_numbering_tells_its_last_event_and_a_gap() {
     s.push("a", 1, nick(1, "ann"));
     let mut room = Room::new();
     s.apply(&mut room);
-    assert_eq!(room.numbering("a", 1), Some(Numbering { last: 2, waiting: false }));
+    let numbering =
+        |last, missing: &[u64], highest| Numbering { last, missing: missing.to_vec(), highest };
+    assert_eq!(room.numbering("a", 1), Some(numbering(2, &[], 2)));
     assert_eq!(room.numbering("a", 2), None, "not the host's generation");
     assert_eq!(room.numbering("b", 1), None, "not a host of the room");
-    // Its fourth event stored, its third lost: the fourth waits.
+    // Its fourth and sixth events stored, its third and fifth lost: those wait.
     room.apply(10, 10_000, Envelope { node: "a".into(), generation: 1, n: 4, event: join(2) });
-    assert_eq!(room.numbering("a", 1), Some(Numbering { last: 2, waiting: true }));
+    room.apply(11, 11_000, Envelope { node: "a".into(), generation: 1, n: 6, event: join(3) });
+    assert_eq!(room.numbering("a", 1), Some(numbering(2, &[3, 5], 6)));
 }
 
 fn describe(change: &Change) -> String {
