@@ -29,11 +29,14 @@ const SLOW_READER_GRACE: Duration = Duration::from_secs(10);
 /// of a busy worker's profile is kernel TCP), so how often a pass may start sets the server's
 /// efficiency. A pass starts at most every `FLUSH_INTERVAL` in a small room; in a big one, the
 /// next pass waits until `FLUSH_DUTY` times the last one's duration has passed since it started,
-/// up to `MAX_FLUSH_CYCLE`. With 1,000 busy clients on two workers (a pass ~4 ms) that is one
-/// write per client every ~10 ms instead of every ~5: ~40% less CPU and lower p99 latency,
-/// because the clients' own side gets the CPU it needs to read (benches/README.md, S2).
+/// up to `MAX_FLUSH_CYCLE`: a busy worker spends at most a fifth of its time writing. With 1,000
+/// busy clients on two workers (a pass ~3 ms) that is one write per client every ~10 ms instead
+/// of every ~5: ~40% less CPU and lower p99 latency, because the clients' own side gets the CPU
+/// it needs to read (benches/README.md, S2). A duty of three left a worker of 333 clients (a
+/// pass ~2 ms) writing every ~6 ms: 25% more writes for the same lines, which a machine shared
+/// with other processes pays in everyone's latency (the cluster's S2, README).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
-const FLUSH_DUTY: u32 = 3;
+const FLUSH_DUTY: u32 = 5;
 const MAX_FLUSH_CYCLE: Duration = Duration::from_millis(10);
 /// A pass over many clients goes back to the event loop this often, so input and the bus are
 /// not held up while thousands of clients are written to.

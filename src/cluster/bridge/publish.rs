@@ -23,9 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How long after a message the next chat lines may wait to go together. Under load it bounds
-/// the messages per host to about 200 a second (plus events that are not chat lines); its cost
-/// is at most this much latency on a line, and only when the room is busy.
-pub const LINGER: Duration = Duration::from_millis(5);
+/// the messages per host to about 100 a second (plus events that are not chat lines); its cost
+/// is at most this much latency on a line, and only when the room is busy. In S2 (benches/) 5 ms
+/// left NATS 0.42 cores and p99 33 ms, 10 ms 0.28 and 30 ms, 20 ms 0.17 and 34 ms: past 10 ms
+/// the wait costs more than the CPU it saves.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// Messages awaiting their acknowledgements at once: a message never waits for an earlier
 /// one's round trip through the stream's replicas.
 const WINDOW: usize = 256;
