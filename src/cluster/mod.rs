@@ -26,6 +26,7 @@
 //! starts, and turns the bridge's connection reports into outage steps.
 
 pub mod bridge;
+pub mod checkpoint;
 pub mod events;
 pub mod outage;
 pub mod room;
@@ -50,6 +51,11 @@ pub enum Output {
     /// Resumed after a crash ([`Cluster::resume_after_crash`]), the stream is read to its end:
     /// every change of it came before this.
     Resumed,
+    /// Started from a checkpoint (`checkpoint.rs`), before any change: the room is already
+    /// whole, with these history lines; its members came without joins.
+    Restored {
+        history: Vec<String>,
+    },
 }
 
 /// A [`Cluster`] across a re-execution of the supervisor: the host stays the same member of
@@ -106,6 +112,10 @@ pub struct Cluster {
     /// After a crash: the crashed supervisor's [`Cluster::unstored`], sent again once the
     /// stream shows which of them it stored.
     unstored_before: VecDeque<(u64, Event)>,
+    /// Stream messages between two checkpoints, once the stream's limit is known.
+    checkpoint_every: Option<u64>,
+    /// The sequence of the last checkpoint written or started from.
+    checkpoint_seq: u64,
 }
 
 impl Cluster {
@@ -165,6 +175,8 @@ impl Cluster {
             reads_packed: BTreeMap::new(),
             unstored: VecDeque::new(),
             unstored_before: VecDeque::new(),
+            checkpoint_every: None,
+            checkpoint_seq: 0,
         })
     }
 
@@ -337,6 +349,10 @@ impl Cluster {
                         self.reachable_since.get_or_insert(now);
                     }
                 }
+                Report::Limit { max_messages } => {
+                    self.checkpoint_every = Some(checkpoint::every(max_messages));
+                }
+                Report::Checkpoint(bytes) => self.restore(&bytes, &mut out),
                 Report::Private(payload) => match events::decode(&payload) {
                     Ok(private) => out.push(Output::Private(private)),
                     Err(e) => log::warn!("cluster: private message ignored: {e}"),
@@ -419,7 +435,11 @@ impl Cluster {
             }
         }
         out.extend(changes.into_iter().map(Output::Applied));
-        if new_host && self.room.online_on(&self.node) > 0 {
+        // Only members of this generation: while a restarted host reads the stream back, the
+        // members of its earlier life are still in the room under its name, and a roster of
+        // them would bring them back as members of this one.
+        let current = self.room.numbering(&self.node, self.generation).is_some();
+        if new_host && current && self.room.online_on(&self.node) > 0 {
             for roster in self.room.rosters_of(&self.node) {
                 self.publish(roster);
             }

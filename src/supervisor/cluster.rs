@@ -137,6 +137,7 @@ impl Supervisor {
             "connected": door.connected(),
             "unreachable_s": door.unreachable_since().map(|t| t.elapsed().as_secs()),
             "last_seq": room.last_seq(),
+            "checkpoint_seq": door.checkpoint_seq(),
             "held": door.held(),
             "online": room.online(),
             "nodes": nodes,

@@ -274,6 +274,40 @@ fn chat_lines_are_packed_only_while_every_host_reads_packed_messages() {
 }
 
 /// A raw bridge for node `node`, publishing as a host of this release would.
+#[test]
+fn a_restarted_host_never_publishes_its_earlier_lifes_members_as_its_own() {
+    let nats = NatsCluster::start(3);
+    let mut x = Host::start(&nats, "ghost", "x");
+    x.until("the room reachable", |h| h.cluster.connected());
+    x.cluster.publish(join(1));
+    x.until("x's member", |h| h.nick_of("x", 1).is_some());
+    // Another host appears after x's member joined.
+    let mut y = Host::start(&nats, "ghost", "y");
+    y.until("y in the room", |h| h.cluster.room().hosts().any(|(node, _)| node == "y"));
+    // x vanishes (no leave, no HostDown) and starts again: reading the stream back, it meets
+    // y's generation while its earlier life's member is still in the room under its name.
+    drop(x);
+    let mut again = Host::start(&nats, "ghost", "x");
+    again.until("its new generation in the room", |h| {
+        h.cluster.room().numbering("x", h.cluster.generation()).is_some()
+    });
+    again.cluster.publish(Event::Notice { text: "marker".into() });
+    let marker =
+        |h: &Host| h.changes().iter().any(|(_, c)| *c == Change::Notice { text: "marker".into() });
+    again.until("the marker", marker);
+    y.until("the marker", marker);
+    // Everything x published is applied: the earlier life's member left with it, for good.
+    for host in [&again, &y] {
+        assert_eq!(host.nick_of("x", 1), None, "{:#?}", host.changes());
+        assert_eq!(host.cluster.room().online(), 0);
+    }
+    assert!(
+        !again.changes().iter().any(|(_, c)| matches!(c, Change::Learnt { .. })),
+        "{:#?}",
+        again.changes()
+    );
+}
+
 fn raw_bridge(nats: &NatsCluster, room: &str, node: &str) -> (mio::Poll, Bridge) {
     let (poll, waker) = crate::waker();
     let settings = chatd::cluster::bridge::Settings {

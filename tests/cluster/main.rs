@@ -11,6 +11,7 @@
 mod common;
 
 mod bridge;
+mod checkpoint;
 mod door;
 mod failover;
 mod operators;

@@ -19,6 +19,7 @@
 //! * sends and receives private messages over core NATS, one subject per host, outside the
 //!   stream's subjects.
 
+mod checkpoints;
 mod publish;
 
 use super::events;
@@ -69,6 +70,9 @@ pub enum Command {
     Publish { id: String, payload: Vec<u8>, packable: bool },
     /// A private message to the host `node`, over core NATS (not stored).
     Private { node: String, payload: Vec<u8> },
+    /// This host's checkpoint of the room as applied up to `seq` (`cluster/checkpoint.rs`),
+    /// replacing its previous one.
+    Checkpoint { seq: u64, bytes: Vec<u8> },
 }
 
 /// Bridge → caller.
@@ -90,6 +94,12 @@ pub enum Report {
     Stored { id: String, seq: u64, duplicate: bool },
     /// A private message for this host.
     Private(Vec<u8>),
+    /// The stream's `max_msgs`, once it could be read (the stream may have been created with
+    /// other limits than this host's).
+    Limit { max_messages: i64 },
+    /// Started afresh: the newest usable checkpoint, before any event; reading goes on after
+    /// the sequence it was taken at.
+    Checkpoint(Vec<u8>),
     /// Something went wrong that only the log needs to know.
     Problem(String),
 }
@@ -108,12 +118,15 @@ pub const STOP_FLUSH: Duration = Duration::from_secs(2);
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The reading consumer's heartbeat: two missed and it is recreated.
 const READ_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a starting host looks for a checkpoint before it reads the whole stream instead.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Bridge {
-    /// Starts the thread; it reads the stream from `from_seq` on. It connects in the background
-    /// (and keeps trying), so this returns at once even while NATS is unreachable.
+    /// Starts the thread; it reads the stream from `from_seq` on, or, with `from_seq` 1 (a host
+    /// that knows nothing of the room), from the newest checkpoint it finds. It connects in the
+    /// background (and keeps trying), so this returns at once even while NATS is unreachable.
     pub fn start(settings: Settings, from_seq: u64, waker: Arc<mio::Waker>) -> io::Result<Bridge> {
         let (commands, commands_rx) = unbounded_channel();
         let (reports_tx, reports) = crossbeam_channel::unbounded();
@@ -228,12 +241,18 @@ async fn run(
         connected,
         out.clone(),
     ));
+    let (to_checkpoints, checkpoints_rx) = unbounded_channel();
+    let checkpoints =
+        tokio::spawn(checkpoints::write(js.clone(), settings.clone(), checkpoints_rx, out.clone()));
     let reader = tokio::spawn(read(js, settings.clone(), from_seq, out.clone()));
     let privates = tokio::spawn(receive_private(client.clone(), settings.clone(), out.clone()));
     while let Some(command) = commands.recv().await {
         match command {
             Command::Publish { id, payload, packable } => {
                 let _ = to_publisher.send(publish::Waiting { id, payload, packable });
+            }
+            Command::Checkpoint { seq, bytes } => {
+                let _ = to_checkpoints.send((seq, bytes));
             }
             Command::Private { node, payload } => {
                 let subject = private_subject(&settings.room, &node);
@@ -247,6 +266,7 @@ async fn run(
     drop(to_publisher);
     reader.abort();
     privates.abort();
+    checkpoints.abort();
     let _ = tokio::time::timeout(STOP_FLUSH, publisher).await;
     let _ = tokio::time::timeout(STOP_FLUSH, client.flush()).await;
 }
@@ -257,8 +277,10 @@ async fn run(
 async fn read(js: Context, settings: Settings, mut next: u64, out: Out) {
     let mut failures = 0u32;
     let mut readable = false;
+    let mut restore = next == 1;
     loop {
-        let problem = match read_once(&js, &settings, &mut next, &out, &mut readable).await {
+        let reading = read_once(&js, &settings, &mut next, &out, &mut readable, &mut restore);
+        let problem = match reading.await {
             Ok(()) => "the consumer ended".to_owned(),
             Err(e) => e,
         };
@@ -275,14 +297,16 @@ async fn read(js: Context, settings: Settings, mut next: u64, out: Out) {
     }
 }
 
-/// One consumer's life: creates the stream if needed and a consumer from `next`, then reports
-/// what it delivers until it fails or skips a message.
+/// One consumer's life: creates the stream if needed (and, the first time with `restore`, looks
+/// for a checkpoint to start from) and a consumer from `next`, then reports what it delivers
+/// until it fails or skips a message.
 async fn read_once(
     js: &Context,
     settings: &Settings,
     next: &mut u64,
     out: &Out,
     readable: &mut bool,
+    restore: &mut bool,
 ) -> Result<(), String> {
     let config = stream::Config {
         name: stream_name(&settings.room),
@@ -295,6 +319,15 @@ async fn read_once(
         ..Default::default()
     };
     let stream = js.get_or_create_stream(config).await.map_err(|e| e.to_string())?;
+    let info = stream.cached_info().clone();
+    if std::mem::take(restore) {
+        let newest = checkpoints::newest(js, settings, &info, out);
+        // A store that does not answer in time is no reason to wait: the stream is read whole.
+        if let Ok(Some((seq, bytes))) = tokio::time::timeout(RESTORE_TIMEOUT, newest).await {
+            out.send(Report::Checkpoint(bytes));
+            *next = seq + 1;
+        }
+    }
     let consumer = stream
         .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: *next },
@@ -316,6 +349,7 @@ async fn read_once(
         .map_err(|e| e.to_string())?;
     if !*readable {
         *readable = true;
+        out.send(Report::Limit { max_messages: info.config.max_messages });
         out.send(Report::Stream(true));
     }
     // Said once per consumer, not after every event: each report wakes the caller's loop.

@@ -244,6 +244,7 @@ impl Hub {
                         mode.resuming = false;
                     }
                 }
+                Output::Restored { history } => self.restored(history),
                 Output::Private(private) => {
                     if let Some(member) = self.members.get(&private.to) {
                         let time = self.clock.now(&self.settings.time_format).to_string();
@@ -260,6 +261,37 @@ impl Hub {
             for frame in self.sync_frames() {
                 out.to_all(frame);
             }
+        }
+        // Here, between two polls, the history is that of the room as applied.
+        if self.cluster.as_ref().is_some_and(|c| c.door.checkpoint_due()) {
+            let history = self.history.iter().map(|line| line.to_string()).collect();
+            if let Some(mode) = self.cluster.as_mut() {
+                mode.door.checkpoint(history);
+            }
+        }
+    }
+
+    /// Started from a checkpoint: the room's members are there without joins, and the history
+    /// is the checkpoint's; the workers get the whole room, as after members learnt from a
+    /// roster.
+    fn restored(&mut self, history: Vec<String>) {
+        let Some(mode) = self.cluster.as_ref() else { return };
+        let members: Vec<(SessionId, room::Member)> = mode
+            .door
+            .room()
+            .members()
+            .map(|(id, m)| (self.hub_session(id, &m.node, m.session), m.clone()))
+            .collect();
+        for (session, member) in members {
+            self.add_member(session, &member, REMOTE);
+        }
+        for line in history {
+            self.history.push_back(line.into());
+            self.history_pushed += 1;
+        }
+        self.trim_history();
+        if let Some(mode) = self.cluster.as_mut() {
+            mode.learnt = true;
         }
     }
 
