@@ -17,7 +17,9 @@
 //!   recreated from the next sequence whenever it fails or skips (rather than async-nats'
 //!   ordered consumer, which notices a lost consumer only after 30 s of missed heartbeats);
 //! * sends and receives private messages over core NATS, one subject per host, outside the
-//!   stream's subjects.
+//!   stream's subjects;
+//! * keeps this host's checkpoints of the room, and at a fresh start hands over the newest one
+//!   the stream can go on from (`checkpoints.rs`).
 
 mod checkpoints;
 mod publish;
