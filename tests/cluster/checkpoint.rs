@@ -72,16 +72,19 @@ fn stream_and_checkpoint(nats: &NatsCluster, node: &str) -> (u64, Option<u64>) {
     })
 }
 
+/// Host `i`, showing the last 5 lines at join, without a rate limit.
+fn host(nats: &NatsCluster, i: usize) -> ServerBuilder {
+    host_config(nats, i)
+        .chat_key("history = 5")
+        .chat_key("history_on_join = 5")
+        .chat_key("rate_limit = { messages = 0 }")
+}
+
 #[test]
 fn a_host_starting_on_a_trimmed_stream_starts_from_a_checkpoint_and_holds_the_same_room() {
     let nats = NatsCluster::start(3);
     create_small_stream(&nats, MAX_MESSAGES);
-    let history = |b: ServerBuilder| {
-        b.chat_key("history = 5")
-            .chat_key("history_on_join = 5")
-            .chat_key("rate_limit = { messages = 0 }")
-    };
-    let first = history(host_config(&nats, 0)).start();
+    let first = host(&nats, 0).start();
     let (mut ann, guest) = join(&first, "ann");
     ann.send_line("/nick ann");
     until(&mut ann, &format!("* {guest} is now known as ann"));
@@ -101,7 +104,7 @@ fn a_host_starting_on_a_trimmed_stream_starts_from_a_checkpoint_and_holds_the_sa
     });
     assert!(trimmed_to > 10, "the stream still starts at {trimmed_to}");
 
-    let second = history(host_config(&nats, 1)).start();
+    let second = host(&nats, 1).start();
     let (mut carol, carol_nick) = join(&second, "carol");
     assert!(second.log_contains("starting from the checkpoint at"), "{:?}", second.log_lines());
     // The room's guest numbers went on from ann's and bob's: the same on both hosts.
@@ -129,4 +132,47 @@ fn a_host_starting_on_a_trimmed_stream_starts_from_a_checkpoint_and_holds_the_sa
     until(&mut ann, "<guest-3> hello from h1");
     bob.send_line("/msg guest-3 psst");
     until(&mut carol, "[pm from");
+}
+
+#[test]
+fn a_checkpoint_of_a_deleted_stream_is_not_read_into_the_new_one() {
+    let nats = NatsCluster::start(3);
+    create_small_stream(&nats, MAX_MESSAGES);
+    let mut first = host(&nats, 0).start();
+    let (mut ann, _) = join(&first, "ann");
+    for n in 0..20 {
+        ann.send_line(&format!("old {n}"));
+        until(&mut ann, &format!("old {n}"));
+    }
+    time_until(WAIT, "a checkpoint of h0", || stream_and_checkpoint(&nats, "h0").1.is_some());
+    drop(ann);
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    first.wait_exit(Duration::from_secs(20));
+    // The operator deletes the stream (as before going back to an earlier release); the
+    // checkpoints stay. A host starts the room anew and it goes past the old checkpoint's
+    // sequence.
+    with_jetstream(&nats, |js| async move { js.delete_stream("CHATD_main").await.map(|_| ()) })
+        .expect("delete the stream");
+    let other = host(&nats, 2).start();
+    let (mut bob, bob_nick) = join(&other, "bob");
+    for n in 0..30 {
+        bob.send_line(&format!("new {n}"));
+        until(&mut bob, &format!("new {n}"));
+    }
+    let checkpoint = stream_and_checkpoint(&nats, "h0").1.expect("the old checkpoint");
+    let late = host(&nats, 1).start();
+    let (mut carol, carol_nick) = join(&late, "carol");
+    until(&mut carol, "new 29");
+    assert!(!late.log_contains("starting from the checkpoint"), "{:?}", late.log_lines());
+    // The new room only: bob, carol, bob's lines.
+    assert_eq!(
+        carol_nick,
+        "guest-2",
+        "the old checkpoint at {checkpoint}: {:?}",
+        carol.transcript()
+    );
+    carol.send_line("/who");
+    let who = until(&mut carol, "online:");
+    assert!(who.contains("2 online: ") && who.contains(&bob_nick), "{who:?}");
+    assert!(!carol.transcript().iter().any(|l| l.contains("old ")), "{:?}", carol.transcript());
 }
