@@ -13,15 +13,21 @@
 //!                                         // with applied.seq, send to the workers
 //!         Output::Outage(step) => …,      // tell this host's clients (SPEC §11)
 //!         Output::Private(private) => …,  // a /msg for one of this host's sessions
+//!         Output::Restored { history } => …, // started from a checkpoint: room() is whole
+//!         Output::Resumed => …,               // after a crash: the stream is read to its end
 //!     }
+//! }
+//! if cluster.checkpoint_due() {                     // after handling a poll's outputs
+//!     cluster.checkpoint(history_lines);
 //! }
 //! cluster.room();                                   // who is where, for /who, /msg, status
 //! cluster.stop();                                   // clean stop: HostDown, flush
 //! ```
 //!
 //! Inside: [`events`] (what travels), [`room`] (the state machine every host applies in stream
-//! order), [`outage`] (the rules while NATS is unreachable), [`bridge`] (the thread that talks
-//! to NATS). The door ties them: it numbers this host's events for de-duplication, beats into
+//! order), [`outage`] (the rules while NATS is unreachable), [`checkpoint`] (the room written
+//! down, for hosts that start after the stream dropped its first events), [`bridge`] (the
+//! thread that talks to NATS). The door ties them: it numbers this host's events for de-duplication, beats into
 //! the stream, declares silent hosts gone, publishes this host's roster when another host
 //! starts, and turns the bridge's connection reports into outage steps.
 
