@@ -216,6 +216,21 @@ pub struct Snapshot {
     pub worker_restarts: u64,
     pub generation: u64,
     pub history_lines: u64,
+    /// Cluster mode's numbers; `None` on a single host.
+    pub cluster: Option<ClusterNumbers>,
+}
+
+/// The room across hosts as this host sees it (docs/cluster.md): what `status --json` shows
+/// under `cluster`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterNumbers {
+    pub connected: bool,
+    pub unreachable_seconds: u64,
+    pub last_seq: u64,
+    pub checkpoint_seq: u64,
+    pub held: u64,
+    pub hosts: u64,
+    pub members: u64,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! crate's live metric types: the numbers are counted elsewhere, by other processes even, and
 //! all of one scrape should come from one moment.
 
-use super::counters::{Disconnect, LineKind, Rejection, Snapshot};
+use super::counters::{ClusterNumbers, Disconnect, LineKind, Rejection, Snapshot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
 use prometheus_client::metrics::MetricType;
@@ -132,8 +132,27 @@ impl Collector for Exposition {
             "The worker generation (1 + reloads done).",
             s.generation,
         )?;
-        gauge(&mut out, "chatd_history_lines", "Room lines kept for /history.", s.history_lines)
+        gauge(&mut out, "chatd_history_lines", "Room lines kept for /history.", s.history_lines)?;
+        match &s.cluster {
+            Some(cluster) => encode_cluster(&mut out, cluster),
+            None => Ok(()),
+        }
     }
+}
+
+/// Cluster mode's gauges (docs/operations.md, "Metrics"), only on a host in cluster mode.
+fn encode_cluster(out: &mut DescriptorEncoder, c: &ClusterNumbers) -> fmt::Result {
+    let connected = "1 while the room is reachable: connected to NATS and the stream readable.";
+    gauge(out, "chatd_cluster_connected", connected, u64::from(c.connected))?;
+    let unreachable = "Seconds since the room became unreachable; 0 while it is reachable.";
+    gauge(out, "chatd_cluster_unreachable_seconds", unreachable, c.unreachable_seconds)?;
+    gauge(out, "chatd_cluster_last_seq", "The last stream sequence applied.", c.last_seq)?;
+    let checkpoint = "The stream sequence of the last checkpoint written or started from.";
+    gauge(out, "chatd_cluster_checkpoint_seq", checkpoint, c.checkpoint_seq)?;
+    let held = "This host's events handed to NATS and not yet stored (held during an outage).";
+    gauge(out, "chatd_cluster_held_events", held, c.held)?;
+    gauge(out, "chatd_cluster_hosts", "Hosts the stream has shown in the room.", c.hosts)?;
+    gauge(out, "chatd_cluster_members", "Members of the room, on every host.", c.members)
 }
 
 fn counter(out: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -226,6 +245,34 @@ mod tests {
             "chatd_reload_duration_seconds_bucket{le=\"+Inf\"} 1",
             "chatd_reload_duration_seconds_count 1",
             "chatd_generation 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("chatd_cluster_"), "cluster gauges on a single host:\n{text}");
+    }
+
+    #[test]
+    fn a_cluster_host_shows_the_room_across_hosts() {
+        let cluster = ClusterNumbers {
+            connected: false,
+            unreachable_seconds: 7,
+            last_seq: 42,
+            checkpoint_seq: 40,
+            held: 3,
+            hosts: 3,
+            members: 9,
+        };
+        let s = Snapshot { cluster: Some(cluster), ..Snapshot::default() };
+        let text = render(Arc::new(s)).unwrap();
+        for line in [
+            "# TYPE chatd_cluster_connected gauge",
+            "chatd_cluster_connected 0",
+            "chatd_cluster_unreachable_seconds 7",
+            "chatd_cluster_last_seq 42",
+            "chatd_cluster_checkpoint_seq 40",
+            "chatd_cluster_held_events 3",
+            "chatd_cluster_hosts 3",
+            "chatd_cluster_members 9",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

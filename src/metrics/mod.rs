@@ -22,6 +22,8 @@ mod counters;
 mod exposition;
 mod http;
 
-pub use counters::{Disconnect, Histogram, LineKind, Rejection, RoomCounters, Snapshot};
+pub use counters::{
+    ClusterNumbers, Disconnect, Histogram, LineKind, Rejection, RoomCounters, Snapshot,
+};
 pub use exposition::{CONTENT_TYPE, render};
 pub use http::Endpoint;

@@ -7,7 +7,7 @@ use super::Supervisor;
 use super::upgrade::state::SavedMetrics;
 use crate::bus::WorkerCounters;
 use crate::config::Config;
-use crate::metrics::{Endpoint, Histogram, Snapshot};
+use crate::metrics::{ClusterNumbers, Endpoint, Histogram, Snapshot};
 use log::info;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -165,6 +165,15 @@ impl Supervisor {
             worker_restarts: stats.worker_restarts,
             generation: self.generation,
             history_lines: self.hub.history_len() as u64,
+            cluster: self.hub.cluster().map(|door| ClusterNumbers {
+                connected: door.connected(),
+                unreachable_seconds: door.unreachable_since().map_or(0, |t| t.elapsed().as_secs()),
+                last_seq: door.room().last_seq(),
+                checkpoint_seq: door.checkpoint_seq(),
+                held: door.held(),
+                hosts: door.room().hosts().count() as u64,
+                members: door.room().online() as u64,
+            }),
         }
     }
 }

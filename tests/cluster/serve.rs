@@ -253,3 +253,46 @@ fn a_host_that_read_a_trimmed_stream_lists_the_members_it_learnt_from_a_roster()
     b.send_line("/msg alice hi");
     until(&mut a, &format!("[pm from {b_nick}] hi"));
 }
+
+#[test]
+fn a_cluster_host_shows_the_room_in_its_metrics() {
+    let mut nats = NatsCluster::start(3);
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"";
+    let hosts: Vec<Server> = (0..2).map(|i| host_config(&nats, i).raw(metrics).start()).collect();
+    let (mut a, _) = join(&hosts[0], "a");
+    let (_b, _) = join(&hosts[1], "b");
+    until(&mut a, "(2 online)");
+    let line = hosts[0].wait_for_log("serving metrics on http://", WAIT);
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.trim_end_matches("/metrics").parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    // The supervisor hands the endpoint new numbers once a second.
+    let scrape_until = |what: &str, ready: &dyn Fn(&str) -> bool| -> String {
+        crate::common::wait_until(WAIT, what, || {
+            crate::common::nats::http_get(port, "/metrics").filter(|text| ready(text))
+        })
+    };
+    let text = scrape_until("both members", &|t| gauge(t, "chatd_cluster_members") == Some(2.0));
+    assert_eq!(gauge(&text, "chatd_cluster_connected"), Some(1.0), "{text}");
+    assert_eq!(gauge(&text, "chatd_cluster_hosts"), Some(2.0), "{text}");
+    assert_eq!(gauge(&text, "chatd_cluster_held_events"), Some(0.0), "{text}");
+    assert!(gauge(&text, "chatd_cluster_last_seq").is_some_and(|seq| seq >= 4.0), "{text}");
+    // NATS gone: the host says so, and counts the seconds.
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    until(&mut a, "* the room is unreachable");
+    scrape_until("the outage", &|t| {
+        gauge(t, "chatd_cluster_connected") == Some(0.0)
+            && gauge(t, "chatd_cluster_unreachable_seconds").is_some_and(|s| s >= 1.0)
+    });
+    a.send_line("held");
+    scrape_until("the held line", &|t| {
+        gauge(t, "chatd_cluster_held_events").is_some_and(|held| held >= 1.0)
+    });
+}

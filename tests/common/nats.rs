@@ -233,7 +233,8 @@ impl Drop for NatsCluster {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// A plain HTTP/1.0 GET on loopback: the answer, head and body.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
