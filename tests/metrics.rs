@@ -3,7 +3,8 @@
 //! clients that connect, talk, get rate-limited, are turned away and leave; counters that never
 //! go back across a reload, a failed reload and a killed worker; the HTTP responder's answers to
 //! wrong, broken and slow requests; `[metrics] listen` applied by a reload; the Grafana dashboard
-//! naming only exported metrics; `chatd --version`.
+//! naming only exported metrics (its cluster panels: those of a host in cluster mode, on one
+//! NATS node); `chatd --version`.
 
 mod common;
 
@@ -418,7 +419,21 @@ fn the_grafana_dashboard_names_only_exported_metrics() {
         }
     }
     let (_server, addr) = start(ServerBuilder::new().workers(2));
-    let exported = scrape(addr).names();
+    let mut exported = scrape(addr).names();
+    // The cluster panels: what a host in cluster mode exports besides (one NATS node is enough
+    // for the names).
+    let nats = common::nats::NatsCluster::start(1);
+    let cluster = format!(
+        "[cluster]\nenabled = true\nnats = [{:?}]\nroom = \"main\"\nnode = \"h0\"\nreplicas = 1",
+        nats.url(0)
+    );
+    let (_host, cluster_addr) = start(ServerBuilder::new().workers(1).raw(&cluster));
+    exported.extend(
+        scrape_until(cluster_addr, "the cluster gauges", |s| {
+            s.names().contains("chatd_cluster_connected")
+        })
+        .names(),
+    );
     let mut used = BTreeSet::new();
     for expr in &exprs {
         let names = metric_names(expr);
@@ -436,6 +451,9 @@ fn the_grafana_dashboard_names_only_exported_metrics() {
         "chatd_disconnections_total",
         "chatd_reload_duration_seconds_bucket",
         "chatd_worker_restarts_total",
+        "chatd_cluster_connected",
+        "chatd_cluster_held_events",
+        "chatd_cluster_last_seq",
     ] {
         assert!(used.contains(wanted), "the dashboard does not show {wanted}");
     }
